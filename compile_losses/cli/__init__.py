@@ -1,0 +1,49 @@
+"""``compile-losses``: thin glue over the library. ``main(argv) -> int`` is testable in-process.
+
+Exit codes: 0 all good; 1 a parity or check failure; 2 bad usage or bad input (one line on stderr).
+Each verb lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from ..errors import UsageError
+
+VERBS = {
+    "list": ("list_cmd", "losses, nets and backends, with availability and reason"),
+    "verify": ("verify_cmd", "parity of values and gradients against eager, per backend"),
+    "export": ("export_cmd", "write a deployment bundle (the main job with no arguments)"),
+    "check-bundle": ("check_bundle_cmd", "check a bundle with the runtime alone: checksums, paths, fixtures"),
+    "bench": ("bench_cmd", "throughput benchmarks, plot, summary and regression gate"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep its one-line form
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="compile-losses", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    sub.required = True
+    for verb, (module, help_text) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        mod = importlib.import_module("." + module, __name__)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args._run(args))
+    except UsageError as exc:
+        print("compile-losses: error: {}".format(exc), file=sys.stderr)
+        return 2
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""compile-losses check-bundle: not built yet (its issue is open)."""
+import argparse
+
+from ..errors import UsageError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise UsageError("'check-bundle' is not available yet")

@@ -1,0 +1,39 @@
+"""compile-losses list: the registry's losses and nets, and every backend with its availability."""
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="PATH", help="also write the listing as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import registry
+
+    losses = [{"name": s.name, "family": s.family, "module": s.module.__name__,
+               "reference": "torch" if s.reference is not None else "float64 formula (tests)"}
+              for s in registry.LOSSES.values()]
+    nets = [{"name": s.name, "class": s.factory.__name__, "input": list(s.input_shape), "loss": s.loss}
+            for s in registry.NETS.values()]
+    backends = []
+    try:
+        from ..backends import BACKENDS
+    except ImportError:
+        BACKENDS = {}
+    for name, backend in BACKENDS.items():
+        ok, reason = backend.available()
+        backends.append({"name": name, "available": ok, "reason": reason})
+    print("losses ({}):".format(len(losses)))
+    for row in losses:
+        print("  {:<18} {:<15} {:<22} checked against {}".format(row["name"], row["family"], row["module"], row["reference"]))
+    print("nets ({}):".format(len(nets)))
+    for row in nets:
+        print("  {:<18} {:<15} input (N, {}) trained with {}".format(
+            row["name"], row["class"], ", ".join(map(str, row["input"])), row["loss"]))
+    print("backends ({}):".format(len(backends)))
+    for row in backends:
+        print("  {:<18} {}".format(row["name"], "available" if row["available"] else "unavailable: " + row["reason"]))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"losses": losses, "nets": nets, "backends": backends}, fh, indent=2)
+    return 0

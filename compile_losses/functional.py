@@ -1,0 +1,480 @@
+"""Functional core of every loss: the math lives here.
+
+Each ``<name>_loss`` takes the prediction first, its targets next, then settings, and ends with
+``reduction`` (``"none" | "mean" | "sum"``, default ``"mean"``). The module of the same name in
+:mod:`compile_losses.losses` carries the full documentation; these functions point there.
+
+Signatures are positional-or-keyword rather than keyword-only because TorchScript cannot compile
+keyword-only parameters, and every function here must script (call the settings by keyword all the
+same). Bodies check shapes and dtypes, never tensor values, and branch only on Python settings, so
+they compile with ``fullgraph=True`` and export to ONNX with a dynamic batch dimension.
+"""
+import math
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import (
+    check_class_indices,
+    check_floating,
+    check_in_closed_interval,
+    check_in_open_interval,
+    check_min_ndim,
+    check_ndim,
+    check_non_negative,
+    check_positive,
+    check_same_dtype,
+    check_same_shape,
+    fmt_shape,
+)
+from ._reduction import apply_reduction, validate_reduction
+
+__all__ = [
+    "mse_loss",
+    "l1_loss",
+    "huber_loss",
+    "smooth_l1_loss",
+    "log_cosh_loss",
+    "charbonnier_loss",
+    "quantile_loss",
+    "gaussian_nll_loss",
+    "poisson_nll_loss",
+    "cross_entropy_loss",
+    "binary_focal_loss",
+    "focal_loss",
+    "bce_with_logits_loss",
+    "dice_loss",
+    "tversky_loss",
+    "kl_div_loss",
+    "info_nce_loss",
+    "triplet_margin_loss",
+    "cosine_embedding_loss",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# shared pieces
+# ---------------------------------------------------------------------------------------------
+def _check_pair(input: Tensor, target: Tensor) -> None:
+    check_floating(input, "input")
+    check_same_dtype(input, target, "input", "target")
+    check_same_shape(input, target, "input", "target")
+
+
+def _weighted(loss: Tensor, weight: Optional[Tensor], reduction: str) -> Tensor:
+    # A per-element weight rescales each element, as ``F.binary_cross_entropy_with_logits``'s
+    # ``weight`` does; "mean" still divides by the element count (use "sum" / weight.sum() for a
+    # masked mean).
+    if weight is not None:
+        check_same_shape(loss, weight, "input", "weight")
+        check_same_dtype(loss, weight, "input", "weight")
+        loss = loss * weight
+    return apply_reduction(loss, reduction)
+
+
+def _check_class_weight(weight: Optional[Tensor], input: Tensor, name: str) -> None:
+    if weight is not None:
+        if weight.dim() != 1 or weight.shape[0] != input.shape[1]:
+            raise ValueError(
+                "{} must be a 1-D tensor with one entry per class ({},), got {}".format(
+                    name, input.shape[1], fmt_shape(list(weight.shape))
+                )
+            )
+        check_same_dtype(input, weight, "input", name)
+
+
+def _check_class_target(input: Tensor, target: Tensor) -> None:
+    check_floating(input, "input")
+    check_min_ndim(input, "input", 2, "(N, C, ...)")
+    check_class_indices(target, "target")
+    expected: List[int] = [input.shape[0]]
+    for s in input.shape[2:]:
+        expected.append(s)
+    if list(target.shape) != expected:
+        raise ValueError(
+            "target must have the shape of input without its class dimension {}, got input {} and target {}".format(
+                fmt_shape(expected), fmt_shape(list(input.shape)), fmt_shape(list(target.shape))
+            )
+        )
+
+
+def _class_view(weight: Tensor, ndim: int) -> Tensor:
+    shape: List[int] = [1, weight.shape[0]]
+    for _ in range(ndim - 2):
+        shape.append(1)
+    return weight.view(shape)
+
+
+def _per_sample_sum(x: Tensor) -> Tensor:
+    # sums every non-batch dimension: (N, ...) -> (N,)
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# regression
+# ---------------------------------------------------------------------------------------------
+def mse_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """Mean squared error. See :class:`compile_losses.losses.MSELoss`."""
+    validate_reduction(reduction)
+    _check_pair(input, target)
+    diff = input - target
+    return _weighted(diff * diff, weight, reduction)
+
+
+def l1_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """Mean absolute error. See :class:`compile_losses.losses.L1Loss`."""
+    validate_reduction(reduction)
+    _check_pair(input, target)
+    return _weighted((input - target).abs(), weight, reduction)
+
+
+def huber_loss(
+    input: Tensor, target: Tensor, weight: Optional[Tensor] = None, delta: float = 1.0, reduction: str = "mean"
+) -> Tensor:
+    """Huber loss. See :class:`compile_losses.losses.HuberLoss`."""
+    validate_reduction(reduction)
+    check_positive(delta, "delta")
+    _check_pair(input, target)
+    return _weighted(_huber(input - target, delta), weight, reduction)
+
+
+def _huber(diff: Tensor, delta: float) -> Tensor:
+    # 0.5 d^2 inside |d| < delta, delta (|d| - delta/2) outside; written with a clamp instead of
+    # torch.where so that neither branch can produce a NaN gradient.
+    ad = diff.abs()
+    q = ad.clamp(max=delta)
+    return delta * (ad - q) + 0.5 * q * q
+
+
+def smooth_l1_loss(
+    input: Tensor, target: Tensor, weight: Optional[Tensor] = None, beta: float = 1.0, reduction: str = "mean"
+) -> Tensor:
+    """Smooth L1 loss. See :class:`compile_losses.losses.SmoothL1Loss`."""
+    validate_reduction(reduction)
+    check_non_negative(beta, "beta")
+    _check_pair(input, target)
+    diff = input - target
+    if beta == 0.0:
+        return _weighted(diff.abs(), weight, reduction)
+    return _weighted(_huber(diff, beta) / beta, weight, reduction)
+
+
+def log_cosh_loss(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, reduction: str = "mean") -> Tensor:
+    """Log-cosh loss. See :class:`compile_losses.losses.LogCoshLoss`."""
+    validate_reduction(reduction)
+    _check_pair(input, target)
+    # log(cosh(d)) = |d| + log1p(exp(-2|d|)) - log 2: cosh overflows float32 at |d| ~ 89.
+    ad = (input - target).abs()
+    return _weighted(ad + torch.log1p(torch.exp(-2.0 * ad)) - math.log(2.0), weight, reduction)
+
+
+def charbonnier_loss(
+    input: Tensor, target: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-3, reduction: str = "mean"
+) -> Tensor:
+    """Charbonnier loss. See :class:`compile_losses.losses.CharbonnierLoss`."""
+    validate_reduction(reduction)
+    check_positive(eps, "eps")
+    _check_pair(input, target)
+    diff = input - target
+    return _weighted(torch.sqrt(diff * diff + eps * eps), weight, reduction)
+
+
+def quantile_loss(
+    input: Tensor, target: Tensor, weight: Optional[Tensor] = None, quantile: float = 0.5, reduction: str = "mean"
+) -> Tensor:
+    """Quantile (pinball) loss. See :class:`compile_losses.losses.QuantileLoss`."""
+    validate_reduction(reduction)
+    check_in_open_interval(quantile, "quantile", 0.0, 1.0)
+    _check_pair(input, target)
+    diff = target - input
+    return _weighted(torch.maximum(quantile * diff, (quantile - 1.0) * diff), weight, reduction)
+
+
+def gaussian_nll_loss(
+    input: Tensor, target: Tensor, var: Tensor, full: bool = False, eps: float = 1e-6, reduction: str = "mean"
+) -> Tensor:
+    """Gaussian negative log-likelihood. See :class:`compile_losses.losses.GaussianNLLLoss`."""
+    validate_reduction(reduction)
+    check_positive(eps, "eps")
+    _check_pair(input, target)
+    check_same_shape(input, var, "input", "var")
+    check_same_dtype(input, var, "input", "var")
+    # Clamp var to eps in the forward pass only, so the gradient flows as if unclamped, exactly as
+    # F.gaussian_nll_loss does with its in-place clamp under no_grad.
+    var = var + (var.clamp(min=eps) - var).detach()
+    diff = input - target
+    loss = 0.5 * (torch.log(var) + diff * diff / var)
+    if full:
+        loss = loss + 0.5 * math.log(2.0 * math.pi)
+    return apply_reduction(loss, reduction)
+
+
+def poisson_nll_loss(
+    input: Tensor,
+    target: Tensor,
+    log_input: bool = True,
+    full: bool = False,
+    eps: float = 1e-8,
+    reduction: str = "mean",
+) -> Tensor:
+    """Poisson negative log-likelihood. See :class:`compile_losses.losses.PoissonNLLLoss`."""
+    validate_reduction(reduction)
+    check_positive(eps, "eps")
+    _check_pair(input, target)
+    if log_input:
+        loss = torch.exp(input) - target * input
+    else:
+        loss = input - target * torch.log(input + eps)
+    if full:
+        # Stirling's approximation of log(target!), applied where target > 1 as torch does.
+        safe = torch.where(target > 1.0, target, torch.ones_like(target))
+        stirling = safe * torch.log(safe) - safe + 0.5 * torch.log(2.0 * math.pi * safe)
+        loss = loss + torch.where(target > 1.0, stirling, torch.zeros_like(stirling))
+    return apply_reduction(loss, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# classification
+# ---------------------------------------------------------------------------------------------
+def cross_entropy_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> Tensor:
+    """Cross-entropy over class logits. See :class:`compile_losses.losses.CrossEntropyLoss`."""
+    validate_reduction(reduction)
+    check_in_closed_interval(label_smoothing, "label_smoothing", 0.0, 1.0)
+    _check_class_target(input, target)
+    _check_class_weight(weight, input, "weight")
+    num_classes = input.shape[1]
+    logp = F.log_softmax(input, dim=1)
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    nll = -logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+    if weight is not None:
+        w_t = weight[safe] * valid.to(input.dtype)
+        smooth = -(logp * _class_view(weight, input.dim())).sum(1)
+    else:
+        w_t = valid.to(input.dtype)
+        smooth = -logp.sum(1)
+    loss = (1.0 - label_smoothing) * w_t * nll
+    if label_smoothing > 0.0:
+        loss = loss + (label_smoothing / num_classes) * smooth * valid.to(input.dtype)
+    # "mean" divides by the summed weights of the non-ignored targets, as F.cross_entropy does.
+    return apply_reduction(loss, reduction, w_t.sum() if reduction == "mean" else None)
+
+
+def binary_focal_loss(
+    input: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean"
+) -> Tensor:
+    """Binary (sigmoid) focal loss. See :class:`compile_losses.losses.BinaryFocalLoss`."""
+    validate_reduction(reduction)
+    if alpha >= 0.0:
+        check_in_closed_interval(alpha, "alpha", 0.0, 1.0)
+    check_non_negative(gamma, "gamma")
+    _check_pair(input, target)
+    ce = _bce_with_logits(input, target, None)
+    loss = ce
+    if gamma != 0.0:
+        # 1 - p_t written without the cancellation of 1 - sigmoid(x), which saturates to 0 in
+        # float32 at |x| ~ 17 and would make the gradient of (1 - p_t)^gamma undefined.
+        one_minus_pt = torch.sigmoid(input) * (1.0 - target) + torch.sigmoid(-input) * target
+        loss = ce * torch.pow(one_minus_pt, gamma)
+    if alpha >= 0.0:
+        loss = (alpha * target + (1.0 - alpha) * (1.0 - target)) * loss
+    return apply_reduction(loss, reduction)
+
+
+def focal_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    gamma: float = 2.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
+    """Multi-class (softmax) focal loss. See :class:`compile_losses.losses.FocalLoss`."""
+    validate_reduction(reduction)
+    check_non_negative(gamma, "gamma")
+    _check_class_target(input, target)
+    _check_class_weight(weight, input, "weight")
+    logp = F.log_softmax(input, dim=1)
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    logp_t = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+    loss = -logp_t
+    if gamma != 0.0:
+        # 1 - p_t = -expm1(log p_t): exact where p_t is close to 1.
+        loss = loss * torch.pow(-torch.expm1(logp_t), gamma)
+    if weight is not None:
+        w_t = weight[safe] * valid.to(input.dtype)
+    else:
+        w_t = valid.to(input.dtype)
+    loss = loss * w_t
+    return apply_reduction(loss, reduction, w_t.sum() if reduction == "mean" else None)
+
+
+def _bce_with_logits(input: Tensor, target: Tensor, pos_weight: Optional[Tensor]) -> Tensor:
+    # (1 - t) x + (1 + (pw - 1) t) * log(1 + exp(-x)), with log(1 + exp(-x)) written stably.
+    softplus_neg = torch.log1p(torch.exp(-input.abs())) + torch.clamp(-input, min=0.0)
+    if pos_weight is None:
+        return (1.0 - target) * input + softplus_neg
+    log_weight = (pos_weight - 1.0) * target + 1.0
+    return (1.0 - target) * input + log_weight * softplus_neg
+
+
+def bce_with_logits_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    pos_weight: Optional[Tensor] = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Binary cross-entropy on logits. See :class:`compile_losses.losses.BCEWithLogitsLoss`."""
+    validate_reduction(reduction)
+    _check_pair(input, target)
+    if pos_weight is not None:
+        check_same_dtype(input, pos_weight, "input", "pos_weight")
+        last = input.shape[-1] if input.dim() > 0 else 1
+        if pos_weight.dim() != 1 or (pos_weight.shape[0] != last and pos_weight.shape[0] != 1):
+            raise ValueError(
+                "pos_weight must be a 1-D tensor of size 1 or of input's last dimension ({}), got {}".format(
+                    last, fmt_shape(list(pos_weight.shape))
+                )
+            )
+    return _weighted(_bce_with_logits(input, target, pos_weight), weight, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# dense prediction
+# ---------------------------------------------------------------------------------------------
+def dice_loss(input: Tensor, target: Tensor, smooth: float = 1.0, reduction: str = "mean") -> Tensor:
+    """Soft Dice loss on logits. See :class:`compile_losses.losses.DiceLoss`."""
+    validate_reduction(reduction)
+    check_non_negative(smooth, "smooth")
+    _check_pair(input, target)
+    check_min_ndim(input, "input", 2, "(N, ...)")
+    prob = torch.sigmoid(input)
+    inter = _per_sample_sum(prob * target)
+    total = _per_sample_sum(prob) + _per_sample_sum(target)
+    return apply_reduction(1.0 - (2.0 * inter + smooth) / (total + smooth), reduction)
+
+
+def tversky_loss(
+    input: Tensor,
+    target: Tensor,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    smooth: float = 1.0,
+    reduction: str = "mean",
+) -> Tensor:
+    """Tversky loss on logits. See :class:`compile_losses.losses.TverskyLoss`."""
+    validate_reduction(reduction)
+    check_non_negative(alpha, "alpha")
+    check_non_negative(beta, "beta")
+    check_non_negative(smooth, "smooth")
+    _check_pair(input, target)
+    check_min_ndim(input, "input", 2, "(N, ...)")
+    prob = torch.sigmoid(input)
+    tp = _per_sample_sum(prob * target)
+    fp = _per_sample_sum(prob * (1.0 - target))
+    fn = _per_sample_sum((1.0 - prob) * target)
+    index = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+    return apply_reduction(1.0 - index, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# distributions
+# ---------------------------------------------------------------------------------------------
+def kl_div_loss(input: Tensor, target: Tensor, log_target: bool = False, reduction: str = "mean") -> Tensor:
+    """KL divergence from log-probabilities. See :class:`compile_losses.losses.KLDivLoss`."""
+    validate_reduction(reduction)
+    _check_pair(input, target)
+    check_min_ndim(input, "input", 2, "(N, C, ...)")
+    if log_target:
+        pointwise = torch.exp(target) * (target - input)
+    else:
+        pointwise = torch.xlogy(target, target) - target * input
+    # One value per sample, so "mean" is the batch mean (F.kl_div's "batchmean"), the one that is
+    # a KL divergence.
+    return apply_reduction(_per_sample_sum(pointwise), reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# metric learning
+# ---------------------------------------------------------------------------------------------
+def _check_embeddings(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    check_floating(a, name_a)
+    check_ndim(a, name_a, 2, "embeddings (N, D)")
+    check_same_dtype(a, b, name_a, name_b)
+    check_same_shape(a, b, name_a, name_b)
+
+
+def info_nce_loss(
+    input: Tensor, target: Tensor, temperature: float = 0.1, symmetric: bool = False, reduction: str = "mean"
+) -> Tensor:
+    """InfoNCE / NT-Xent contrastive loss. See :class:`compile_losses.losses.InfoNCELoss`."""
+    validate_reduction(reduction)
+    check_positive(temperature, "temperature")
+    _check_embeddings(input, target, "input", "target")
+    a = F.normalize(input, dim=1)
+    p = F.normalize(target, dim=1)
+    logits = a @ p.t() / temperature
+    labels = torch.arange(input.shape[0], device=input.device)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(logits.t(), labels, reduction="none"))
+    return apply_reduction(loss, reduction)
+
+
+def triplet_margin_loss(
+    input: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float = 1.0,
+    p: float = 2.0,
+    eps: float = 1e-6,
+    swap: bool = False,
+    reduction: str = "mean",
+) -> Tensor:
+    """Triplet margin loss. See :class:`compile_losses.losses.TripletMarginLoss`."""
+    validate_reduction(reduction)
+    check_positive(margin, "margin")
+    check_positive(p, "p")
+    check_non_negative(eps, "eps")
+    _check_embeddings(input, positive, "input", "positive")
+    _check_embeddings(input, negative, "input", "negative")
+    d_pos = torch.linalg.vector_norm(input - positive + eps, ord=p, dim=-1)
+    d_neg = torch.linalg.vector_norm(input - negative + eps, ord=p, dim=-1)
+    if swap:
+        d_neg = torch.minimum(d_neg, torch.linalg.vector_norm(positive - negative + eps, ord=p, dim=-1))
+    return apply_reduction(torch.clamp(margin + d_pos - d_neg, min=0.0), reduction)
+
+
+def cosine_embedding_loss(
+    input: Tensor, other: Tensor, target: Tensor, margin: float = 0.0, reduction: str = "mean"
+) -> Tensor:
+    """Cosine embedding loss. See :class:`compile_losses.losses.CosineEmbeddingLoss`."""
+    validate_reduction(reduction)
+    check_in_closed_interval(margin, "margin", -1.0, 1.0)
+    _check_embeddings(input, other, "input", "other")
+    check_same_dtype(input, target, "input", "target")
+    if target.dim() != 1 or target.shape[0] != input.shape[0]:
+        raise ValueError(
+            "target must be a 1-D tensor of +1/-1 labels of shape ({},), got {}".format(
+                input.shape[0], fmt_shape(list(target.shape))
+            )
+        )
+    eps = 1e-12  # the epsilon F.cosine_embedding_loss adds to each squared norm
+    dot = (input * other).sum(1)
+    denom = torch.sqrt(((input * input).sum(1) + eps) * ((other * other).sum(1) + eps))
+    cos = dot / denom
+    zeros = torch.zeros_like(cos)
+    pos = torch.where(target == 1.0, 1.0 - cos, zeros)
+    neg = torch.where(target == -1.0, torch.clamp(cos - margin, min=0.0), zeros)
+    return apply_reduction(pos + neg, reduction)

@@ -1,0 +1,415 @@
+"""The one declarative table of losses (in the spirit of PyTorch's OpInfo) and nets.
+
+Each :class:`LossSpec` holds a loss's function and module, how to make its inputs (alone, or as
+targets for a net's prediction), its error inputs with the message they must raise, the torch
+function it must equal (if any), and any per-backend exception with a written reason. Generic
+tests iterate this table; adding a loss is one entry here plus its math in ``functional.py``.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+
+import torch
+import torch.nn.functional as TF
+from torch import Tensor, nn
+
+from . import functional as F
+from . import losses as L
+from . import nets as N
+from ._reduction import REDUCTIONS
+
+TargetMaker = Callable[[Tensor, torch.Generator], Tuple[Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class SampleInput:
+    """One call of a loss: ``module(input, *targets)`` built with ``init_kwargs``."""
+
+    input: Tensor
+    targets: Tuple[Tensor, ...]
+    init_kwargs: Dict[str, Any]
+    desc: str
+
+    def args(self) -> Tuple[Tensor, ...]:
+        return (self.input,) + self.targets
+
+
+@dataclass(frozen=True)
+class ErrorInput:
+    """A call that must fail: ``build(dtype) -> (init_kwargs, args)``, the exception type and a
+    regex its message must match. ``at`` is ``"init"`` when the module's constructor must raise."""
+
+    build: Callable[[torch.dtype], Tuple[Dict[str, Any], Tuple[Any, ...]]]
+    error_type: Type[Exception]
+    match: str
+    at: str = "call"
+    desc: str = ""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A loosened tolerance for one backend, with the reason it is needed (printed in reports)."""
+
+    rtol: float
+    atol: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    family: str
+    module: Type[nn.Module]
+    function: Callable[..., Tensor]
+    # Features the net's prediction needs per sample: (N, net_out).
+    net_out: int
+    # Makes the targets for a prediction of shape (N, net_out) (or the loss's own input shape).
+    make_targets: TargetMaker
+    # Settings worth covering beyond the defaults (each also runs with every reduction).
+    variants: Sequence[Dict[str, Any]] = ({},)
+    # The loss's natural input shape for a batch of N: (N,) + feature_shape.
+    feature_shape: Tuple[int, ...] = (1,)
+    # Pointwise in its input: large cases use 2^20+ elements, where reduction order matters.
+    elementwise: bool = False
+    # A torch function to equal: reference(input, *targets, **init_kwargs mapped) -> Tensor.
+    reference: Optional[Callable[..., Tensor]] = None
+    error_inputs: Sequence[ErrorInput] = ()
+    # backend name -> reason: known not to work there (reported, never counted as a pass).
+    skips: Dict[str, str] = field(default_factory=dict)
+    # backend name -> Tolerance: loosened comparison, with a reason.
+    tolerances: Dict[str, Tolerance] = field(default_factory=dict)
+    twice_differentiable: bool = True
+    # Positive-valued input (a rate), for losses whose input is not a free logit.
+    make_input: Optional[Callable[[Tuple[int, ...], torch.dtype, torch.Generator], Tensor]] = None
+
+    def build(self, **init_kwargs: Any) -> nn.Module:
+        return self.module(**init_kwargs)
+
+    def input_for(self, batch: int, dtype: torch.dtype = torch.float32, seed: int = 0,
+                  feature_shape: Optional[Tuple[int, ...]] = None) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+        """A prediction of shape (batch,) + feature_shape and its targets, reproducibly."""
+        gen = torch.Generator().manual_seed(seed)
+        shape = (batch,) + (self.feature_shape if feature_shape is None else feature_shape)
+        if self.make_input is not None:
+            pred = self.make_input(shape, dtype, gen)
+        else:
+            pred = torch.randn(shape, generator=gen, dtype=dtype)
+        return pred, self.make_targets(pred, gen)
+
+
+# ---------------------------------------------------------------------------------------------
+# target makers: each gets the prediction and a generator and returns the targets after it
+# ---------------------------------------------------------------------------------------------
+def _like_randn(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    return (torch.randn(pred.shape, generator=gen, dtype=pred.dtype),)
+
+
+def _gaussian_targets(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    target = torch.randn(pred.shape, generator=gen, dtype=pred.dtype)
+    var = torch.rand(pred.shape, generator=gen, dtype=pred.dtype) * 1.5 + 0.1
+    return target, var
+
+
+def _counts(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    return (torch.randint(0, 6, pred.shape, generator=gen).to(pred.dtype),)
+
+
+def _binary(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    return ((torch.rand(pred.shape, generator=gen) < 0.5).to(pred.dtype),)
+
+
+def _class_index(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    shape = (pred.shape[0],) + tuple(pred.shape[2:])
+    return (torch.randint(0, pred.shape[1], shape, generator=gen),)
+
+
+def _probs(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    return (torch.softmax(torch.randn(pred.shape, generator=gen, dtype=pred.dtype), dim=1),)
+
+
+def _two_like(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    return (
+        torch.randn(pred.shape, generator=gen, dtype=pred.dtype),
+        torch.randn(pred.shape, generator=gen, dtype=pred.dtype),
+    )
+
+
+def _pair_labels(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    other = torch.randn(pred.shape, generator=gen, dtype=pred.dtype)
+    labels = torch.where(torch.rand(pred.shape[0], generator=gen) < 0.5, 1.0, -1.0).to(pred.dtype)
+    return other, labels
+
+
+def _log_probs_input(shape: Tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> Tensor:
+    return torch.log_softmax(torch.randn(shape, generator=gen, dtype=dtype), dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# error inputs shared by families
+# ---------------------------------------------------------------------------------------------
+def _pair_errors(feature: Tuple[int, ...] = (1,), n_targets: int = 1) -> List[ErrorInput]:
+    def rest(dtype: torch.dtype, shape: Tuple[int, ...]) -> Tuple[Tensor, ...]:
+        return tuple(torch.ones(shape, dtype=dtype) for _ in range(n_targets - 1))
+
+    def mismatch(dtype: torch.dtype):
+        return {}, (torch.zeros((10,) + feature, dtype=dtype), torch.zeros(10, dtype=dtype)) + rest(dtype, (10,) + feature)
+
+    def int_target(dtype: torch.dtype):
+        return {}, (torch.zeros((4,) + feature, dtype=dtype), torch.zeros((4,) + feature, dtype=torch.int64)) + rest(
+            dtype, (4,) + feature
+        )
+
+    def int_input(dtype: torch.dtype):
+        return {}, (torch.zeros((4,) + feature, dtype=torch.int64), torch.zeros((4,) + feature, dtype=torch.int64)) + rest(
+            torch.int64, (4,) + feature
+        )
+
+    def bad_reduction(dtype: torch.dtype):
+        return {"reduction": "average"}, ()
+
+    return [
+        ErrorInput(mismatch, ValueError, r"input and target must have the same shape, got input \(10, 1\) and target \(10,\)"
+                   if feature == (1,) else r"must have the same shape", desc="(N, 1) vs (N,) never broadcasts"),
+        ErrorInput(int_target, TypeError, r"input and target must have the same dtype, got input float\d+ and target int64",
+                   desc="integer target"),
+        ErrorInput(int_input, TypeError, r"input must be a floating-point tensor, got dtype int64", desc="integer input"),
+        ErrorInput(bad_reduction, ValueError, r"reduction must be one of 'none', 'mean', 'sum', got 'average'",
+                   at="init", desc="unknown reduction"),
+    ]
+
+
+def _hyper_error(kwargs: Dict[str, Any], match: str) -> ErrorInput:
+    return ErrorInput(lambda dtype: (dict(kwargs), ()), ValueError, match, at="init",
+                      desc="bad " + ", ".join(kwargs))
+
+
+def _class_errors() -> List[ErrorInput]:
+    def float_target(dtype: torch.dtype):
+        return {}, (torch.zeros(4, 5, dtype=dtype), torch.zeros(4, dtype=dtype))
+
+    def bad_target_shape(dtype: torch.dtype):
+        return {}, (torch.zeros(4, 5, dtype=dtype), torch.zeros(4, 5, dtype=torch.int64))
+
+    def one_dim(dtype: torch.dtype):
+        return {}, (torch.zeros(5, dtype=dtype), torch.zeros((), dtype=torch.int64))
+
+    def bad_weight(dtype: torch.dtype):
+        return {"weight": torch.ones(3, dtype=dtype)}, (torch.zeros(4, 5, dtype=dtype), torch.zeros(4, dtype=torch.int64))
+
+    def bad_reduction(dtype: torch.dtype):
+        return {"reduction": "batchmean"}, ()
+
+    return [
+        ErrorInput(float_target, TypeError, r"target must hold class indices as an int64 tensor, got dtype float",
+                   desc="float class target"),
+        ErrorInput(bad_target_shape, ValueError,
+                   r"target must have the shape of input without its class dimension \(4,\), got input \(4, 5\) and target \(4, 5\)",
+                   desc="one-hot target"),
+        ErrorInput(one_dim, ValueError, r"input must have at least 2 dimensions \(N, C, \.\.\.\), got shape \(5,\)",
+                   desc="unbatched logits"),
+        ErrorInput(bad_weight, ValueError, r"weight must be a 1-D tensor with one entry per class \(5,\), got \(3,\)",
+                   desc="class weight of the wrong size"),
+        ErrorInput(bad_reduction, ValueError, r"reduction must be one of 'none', 'mean', 'sum', got 'batchmean'",
+                   at="init", desc="unknown reduction"),
+    ]
+
+
+def _embedding_errors(n_targets: int) -> List[ErrorInput]:
+    def flat(dtype: torch.dtype):
+        return {}, tuple(torch.zeros(8, dtype=dtype) for _ in range(n_targets + 1))
+
+    def mismatch(dtype: torch.dtype):
+        return {}, (torch.zeros(4, 8, dtype=dtype),) + tuple(torch.zeros(4, 6, dtype=dtype) for _ in range(n_targets))
+
+    return [
+        ErrorInput(flat, ValueError, r"input must be 2-dimensional embeddings \(N, D\), got shape \(8,\)",
+                   desc="unbatched embeddings"),
+        ErrorInput(mismatch, ValueError, r"must have the same shape, got input \(4, 8\) and \w+ \(4, 6\)",
+                   desc="embedding width mismatch"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# torch references, adapted to our settings' names where they differ
+# ---------------------------------------------------------------------------------------------
+def _ref_elementwise(fn: Callable[..., Tensor], rename: Optional[Dict[str, str]] = None) -> Callable[..., Tensor]:
+    def ref(input: Tensor, target: Tensor, reduction: str = "mean", **kw: Any) -> Tensor:
+        if rename:
+            kw = {rename.get(k, k): v for k, v in kw.items()}
+        return fn(input, target, reduction=reduction, **kw)
+
+    return ref
+
+
+def _ref_kl(input: Tensor, target: Tensor, reduction: str = "mean", log_target: bool = False) -> Tensor:
+    if reduction == "none":
+        return TF.kl_div(input, target, reduction="none", log_target=log_target).reshape(input.shape[0], -1).sum(1)
+    return TF.kl_div(input, target, reduction="batchmean" if reduction == "mean" else "sum", log_target=log_target)
+
+
+def _ref_bce(input: Tensor, target: Tensor, reduction: str = "mean", pos_weight: Optional[Tensor] = None) -> Tensor:
+    return TF.binary_cross_entropy_with_logits(input, target, pos_weight=pos_weight, reduction=reduction)
+
+
+def _ref_gaussian(input: Tensor, target: Tensor, var: Tensor, reduction: str = "mean", **kw: Any) -> Tensor:
+    return TF.gaussian_nll_loss(input, target, var, reduction=reduction, **kw)
+
+
+def _ref_triplet(input: Tensor, positive: Tensor, negative: Tensor, reduction: str = "mean", **kw: Any) -> Tensor:
+    return TF.triplet_margin_loss(input, positive, negative, reduction=reduction, **kw)
+
+
+def _ref_cosine(input: Tensor, other: Tensor, target: Tensor, reduction: str = "mean", **kw: Any) -> Tensor:
+    return TF.cosine_embedding_loss(input, other, target, reduction=reduction, **kw)
+
+
+def _ref_ce(input: Tensor, target: Tensor, reduction: str = "mean", **kw: Any) -> Tensor:
+    return TF.cross_entropy(input, target, reduction=reduction, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------
+_REGRESSION_ERRORS = _pair_errors()
+
+LOSSES: Dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in [
+        LossSpec("mse", "regression", L.MSELoss, F.mse_loss, 1, _like_randn, elementwise=True,
+                 reference=_ref_elementwise(TF.mse_loss), error_inputs=_REGRESSION_ERRORS),
+        LossSpec("l1", "regression", L.L1Loss, F.l1_loss, 1, _like_randn, elementwise=True,
+                 reference=_ref_elementwise(TF.l1_loss), error_inputs=_REGRESSION_ERRORS, twice_differentiable=False),
+        LossSpec("huber", "regression", L.HuberLoss, F.huber_loss, 1, _like_randn, elementwise=True,
+                 variants=({}, {"delta": 0.5}), reference=_ref_elementwise(TF.huber_loss),
+                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"delta": 0.0}, r"delta must be > 0, got 0.0")],
+                 twice_differentiable=False),
+        LossSpec("smooth_l1", "regression", L.SmoothL1Loss, F.smooth_l1_loss, 1, _like_randn, elementwise=True,
+                 variants=({}, {"beta": 0.5}, {"beta": 0.0}), reference=_ref_elementwise(TF.smooth_l1_loss),
+                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"beta": -1.0}, r"beta must be >= 0, got -1.0")],
+                 twice_differentiable=False),
+        LossSpec("log_cosh", "regression", L.LogCoshLoss, F.log_cosh_loss, 1, _like_randn, elementwise=True,
+                 error_inputs=_REGRESSION_ERRORS),
+        LossSpec("charbonnier", "regression", L.CharbonnierLoss, F.charbonnier_loss, 1, _like_randn, elementwise=True,
+                 variants=({}, {"eps": 0.1}),
+                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"eps": 0.0}, r"eps must be > 0, got 0.0")]),
+        LossSpec("quantile", "regression", L.QuantileLoss, F.quantile_loss, 1, _like_randn, elementwise=True,
+                 variants=({}, {"quantile": 0.9}),
+                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"quantile": 1.0}, r"quantile must be in \(0.0, 1.0\), got 1.0")],
+                 twice_differentiable=False),
+        LossSpec("gaussian_nll", "regression", L.GaussianNLLLoss, F.gaussian_nll_loss, 1, _gaussian_targets,
+                 elementwise=True, variants=({}, {"full": True}), reference=_ref_gaussian,
+                 error_inputs=_pair_errors(n_targets=2) + [_hyper_error({"eps": -1.0}, r"eps must be > 0, got -1.0")]),
+        LossSpec("poisson_nll", "regression", L.PoissonNLLLoss, F.poisson_nll_loss, 1, _counts, elementwise=True,
+                 variants=({}, {"full": True}, {"log_input": False}), reference=_ref_elementwise(TF.poisson_nll_loss),
+                 make_input=lambda shape, dtype, gen: torch.rand(shape, generator=gen, dtype=dtype) * 2.0 + 0.1,
+                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"eps": 0.0}, r"eps must be > 0, got 0.0")]),
+        LossSpec("cross_entropy", "classification", L.CrossEntropyLoss, F.cross_entropy_loss, 5, _class_index,
+                 feature_shape=(5,),
+                 variants=({}, {"label_smoothing": 0.1}, {"weight": torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])},
+                           {"ignore_index": 1, "label_smoothing": 0.2}),
+                 reference=_ref_ce,
+                 error_inputs=_class_errors() + [
+                     _hyper_error({"label_smoothing": 1.5}, r"label_smoothing must be in \[0.0, 1.0\], got 1.5")]),
+        LossSpec("focal", "classification", L.FocalLoss, F.focal_loss, 5, _class_index, feature_shape=(5,),
+                 variants=({}, {"gamma": 0.5, "weight": torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])}, {"ignore_index": 2}),
+                 error_inputs=_class_errors() + [_hyper_error({"gamma": -1.0}, r"gamma must be >= 0, got -1.0")]),
+        LossSpec("binary_focal", "classification", L.BinaryFocalLoss, F.binary_focal_loss, 1, _binary, elementwise=True,
+                 variants=({}, {"alpha": -1.0, "gamma": 1.5}),
+                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"alpha": 1.5}, r"alpha must be in \[0.0, 1.0\], got 1.5")]),
+        LossSpec("bce_with_logits", "classification", L.BCEWithLogitsLoss, F.bce_with_logits_loss, 1, _binary,
+                 elementwise=True, variants=({}, {"pos_weight": torch.tensor([3.0])}), reference=_ref_bce,
+                 error_inputs=_REGRESSION_ERRORS),
+        LossSpec("dice", "dense", L.DiceLoss, F.dice_loss, 4, _binary, feature_shape=(4, 6, 6),
+                 variants=({}, {"smooth": 0.0}),
+                 error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"smooth": -1.0}, r"smooth must be >= 0, got -1.0")]),
+        LossSpec("tversky", "dense", L.TverskyLoss, F.tversky_loss, 4, _binary, feature_shape=(4, 6, 6),
+                 variants=({}, {"alpha": 0.3, "beta": 0.7}),
+                 error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"alpha": -0.1}, r"alpha must be >= 0, got -0.1")]),
+        LossSpec("kl_div", "distribution", L.KLDivLoss, F.kl_div_loss, 5, _probs, feature_shape=(5,),
+                 variants=({}, {"log_target": True}), reference=_ref_kl, make_input=_log_probs_input,
+                 error_inputs=_pair_errors(feature=(5,))),
+        LossSpec("info_nce", "metric", L.InfoNCELoss, F.info_nce_loss, 8, _like_randn, feature_shape=(8,),
+                 variants=({}, {"symmetric": True, "temperature": 0.5}),
+                 error_inputs=_embedding_errors(1) + [_hyper_error({"temperature": 0.0}, r"temperature must be > 0, got 0.0")]),
+        LossSpec("triplet_margin", "metric", L.TripletMarginLoss, F.triplet_margin_loss, 8, _two_like, feature_shape=(8,),
+                 variants=({}, {"margin": 2.0, "p": 1.0, "swap": True}), reference=_ref_triplet,
+                 error_inputs=_embedding_errors(2) + [_hyper_error({"margin": 0.0}, r"margin must be > 0, got 0.0")],
+                 twice_differentiable=False),
+        LossSpec("cosine_embedding", "metric", L.CosineEmbeddingLoss, F.cosine_embedding_loss, 8, _pair_labels,
+                 feature_shape=(8,), variants=({}, {"margin": 0.3}), reference=_ref_cosine,
+                 error_inputs=_embedding_errors(2) + [
+                     _hyper_error({"margin": 2.0}, r"margin must be in \[-1.0, 1.0\], got 2.0")],
+                 twice_differentiable=False),
+    ]
+}
+
+DEFAULT_LOSS = "mse"
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    name: str
+    factory: Callable[..., nn.Module]
+    # Example input for a batch of N: (N,) + input_shape.
+    input_shape: Tuple[int, ...]
+    # A loss the net is really trained with, and its settings.
+    loss: str
+    loss_kwargs: Dict[str, Any] = field(default_factory=dict)
+    net_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def build(self, **overrides: Any) -> nn.Module:
+        kwargs = dict(self.net_kwargs)
+        kwargs.update(overrides)
+        return self.factory(**kwargs)
+
+    def example_input(self, batch: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn((batch,) + self.input_shape, generator=gen, dtype=dtype)
+
+
+NETS: Dict[str, NetSpec] = {
+    spec.name: spec
+    for spec in [
+        NetSpec("seed", N.SeedNet, (32,), "mse"),
+        NetSpec("mlp", N.MLPClassifier, (64,), "cross_entropy", {"label_smoothing": 0.1}),
+        NetSpec("convseg", N.ConvSegNet, (3, 16, 16), "dice"),
+        NetSpec("encoder", N.TinyEncoder, (8, 32), "info_nce"),
+    ]
+}
+
+DEFAULT_NET = "seed"
+
+
+def sample_inputs(spec: LossSpec, dtype: torch.dtype = torch.float64, batches: Sequence[int] = (1, 7, 64),
+                  reductions: Sequence[str] = tuple(REDUCTIONS)) -> Iterator[SampleInput]:
+    """Every variant of a loss at each batch size and reduction, plus a non-contiguous input."""
+    seed = 0
+    for variant in spec.variants:
+        for batch in batches:
+            for reduction in reductions:
+                pred, targets = spec.input_for(batch, dtype, seed=seed)
+                seed += 1
+                kwargs = dict(variant, reduction=reduction)
+                yield SampleInput(pred, targets, _cast_kwargs(kwargs, dtype),
+                                  "{} batch={} {}".format(_fmt_variant(variant), batch, reduction))
+    # Non-contiguous: every tensor a strided view of a wider one.
+    pred, targets = spec.input_for(6, dtype, seed=seed)
+    yield SampleInput(_strided(pred), tuple(_strided(t) for t in targets), {}, "non-contiguous batch=6")
+
+
+def _strided(t: Tensor) -> Tensor:
+    if t.dim() == 0:
+        return t
+    wide = torch.stack([t, torch.zeros_like(t)], dim=-1)
+    out = wide[..., 0]
+    assert not out.is_contiguous() or out.numel() <= 1
+    return out
+
+
+def _cast_kwargs(kwargs: Dict[str, Any], dtype: torch.dtype) -> Dict[str, Any]:
+    return {k: (v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v) for k, v in kwargs.items()}
+
+
+def _fmt_variant(variant: Dict[str, Any]) -> str:
+    if not variant:
+        return "default"
+    return ",".join("{}={}".format(k, v.tolist() if isinstance(v, Tensor) else v) for k, v in variant.items())

@@ -1,0 +1,33 @@
+"""Suite-wide options: slow cases run with --run-slow or under CI; hypothesis has a CI profile."""
+import os
+
+import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("default", max_examples=100, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("ci", max_examples=500, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("ci" if os.environ.get("CI") == "true" else "default")
+except ImportError:  # hypothesis is a test extra; the suite installs it
+    pass
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="run tests marked slow (CI=true turns this on)")
+
+
+def _run_slow(config: pytest.Config) -> bool:
+    return config.getoption("--run-slow") or os.environ.get("CI") == "true"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if _run_slow(config):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (CI runs it)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
