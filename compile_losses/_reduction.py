@@ -1,10 +1,35 @@
 """The one reduction vocabulary shared by every loss, and the one helper that applies it."""
-from typing import List, Optional
+import contextlib
+from typing import Iterator, List, Optional
 
 import torch
 from torch import Tensor
 
 REDUCTIONS: List[str] = ["none", "mean", "sum"]
+
+# Set while a graph is traced for export (see faithful_reductions); read as a Python constant by
+# the tracers, so the exported graph holds the float64-accumulated reduction.
+_FAITHFUL: List[bool] = [False]
+
+
+@contextlib.contextmanager
+def faithful_reductions() -> Iterator[None]:
+    """Trace reductions as float64-accumulated sums while the block runs.
+
+    Every exporter in the project (the ONNX exporters, make_fx of the training graphs) traces inside
+    this block. ``torch.onnx.is_in_onnx_export()`` alone does not cover graphs traced by ``make_fx``
+    before they are handed to the exporter.
+    """
+    previous = _FAITHFUL[0]
+    _FAITHFUL[0] = True
+    try:
+        yield
+    finally:
+        _FAITHFUL[0] = previous
+
+
+def _faithful_mode() -> bool:
+    return _FAITHFUL[0] or torch.onnx.is_in_onnx_export()
 
 
 def validate_reduction(reduction: str) -> str:
@@ -30,7 +55,7 @@ def apply_reduction(loss: Tensor, reduction: str, denominator: Optional[Tensor] 
     if reduction == "mean":
         if denominator is None:
             if not torch.jit.is_scripting():
-                if torch.onnx.is_in_onnx_export():
+                if _faithful_mode():
                     return _faithful_sum(loss) / loss.numel()
             return loss.mean()
         return _faithful_sum(loss) / denominator
@@ -45,6 +70,6 @@ def _faithful_sum(loss: Tensor) -> Tensor:
     # export the sum is accumulated in float64 and cast back, so the exported graph is as faithful
     # as eager. Eager, TorchScript and torch.compile keep their own (already accurate) kernels.
     if not torch.jit.is_scripting():
-        if torch.onnx.is_in_onnx_export() and loss.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        if _faithful_mode() and loss.dtype in (torch.float32, torch.float16, torch.bfloat16):
             return loss.sum(dtype=torch.float64).to(loss.dtype)
     return loss.sum()
