@@ -108,8 +108,9 @@ def _class_view(weight: Tensor, ndim: int) -> Tensor:
 
 
 def _per_sample_sum(x: Tensor) -> Tensor:
-    # sums every non-batch dimension: (N, ...) -> (N,)
-    return x.reshape(x.shape[0], -1).sum(1)
+    # sums every non-batch dimension: (N, ...) -> (N,); flatten, not reshape(N, -1), which cannot
+    # infer -1 for an empty batch.
+    return x.flatten(1).sum(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,10 +285,18 @@ def binary_focal_loss(
         # 1 - p_t written without the cancellation of 1 - sigmoid(x), which saturates to 0 in
         # float32 at |x| ~ 17 and would make the gradient of (1 - p_t)^gamma undefined.
         one_minus_pt = torch.sigmoid(input) * (1.0 - target) + torch.sigmoid(-input) * target
-        loss = ce * torch.pow(one_minus_pt, gamma)
+        loss = ce * _focal_factor(one_minus_pt, gamma)
     if alpha >= 0.0:
         loss = (alpha * target + (1.0 - alpha) * (1.0 - target)) * loss
     return apply_reduction(loss, reduction)
+
+
+def _focal_factor(one_minus_pt: Tensor, gamma: float) -> Tensor:
+    # (1 - p_t)^gamma. Where p_t rounds to exactly 1 the factor's derivative is infinite for
+    # gamma < 1 while the whole term (1 - p_t)^gamma * CE has derivative 0; autograd would multiply
+    # inf by 0. Clamping at a tiny positive floor keeps the value (0 to within 1e-30^gamma) and
+    # makes the clamped entries' gradient exactly 0, the true limit.
+    return torch.pow(one_minus_pt.clamp(min=1e-30), gamma)
 
 
 def focal_loss(
@@ -310,7 +319,7 @@ def focal_loss(
     loss = -logp_t
     if gamma != 0.0:
         # 1 - p_t = -expm1(log p_t): exact where p_t is close to 1.
-        loss = loss * torch.pow(-torch.expm1(logp_t), gamma)
+        loss = loss * _focal_factor(-torch.expm1(logp_t), gamma)
     if weight is not None:
         w_t = weight[safe] * valid.to(input.dtype)
     else:
