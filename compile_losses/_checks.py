@@ -69,7 +69,23 @@ def check_min_ndim(t: Tensor, name: str, ndim: int, what: str) -> None:
 
 
 def _dtype_name(t: Tensor) -> str:
-    return str(t.dtype).replace("torch.", "")
+    # Under TorchScript a dtype is a plain int (str() gives "6"), so common dtypes are named here.
+    d = t.dtype
+    if d == torch.float32:
+        return "float32"
+    if d == torch.float64:
+        return "float64"
+    if d == torch.float16:
+        return "float16"
+    if d == torch.bfloat16:
+        return "bfloat16"
+    if d == torch.int64:
+        return "int64"
+    if d == torch.int32:
+        return "int32"
+    if d == torch.bool:
+        return "bool"
+    return str(d).replace("torch.", "")
 
 
 def check_positive(value: float, name: str) -> None:

@@ -58,7 +58,7 @@ def apply_reduction(loss: Tensor, reduction: str, denominator: Optional[Tensor] 
                 if _faithful_mode():
                     return _faithful_sum(loss) / loss.numel()
             return loss.mean()
-        return _faithful_sum(loss) / denominator
+        return _divide_by_weight_sum(_faithful_sum(loss), denominator)
     raise ValueError(
         "reduction must be one of 'none', 'mean', 'sum', got '{}'".format(reduction)
     )
@@ -73,3 +73,12 @@ def _faithful_sum(loss: Tensor) -> Tensor:
         if _faithful_mode() and loss.dtype in (torch.float32, torch.float16, torch.bfloat16):
             return loss.sum(dtype=torch.float64).to(loss.dtype)
     return loss.sum()
+
+
+def _divide_by_weight_sum(total: Tensor, denominator: Tensor) -> Tensor:
+    # When every target is ignored the weight sum is 0: the mean is NaN and its gradient 0, as in
+    # F.cross_entropy (a plain division would make the gradient NaN too). torch.where, not an
+    # `if` on the value, keeps it one graph for compile and export.
+    nonzero = denominator != 0
+    safe = torch.where(nonzero, denominator, torch.ones_like(denominator))
+    return torch.where(nonzero, total / safe, torch.full_like(total, float("nan")))

@@ -434,10 +434,11 @@ def info_nce_loss(
     a = F.normalize(input, dim=1)
     p = F.normalize(target, dim=1)
     logits = a @ p.t() / temperature
-    labels = torch.arange(input.shape[0], device=input.device)
-    loss = F.cross_entropy(logits, labels, reduction="none")
+    # Cross-entropy with labels arange(N), written as the log-softmax diagonal: F.cross_entropy
+    # exports to an ONNX SoftmaxCrossEntropyLoss whose output shape fails ONNX shape inference.
+    loss = -torch.log_softmax(logits, dim=1).diagonal()
     if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(logits.t(), labels, reduction="none"))
+        loss = 0.5 * (loss - torch.log_softmax(logits, dim=0).diagonal())
     return apply_reduction(loss, reduction)
 
 

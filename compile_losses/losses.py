@@ -601,7 +601,8 @@ class TverskyLoss(_Loss):
         \ell_n = 1 - \frac{TP + s}{TP + \alpha FP + \beta FN + s},\quad
         TP = \textstyle\sum p y,\ FP = \sum p (1 - y),\ FN = \sum (1 - p) y
 
-    With ``alpha = beta = 0.5`` it is the soft Dice loss.
+    With ``alpha = beta = 0.5`` it is the soft Dice loss with ``smooth`` doubled:
+    ``TverskyLoss(0.5, 0.5, smooth=s)`` equals ``DiceLoss(smooth=2 * s)``.
 
     Args:
         alpha (float, optional): weight of false positives, >= 0. Default: 0.5.

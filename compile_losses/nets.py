@@ -3,7 +3,9 @@ these losses. Every net scripts, compiles and exports to ONNX with a dynamic bat
 
 Parity runs nets in ``eval()`` mode so that dropout is the identity and results are deterministic.
 """
+import inspect
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -140,12 +142,74 @@ class TinyEncoder(nn.Module):
 class NetWithLoss(nn.Module):
     """``loss(net(input), *targets)`` as one module: what gets compiled or exported when a whole
     (net, loss) pair runs through a backend. Targets are passed through in the order the loss's
-    ``forward`` takes them after its prediction."""
+    ``forward`` takes them after its prediction.
 
-    def __init__(self, net: nn.Module, loss: nn.Module) -> None:
+    ``NetWithLoss(net, loss)`` builds a fixed-arity subclass (TorchScript and the exporters need
+    named arguments, not ``*targets``): ``n_targets`` defaults to the number of required arguments
+    after the prediction in ``loss.forward`` (MSE: 1, GaussianNLL: 2); pass it to use optional ones.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.nets import NetWithLoss, SeedNet
+        >>> m = NetWithLoss(SeedNet(), torch.nn.MSELoss())
+        >>> type(m).__name__, m(torch.zeros(4, 32), torch.zeros(4, 1)).shape
+        ('NetWithLoss1', torch.Size([]))
+    """
+
+    def __new__(cls, net: Optional[nn.Module] = None, loss: Optional[nn.Module] = None,
+                n_targets: Optional[int] = None) -> "NetWithLoss":
+        # Defaults only so that copy/pickle (which call cls.__new__(cls) on the subclass) work.
+        if cls is NetWithLoss:
+            n = _required_targets(loss) if n_targets is None else n_targets
+            if n not in _FIXED_ARITY:
+                raise ValueError("n_targets must be one of {}, got {}".format(sorted(_FIXED_ARITY), n))
+            cls = _FIXED_ARITY[n]
+        return super().__new__(cls)
+
+    def __init__(self, net: nn.Module, loss: nn.Module, n_targets: Optional[int] = None) -> None:
         super().__init__()
         self.net = net
         self.loss = loss
 
-    def forward(self, input: Tensor, *targets: Tensor) -> Tensor:
-        return self.loss(self.net(input), *targets)
+
+class NetWithLoss0(NetWithLoss):
+    n_targets = 0
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.loss(self.net(input))
+
+
+class NetWithLoss1(NetWithLoss):
+    n_targets = 1
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return self.loss(self.net(input), target)
+
+
+class NetWithLoss2(NetWithLoss):
+    n_targets = 2
+
+    def forward(self, input: Tensor, target0: Tensor, target1: Tensor) -> Tensor:
+        return self.loss(self.net(input), target0, target1)
+
+
+class NetWithLoss3(NetWithLoss):
+    n_targets = 3
+
+    def forward(self, input: Tensor, target0: Tensor, target1: Tensor, target2: Tensor) -> Tensor:
+        return self.loss(self.net(input), target0, target1, target2)
+
+
+_FIXED_ARITY = {0: NetWithLoss0, 1: NetWithLoss1, 2: NetWithLoss2, 3: NetWithLoss3}
+
+
+def _required_targets(loss: nn.Module) -> int:
+    """Required positional arguments of ``loss.forward`` after the prediction."""
+    try:
+        params = list(inspect.signature(loss.forward).parameters.values())
+    except (TypeError, ValueError):  # a compiled or scripted loss may hide its signature
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+    return max(len(required) - 1, 0)

@@ -80,6 +80,9 @@ class LossSpec:
     twice_differentiable: bool = True
     # Positive-valued input (a rate), for losses whose input is not a free logit.
     make_input: Optional[Callable[[Tuple[int, ...], torch.dtype, torch.Generator], Tensor]] = None
+    # Indices into the targets of those the loss is smooth in (gradcheck differentiates them too);
+    # labels, counts and masks (where a tiny step crosses a threshold) are left out.
+    differentiable_targets: Tuple[int, ...] = ()
 
     def build(self, **init_kwargs: Any) -> nn.Module:
         return self.module(**init_kwargs)
@@ -242,7 +245,7 @@ def _ref_elementwise(fn: Callable[..., Tensor], rename: Optional[Dict[str, str]]
 
 def _ref_kl(input: Tensor, target: Tensor, reduction: str = "mean", log_target: bool = False) -> Tensor:
     if reduction == "none":
-        return TF.kl_div(input, target, reduction="none", log_target=log_target).reshape(input.shape[0], -1).sum(1)
+        return TF.kl_div(input, target, reduction="none", log_target=log_target).flatten(1).sum(1)
     return TF.kl_div(input, target, reduction="batchmean" if reduction == "mean" else "sum", log_target=log_target)
 
 
@@ -275,29 +278,37 @@ LOSSES: Dict[str, LossSpec] = {
     spec.name: spec
     for spec in [
         LossSpec("mse", "regression", L.MSELoss, F.mse_loss, 1, _like_randn, elementwise=True,
-                 reference=_ref_elementwise(TF.mse_loss), error_inputs=_REGRESSION_ERRORS),
+                 reference=_ref_elementwise(TF.mse_loss), error_inputs=_REGRESSION_ERRORS,
+                 differentiable_targets=(0,)),
         LossSpec("l1", "regression", L.L1Loss, F.l1_loss, 1, _like_randn, elementwise=True,
-                 reference=_ref_elementwise(TF.l1_loss), error_inputs=_REGRESSION_ERRORS, twice_differentiable=False),
+                 reference=_ref_elementwise(TF.l1_loss), error_inputs=_REGRESSION_ERRORS, twice_differentiable=False,
+                 differentiable_targets=(0,)),
         LossSpec("huber", "regression", L.HuberLoss, F.huber_loss, 1, _like_randn, elementwise=True,
                  variants=({}, {"delta": 0.5}), reference=_ref_elementwise(TF.huber_loss),
                  error_inputs=_REGRESSION_ERRORS + [_hyper_error({"delta": 0.0}, r"delta must be > 0, got 0.0")],
-                 twice_differentiable=False),
+                 twice_differentiable=False,
+                 differentiable_targets=(0,)),
         LossSpec("smooth_l1", "regression", L.SmoothL1Loss, F.smooth_l1_loss, 1, _like_randn, elementwise=True,
                  variants=({}, {"beta": 0.5}, {"beta": 0.0}), reference=_ref_elementwise(TF.smooth_l1_loss),
                  error_inputs=_REGRESSION_ERRORS + [_hyper_error({"beta": -1.0}, r"beta must be >= 0, got -1.0")],
-                 twice_differentiable=False),
+                 twice_differentiable=False,
+                 differentiable_targets=(0,)),
         LossSpec("log_cosh", "regression", L.LogCoshLoss, F.log_cosh_loss, 1, _like_randn, elementwise=True,
-                 error_inputs=_REGRESSION_ERRORS),
+                 error_inputs=_REGRESSION_ERRORS,
+                 differentiable_targets=(0,)),
         LossSpec("charbonnier", "regression", L.CharbonnierLoss, F.charbonnier_loss, 1, _like_randn, elementwise=True,
                  variants=({}, {"eps": 0.1}),
-                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"eps": 0.0}, r"eps must be > 0, got 0.0")]),
+                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"eps": 0.0}, r"eps must be > 0, got 0.0")],
+                 differentiable_targets=(0,)),
         LossSpec("quantile", "regression", L.QuantileLoss, F.quantile_loss, 1, _like_randn, elementwise=True,
                  variants=({}, {"quantile": 0.9}),
                  error_inputs=_REGRESSION_ERRORS + [_hyper_error({"quantile": 1.0}, r"quantile must be in \(0.0, 1.0\), got 1.0")],
-                 twice_differentiable=False),
+                 twice_differentiable=False,
+                 differentiable_targets=(0,)),
         LossSpec("gaussian_nll", "regression", L.GaussianNLLLoss, F.gaussian_nll_loss, 1, _gaussian_targets,
                  elementwise=True, variants=({}, {"full": True}), reference=_ref_gaussian,
-                 error_inputs=_pair_errors(n_targets=2) + [_hyper_error({"eps": -1.0}, r"eps must be > 0, got -1.0")]),
+                 error_inputs=_pair_errors(n_targets=2) + [_hyper_error({"eps": -1.0}, r"eps must be > 0, got -1.0")],
+                 differentiable_targets=(0, 1)),
         LossSpec("poisson_nll", "regression", L.PoissonNLLLoss, F.poisson_nll_loss, 1, _counts, elementwise=True,
                  variants=({}, {"full": True}, {"log_input": False}), reference=_ref_elementwise(TF.poisson_nll_loss),
                  make_input=lambda shape, dtype, gen: torch.rand(shape, generator=gen, dtype=dtype) * 2.0 + 0.1,
@@ -314,31 +325,39 @@ LOSSES: Dict[str, LossSpec] = {
                  error_inputs=_class_errors() + [_hyper_error({"gamma": -1.0}, r"gamma must be >= 0, got -1.0")]),
         LossSpec("binary_focal", "classification", L.BinaryFocalLoss, F.binary_focal_loss, 1, _binary, elementwise=True,
                  variants=({}, {"alpha": -1.0, "gamma": 1.5}),
-                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"alpha": 1.5}, r"alpha must be in \[0.0, 1.0\], got 1.5")]),
+                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"alpha": 1.5}, r"alpha must be in \[0.0, 1.0\], got 1.5")],
+                 differentiable_targets=(0,)),
         LossSpec("bce_with_logits", "classification", L.BCEWithLogitsLoss, F.bce_with_logits_loss, 1, _binary,
                  elementwise=True, variants=({}, {"pos_weight": torch.tensor([3.0])}), reference=_ref_bce,
-                 error_inputs=_REGRESSION_ERRORS),
+                 error_inputs=_REGRESSION_ERRORS,
+                 differentiable_targets=(0,)),
         LossSpec("dice", "dense", L.DiceLoss, F.dice_loss, 4, _binary, feature_shape=(4, 6, 6),
                  variants=({}, {"smooth": 0.0}),
-                 error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"smooth": -1.0}, r"smooth must be >= 0, got -1.0")]),
+                 error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"smooth": -1.0}, r"smooth must be >= 0, got -1.0")],
+                 differentiable_targets=(0,)),
         LossSpec("tversky", "dense", L.TverskyLoss, F.tversky_loss, 4, _binary, feature_shape=(4, 6, 6),
                  variants=({}, {"alpha": 0.3, "beta": 0.7}),
-                 error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"alpha": -0.1}, r"alpha must be >= 0, got -0.1")]),
+                 error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"alpha": -0.1}, r"alpha must be >= 0, got -0.1")],
+                 differentiable_targets=(0,)),
         LossSpec("kl_div", "distribution", L.KLDivLoss, F.kl_div_loss, 5, _probs, feature_shape=(5,),
                  variants=({}, {"log_target": True}), reference=_ref_kl, make_input=_log_probs_input,
-                 error_inputs=_pair_errors(feature=(5,))),
+                 error_inputs=_pair_errors(feature=(5,)),
+                 differentiable_targets=(0,)),
         LossSpec("info_nce", "metric", L.InfoNCELoss, F.info_nce_loss, 8, _like_randn, feature_shape=(8,),
                  variants=({}, {"symmetric": True, "temperature": 0.5}),
-                 error_inputs=_embedding_errors(1) + [_hyper_error({"temperature": 0.0}, r"temperature must be > 0, got 0.0")]),
+                 error_inputs=_embedding_errors(1) + [_hyper_error({"temperature": 0.0}, r"temperature must be > 0, got 0.0")],
+                 differentiable_targets=(0,)),
         LossSpec("triplet_margin", "metric", L.TripletMarginLoss, F.triplet_margin_loss, 8, _two_like, feature_shape=(8,),
                  variants=({}, {"margin": 2.0, "p": 1.0, "swap": True}), reference=_ref_triplet,
                  error_inputs=_embedding_errors(2) + [_hyper_error({"margin": 0.0}, r"margin must be > 0, got 0.0")],
-                 twice_differentiable=False),
+                 twice_differentiable=False,
+                 differentiable_targets=(0, 1)),
         LossSpec("cosine_embedding", "metric", L.CosineEmbeddingLoss, F.cosine_embedding_loss, 8, _pair_labels,
                  feature_shape=(8,), variants=({}, {"margin": 0.3}), reference=_ref_cosine,
                  error_inputs=_embedding_errors(2) + [
                      _hyper_error({"margin": 2.0}, r"margin must be in \[-1.0, 1.0\], got 2.0")],
-                 twice_differentiable=False),
+                 twice_differentiable=False,
+                 differentiable_targets=(0,)),
     ]
 }
 
@@ -380,17 +399,25 @@ DEFAULT_NET = "seed"
 
 
 def sample_inputs(spec: LossSpec, dtype: torch.dtype = torch.float64, batches: Sequence[int] = (1, 7, 64),
-                  reductions: Sequence[str] = tuple(REDUCTIONS)) -> Iterator[SampleInput]:
-    """Every variant of a loss at each batch size and reduction, plus a non-contiguous input."""
+                  reductions: Sequence[str] = tuple(REDUCTIONS), only_variant: Optional[int] = None,
+                  noncontiguous: bool = True) -> Iterator[SampleInput]:
+    """Every variant of a loss at each batch size and reduction, plus a non-contiguous input.
+
+    ``only_variant`` keeps the samples of ``spec.variants[only_variant]`` (with the seeds they have in
+    the full enumeration); ``noncontiguous=False`` leaves out the strided sample."""
     seed = 0
-    for variant in spec.variants:
+    for index, variant in enumerate(spec.variants):
         for batch in batches:
             for reduction in reductions:
-                pred, targets = spec.input_for(batch, dtype, seed=seed)
                 seed += 1
+                if only_variant is not None and index != only_variant:
+                    continue
+                pred, targets = spec.input_for(batch, dtype, seed=seed - 1)
                 kwargs = dict(variant, reduction=reduction)
                 yield SampleInput(pred, targets, _cast_kwargs(kwargs, dtype),
                                   "{} batch={} {}".format(_fmt_variant(variant), batch, reduction))
+    if not noncontiguous:
+        return
     # Non-contiguous: every tensor a strided view of a wider one.
     pred, targets = spec.input_for(6, dtype, seed=seed)
     yield SampleInput(_strided(pred), tuple(_strided(t) for t in targets), {}, "non-contiguous batch=6")

@@ -1,0 +1,530 @@
+"""The math of each loss, checked against things the code under test did not compute.
+
+- Losses with no torch equivalent (log-cosh, Charbonnier, quantile, focal, binary focal, Dice,
+  Tversky, InfoNCE) against an independent float64 formula written here element by element in plain
+  Python (``math``), for values, and against hand-derived derivatives or autograd of an independent
+  torch formula, for gradients.
+- Hand-computed values (worked out on paper; the arithmetic is in the comments).
+- Degenerate-case equivalences with torch built-ins: FocalLoss(gamma=0) is F.cross_entropy,
+  BinaryFocalLoss(alpha<0, gamma=0) is BCE-with-logits, Tversky(0.5, 0.5) is Dice, Quantile(0.5) is
+  half L1, SmoothL1(beta) is Huber(beta) / beta, InfoNCE is cross-entropy over cosine logits.
+- Edge cases the generic tests cannot state: per-element weights, the class-weighted mean, spatial
+  class targets, clamped variance, 0 log 0, overflow-free extremes, out-of-range class indices.
+"""
+import math
+from typing import Callable, List, Sequence
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch import Tensor
+from torch.testing import assert_close
+
+from compile_losses import functional as F
+from compile_losses import losses as L
+
+REDUCTIONS = ["none", "mean", "sum"]
+f64 = torch.float64
+
+
+def _rand(*shape: int, seed: int = 0, scale: float = 1.0) -> Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=f64) * scale
+
+
+def _reduce(values: List[float], reduction: str, shape: Sequence[int]) -> Tensor:
+    """Reduce a Python list of per-element losses (row-major) the way the docs say."""
+    t = torch.tensor(values, dtype=f64).reshape(tuple(shape))
+    if reduction == "none":
+        return t
+    return t.sum() if reduction == "sum" else torch.tensor(math.fsum(values) / len(values), dtype=f64)
+
+
+def _grad(fn: Callable[..., Tensor], *args: Tensor) -> List[Tensor]:
+    leaves = [a.detach().clone().requires_grad_() for a in args]
+    return list(torch.autograd.grad(fn(*leaves).sum(), leaves))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+# ---------------------------------------------------------------------------------------------
+# log-cosh
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_log_cosh_formula(reduction: str):
+    x, t = _rand(6, 3, seed=1, scale=3.0), _rand(6, 3, seed=2)
+    expected = [math.log(math.cosh(a - b)) for a, b in zip(x.flatten().tolist(), t.flatten().tolist())]
+    assert_close(L.LogCoshLoss(reduction=reduction)(x, t), _reduce(expected, reduction, x.shape))
+    # d/dx log cosh(x - t) = tanh(x - t)
+    (gx,) = _grad(lambda a: L.LogCoshLoss(reduction="none")(a, t), x)
+    assert_close(gx, torch.tanh(x - t))
+
+
+def test_log_cosh_hand_values_and_no_overflow():
+    # log cosh 1 = log((e + 1/e) / 2) = 0.433780830483027; log cosh 0 = 0
+    out = F.log_cosh_loss(torch.tensor([1.0, 0.0], dtype=f64), torch.zeros(2, dtype=f64), reduction="none")
+    assert_close(out, torch.tensor([0.4337808304830271, 0.0], dtype=f64))
+    # cosh(100) overflows float32; log cosh(100) = 100 - log 2 = 99.30685281944005, slope tanh(100) = 1
+    x = torch.tensor([100.0, -100.0], requires_grad=True)
+    out = F.log_cosh_loss(x, torch.zeros(2), reduction="none")
+    assert_close(out, torch.tensor([99.30685281944005] * 2))
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert_close(g, torch.tensor([1.0, -1.0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Charbonnier
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("eps", [1e-3, 0.5])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_charbonnier_formula(reduction: str, eps: float):
+    x, t = _rand(5, 4, seed=3), _rand(5, 4, seed=4)
+    expected = [math.hypot(a - b, eps) for a, b in zip(x.flatten().tolist(), t.flatten().tolist())]
+    assert_close(L.CharbonnierLoss(eps=eps, reduction=reduction)(x, t), _reduce(expected, reduction, x.shape))
+    # d/dx sqrt(d^2 + eps^2) = d / sqrt(d^2 + eps^2)
+    (gx,) = _grad(lambda a: L.CharbonnierLoss(eps=eps, reduction="none")(a, t), x)
+    d = (x - t).flatten().tolist()
+    assert_close(gx, torch.tensor([v / math.hypot(v, eps) for v in d], dtype=f64).reshape(x.shape))
+
+
+def test_charbonnier_hand_value():
+    # sqrt(3^2 + 4^2) = 5; slope 3 / 5
+    x = torch.tensor([3.0], dtype=f64, requires_grad=True)
+    out = F.charbonnier_loss(x, torch.zeros(1, dtype=f64), eps=4.0)
+    assert out.item() == 5.0
+    assert torch.autograd.grad(out, x)[0].item() == pytest.approx(0.6, abs=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# quantile (pinball)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("q", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_quantile_formula(reduction: str, q: float):
+    x, t = _rand(8, 2, seed=5), _rand(8, 2, seed=6)
+    expected = []
+    slopes = []
+    for a, b in zip(x.flatten().tolist(), t.flatten().tolist()):
+        if b >= a:  # under-prediction costs q per unit
+            expected.append(q * (b - a))
+            slopes.append(-q)
+        else:  # over-prediction costs 1 - q per unit
+            expected.append((1.0 - q) * (a - b))
+            slopes.append(1.0 - q)
+    assert_close(L.QuantileLoss(quantile=q, reduction=reduction)(x, t), _reduce(expected, reduction, x.shape))
+    (gx,) = _grad(lambda a: L.QuantileLoss(quantile=q, reduction="none")(a, t), x)
+    assert_close(gx, torch.tensor(slopes, dtype=f64).reshape(x.shape))
+
+
+def test_quantile_hand_values():
+    # q = 0.9: predicting 0 for 1 costs 0.9 * 1; predicting 2 for 1 costs 0.1 * 1
+    out = F.quantile_loss(torch.tensor([0.0, 2.0], dtype=f64), torch.ones(2, dtype=f64), quantile=0.9, reduction="none")
+    assert_close(out, torch.tensor([0.9, 0.1], dtype=f64))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_quantile_half_is_half_l1(reduction: str):
+    x, t = _rand(9, 3, seed=7), _rand(9, 3, seed=8)
+    ours = lambda a: L.QuantileLoss(quantile=0.5, reduction=reduction)(a, t)  # noqa: E731
+    half_l1 = lambda a: 0.5 * TF.l1_loss(a, t, reduction=reduction)  # noqa: E731
+    assert_close(ours(x), half_l1(x))
+    assert_close(_grad(ours, x), _grad(half_l1, x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Huber / smooth L1
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("beta", [0.25, 1.0, 2.5])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_smooth_l1_is_huber_over_beta(reduction: str, beta: float):
+    x, t = _rand(10, 2, seed=9, scale=2.0), _rand(10, 2, seed=10)
+    ours = lambda a: L.SmoothL1Loss(beta=beta, reduction=reduction)(a, t)  # noqa: E731
+    huber = lambda a: L.HuberLoss(delta=beta, reduction=reduction)(a, t) / beta  # noqa: E731
+    assert_close(ours(x), huber(x))
+    assert_close(_grad(ours, x), _grad(huber, x))
+
+
+def test_smooth_l1_beta_zero_is_l1():
+    x, t = _rand(10, seed=11), _rand(10, seed=12)
+    assert_close(F.smooth_l1_loss(x, t, beta=0.0), TF.l1_loss(x, t))
+
+
+def test_huber_hand_values():
+    # |d| = 0.5 < 1: 0.5 * 0.25 = 0.125; |d| = 3: 1 * (3 - 0.5) = 2.5; delta = 2, |d| = 3: 2 * (3 - 1) = 4
+    z = torch.zeros(2, dtype=f64)
+    assert_close(F.huber_loss(torch.tensor([0.5, 3.0], dtype=f64), z, reduction="none"), torch.tensor([0.125, 2.5], dtype=f64))
+    assert F.huber_loss(torch.tensor([3.0], dtype=f64), z[:1], delta=2.0).item() == 4.0
+
+
+# ---------------------------------------------------------------------------------------------
+# per-element weights (regression and BCE)
+# ---------------------------------------------------------------------------------------------
+_WEIGHTED = [
+    (F.mse_loss, {}), (F.l1_loss, {}), (F.huber_loss, {"delta": 0.5}), (F.smooth_l1_loss, {"beta": 0.5}),
+    (F.log_cosh_loss, {}), (F.charbonnier_loss, {}), (F.quantile_loss, {"quantile": 0.8}),
+    (F.bce_with_logits_loss, {}),
+]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("fn,kwargs", _WEIGHTED, ids=[f.__name__ for f, _ in _WEIGHTED])
+def test_weight_rescales_each_element(fn, kwargs, reduction: str):
+    x, t, w = _rand(7, 3, seed=13), torch.rand(7, 3, dtype=f64), torch.rand(7, 3, dtype=f64)
+    unweighted = fn(x, t, reduction="none", **kwargs)
+    weighted = w * unweighted
+    expected = {"none": weighted, "sum": weighted.sum(), "mean": weighted.mean()}[reduction]
+    assert_close(fn(x, t, weight=w, reduction=reduction, **kwargs), expected)
+    # a zero weight is a mask: those elements get no gradient
+    mask = (torch.arange(21).reshape(7, 3) % 2).to(f64)
+    (g,) = _grad(lambda a: fn(a, t, weight=mask, reduction="sum", **kwargs), x)
+    assert (g[mask == 0] == 0).all() and (g[mask == 1] != 0).any()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_weight_matches_torch(reduction: str):
+    x, t, w = _rand(6, 4, seed=14), torch.rand(6, 4, dtype=f64), torch.rand(6, 4, dtype=f64)
+    pw = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=f64)
+    ours = lambda a: L.BCEWithLogitsLoss(pos_weight=pw, reduction=reduction)(a, t, w)  # noqa: E731
+    ref = lambda a: TF.binary_cross_entropy_with_logits(a, t, weight=w, pos_weight=pw, reduction=reduction)  # noqa: E731
+    assert_close(ours(x), ref(x))
+    assert_close(_grad(ours, x), _grad(ref, x))
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-entropy and multi-class focal
+# ---------------------------------------------------------------------------------------------
+def _focal_formula(x: Tensor, y: Tensor, gamma: float, weight=None, ignore_index: int = -100) -> List[List[float]]:
+    """Per-sample [loss, class weight] for (N, C) logits, in plain Python."""
+    rows = []
+    for logits, label in zip(x.tolist(), y.tolist()):
+        if label == ignore_index:
+            rows.append([0.0, 0.0])
+            continue
+        top = max(logits)
+        denom = math.fsum(math.exp(v - top) for v in logits)
+        p = math.exp(logits[label] - top) / denom
+        w = 1.0 if weight is None else float(weight[label])
+        rows.append([-w * (1.0 - p) ** gamma * math.log(p), w])
+    return rows
+
+
+def _focal_torch(x: Tensor, y: Tensor, gamma: float) -> Tensor:
+    # independent torch formula (softmax by exp / sum) for autograd gradients, no ignore, no weight
+    p = torch.exp(x) / torch.exp(x).sum(1, keepdim=True)
+    pt = p.gather(1, y[:, None])[:, 0]
+    return -((1.0 - pt) ** gamma) * torch.log(pt)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0, 3.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_focal_formula(reduction: str, gamma: float):
+    x = _rand(9, 5, seed=15, scale=2.0)
+    y = torch.randint(0, 5, (9,), generator=torch.Generator().manual_seed(16))
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=f64)
+    y[2] = 4  # an ignored sample
+    rows = _focal_formula(x, y, gamma, weight, ignore_index=4)
+    losses = [r[0] for r in rows]
+    out = L.FocalLoss(weight=weight, gamma=gamma, ignore_index=4, reduction=reduction)(x, y)
+    if reduction == "mean":  # divided by the summed weights of the targets not ignored
+        expected = torch.tensor(math.fsum(losses) / math.fsum(r[1] for r in rows), dtype=f64)
+    else:
+        expected = _reduce(losses, reduction, (9,))
+    assert_close(out, expected)
+    y2 = torch.randint(0, 5, (9,), generator=torch.Generator().manual_seed(17))
+    ours = lambda a: L.FocalLoss(gamma=gamma, reduction="none")(a, y2)  # noqa: E731
+    assert_close(_grad(ours, x), _grad(lambda a: _focal_torch(a, y2, gamma), x))
+
+
+def test_focal_hand_value():
+    # two equal logits: p = 1/2, loss = (1/2)^2 * log 2 = 0.17328679513998632
+    out = F.focal_loss(torch.zeros(1, 2, dtype=f64), torch.tensor([0]), gamma=2.0)
+    assert_close(out, torch.tensor(0.25 * math.log(2.0), dtype=f64))
+    assert out.item() == pytest.approx(0.17328679513998632, rel=1e-15)
+
+
+_CLASS_VARIANTS = [
+    {}, {"weight": torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=f64)}, {"ignore_index": 1},
+    {"weight": torch.tensor([0.2, 2.0, 0.5, 1.0, 3.0], dtype=f64), "ignore_index": 3},
+]
+
+
+@pytest.mark.parametrize("spatial", [False, True], ids=["flat", "spatial"])
+@pytest.mark.parametrize("kwargs", _CLASS_VARIANTS, ids=["plain", "weight", "ignore", "weight+ignore"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_focal_gamma_zero_is_cross_entropy(reduction: str, kwargs, spatial: bool):
+    shape = (6, 5, 3, 2) if spatial else (11, 5)
+    x = _rand(*shape, seed=18)
+    y = torch.randint(0, 5, (shape[0],) + shape[2:], generator=torch.Generator().manual_seed(19))
+    ours = lambda a: L.FocalLoss(gamma=0.0, reduction=reduction, **kwargs)(a, y)  # noqa: E731
+    ref = lambda a: TF.cross_entropy(a, y, reduction=reduction, **kwargs)  # noqa: E731
+    assert_close(ours(x), ref(x))
+    assert_close(_grad(ours, x), _grad(ref, x))
+    # and our own cross-entropy, with label smoothing too
+    ce = lambda a: L.CrossEntropyLoss(label_smoothing=0.15, reduction=reduction, **kwargs)(a, y)  # noqa: E731
+    ce_ref = lambda a: TF.cross_entropy(a, y, label_smoothing=0.15, reduction=reduction, **kwargs)  # noqa: E731
+    assert_close(ce(x), ce_ref(x))
+    assert_close(_grad(ce, x), _grad(ce_ref, x))
+
+
+def test_class_weighted_mean_divides_by_weights_of_kept_targets():
+    x = _rand(4, 3, seed=20)
+    y = torch.tensor([0, 1, 2, 1])
+    w = torch.tensor([1.0, 2.0, 4.0], dtype=f64)
+    for module in (L.CrossEntropyLoss, L.FocalLoss):
+        none = module(weight=w, ignore_index=2, reduction="none")(x, y)
+        mean = module(weight=w, ignore_index=2, reduction="mean")(x, y)
+        assert none[2].item() == 0.0
+        assert_close(mean, none.sum() / (1.0 + 2.0 + 2.0))  # weights of targets 0, 1, 1
+
+
+def test_all_targets_ignored_mean_is_nan_with_zero_gradient_as_torch():
+    x = _rand(3, 4, seed=21).requires_grad_()
+    y = torch.full((3,), 2)
+    for fn in (lambda a: F.cross_entropy_loss(a, y, ignore_index=2), lambda a: F.focal_loss(a, y, ignore_index=2)):
+        out = fn(x)
+        assert torch.isnan(out)
+        (g,) = torch.autograd.grad(out, x)
+        assert_close(g, torch.autograd.grad(TF.cross_entropy(x, y, ignore_index=2), x)[0])
+        assert (g == 0).all()
+
+
+def test_focal_is_finite_when_confident():
+    # p_t rounds to 1 in float32: loss ~ 0 and a finite gradient, for gamma below and above 1
+    x = torch.tensor([[100.0, 0.0, -100.0]], requires_grad=True)
+    for gamma in (0.5, 2.0):
+        out = F.focal_loss(x, torch.tensor([0]), gamma=gamma)
+        (g,) = torch.autograd.grad(out, x)
+        assert out.item() == pytest.approx(0.0, abs=1e-30) and torch.isfinite(g).all()
+
+
+def test_class_index_out_of_range_raises_in_eager():
+    # documented: torch's own index error in eager (a value check would cost a graph break)
+    for fn in (F.cross_entropy_loss, F.focal_loss):
+        with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
+            fn(torch.zeros(3, 4), torch.tensor([0, 4, 1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# binary focal
+# ---------------------------------------------------------------------------------------------
+def _binary_focal_formula(x: float, t: float, alpha: float, gamma: float) -> float:
+    p = _sigmoid(x)
+    ce = -(t * math.log(p) + (1.0 - t) * math.log(1.0 - p))
+    p_t = p * t + (1.0 - p) * (1.0 - t)
+    loss = ce * (1.0 - p_t) ** gamma
+    if alpha >= 0.0:
+        loss *= alpha * t + (1.0 - alpha) * (1.0 - t)
+    return loss
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.5, 1.0), (-1.0, 1.5), (0.9, 0.0)])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_focal_formula(reduction: str, alpha: float, gamma: float):
+    x = _rand(6, 4, seed=22, scale=2.0)
+    t = (torch.rand(6, 4, generator=torch.Generator().manual_seed(23)) < 0.5).to(f64)
+    t[0] = 0.3  # soft targets are allowed too
+    expected = [_binary_focal_formula(a, b, alpha, gamma) for a, b in zip(x.flatten().tolist(), t.flatten().tolist())]
+    assert_close(L.BinaryFocalLoss(alpha=alpha, gamma=gamma, reduction=reduction)(x, t), _reduce(expected, reduction, x.shape))
+
+    def indep(a: Tensor) -> Tensor:  # the same formula in torch, for autograd
+        p = torch.sigmoid(a)
+        ce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
+        loss = ce * (1 - (p * t + (1 - p) * (1 - t))) ** gamma
+        return loss * (alpha * t + (1 - alpha) * (1 - t)) if alpha >= 0 else loss
+
+    assert_close(_grad(lambda a: L.BinaryFocalLoss(alpha=alpha, gamma=gamma, reduction="none")(a, t), x), _grad(indep, x))
+
+
+def test_binary_focal_hand_value():
+    # x = 0, t = 1: CE = log 2, p_t = 1/2, (1/2)^2 = 1/4, alpha_t = 1/4 -> log(2) / 16 = 0.043321698784996576
+    out = F.binary_focal_loss(torch.zeros(1, dtype=f64), torch.ones(1, dtype=f64), alpha=0.25, gamma=2.0)
+    assert out.item() == pytest.approx(math.log(2.0) / 16.0, rel=1e-15)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_focal_without_alpha_and_gamma_is_bce(reduction: str):
+    x, t = _rand(5, 3, seed=24, scale=3.0), torch.rand(5, 3, dtype=f64)
+    ours = lambda a: L.BinaryFocalLoss(alpha=-1.0, gamma=0.0, reduction=reduction)(a, t)  # noqa: E731
+    ref = lambda a: TF.binary_cross_entropy_with_logits(a, t, reduction=reduction)  # noqa: E731
+    assert_close(ours(x), ref(x))
+    assert_close(_grad(ours, x), _grad(ref, x))
+
+
+def test_binary_focal_is_finite_at_extreme_logits():
+    x = torch.tensor([-40.0, 40.0, -40.0, 40.0], requires_grad=True)
+    t = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    for gamma in (0.5, 2.0):
+        out = F.binary_focal_loss(x, t, gamma=gamma, reduction="none")
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(out).all() and torch.isfinite(g).all()
+        # confidently right: ~0; confidently wrong: ~ alpha_t * 40
+        assert out[:2].max().item() < 1e-12
+        assert_close(out[2:], torch.tensor([0.25 * 40.0, 0.75 * 40.0]), rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dice and Tversky
+# ---------------------------------------------------------------------------------------------
+def _tversky_formula(x: Tensor, t: Tensor, alpha: float, beta: float, smooth: float) -> List[float]:
+    out = []
+    for xs, ts in zip(x.flatten(1).tolist(), t.flatten(1).tolist()):
+        p = [_sigmoid(v) for v in xs]
+        tp = math.fsum(a * b for a, b in zip(p, ts))
+        fp = math.fsum(a * (1 - b) for a, b in zip(p, ts))
+        fn = math.fsum((1 - a) * b for a, b in zip(p, ts))
+        out.append(1.0 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
+    return out
+
+
+def _dice_formula(x: Tensor, t: Tensor, smooth: float) -> List[float]:
+    out = []
+    for xs, ts in zip(x.flatten(1).tolist(), t.flatten(1).tolist()):
+        p = [_sigmoid(v) for v in xs]
+        out.append(1.0 - (2.0 * math.fsum(a * b for a, b in zip(p, ts)) + smooth) / (math.fsum(p) + math.fsum(ts) + smooth))
+    return out
+
+
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_dice_formula(reduction: str, smooth: float):
+    x = _rand(4, 2, 3, 3, seed=25, scale=2.0)
+    t = (torch.rand(4, 2, 3, 3, generator=torch.Generator().manual_seed(26)) < 0.4).to(f64)
+    out = L.DiceLoss(smooth=smooth, reduction=reduction)(x, t)
+    assert_close(out, _reduce(_dice_formula(x, t, smooth), reduction, (4,)))
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.3, 0.7), (1.0, 1.0), (0.0, 2.0)])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_tversky_formula(reduction: str, alpha: float, beta: float):
+    x = _rand(3, 1, 4, 4, seed=27, scale=2.0)
+    t = (torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(28)) < 0.5).to(f64)
+    out = L.TverskyLoss(alpha=alpha, beta=beta, smooth=0.5, reduction=reduction)(x, t)
+    assert_close(out, _reduce(_tversky_formula(x, t, alpha, beta, 0.5), reduction, (3,)))
+
+
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_tversky_half_half_is_dice(reduction: str, smooth: float):
+    x = _rand(5, 3, 4, 4, seed=29)
+    t = (torch.rand(5, 3, 4, 4, generator=torch.Generator().manual_seed(30)) < 0.5).to(f64)
+    # (TP + s) / (TP + FP/2 + FN/2 + s) = (2 TP + 2s) / (sum p + sum t + 2s): Dice with smooth 2s
+    tv = lambda a: L.TverskyLoss(alpha=0.5, beta=0.5, smooth=smooth, reduction=reduction)(a, t)  # noqa: E731
+    dice = lambda a: L.DiceLoss(smooth=2.0 * smooth, reduction=reduction)(a, t)  # noqa: E731
+    assert_close(tv(x), dice(x))
+    assert_close(_grad(tv, x), _grad(dice, x))
+    # gradient of Dice against autograd of the independent torch formula
+    def indep(a: Tensor) -> Tensor:
+        p = torch.sigmoid(a).flatten(1)
+        tt = t.flatten(1)
+        return 1 - (2 * (p * tt).sum(1) + smooth) / (p.sum(1) + tt.sum(1) + smooth)
+
+    assert_close(_grad(lambda a: L.DiceLoss(smooth=smooth, reduction="none")(a, t), x), _grad(indep, x))
+
+
+def test_dice_and_tversky_hand_values():
+    # p = 1/2 everywhere, target (1, 1, 1, 1), smooth 0: Dice = 1 - 2*2 / (2 + 4) = 1/3
+    z = torch.zeros(1, 4, dtype=f64)
+    assert_close(F.dice_loss(z, torch.ones(1, 4, dtype=f64), smooth=0.0), torch.tensor(1.0 / 3.0, dtype=f64))
+    # target (1, 1, 0, 0): TP = 1, FP = 1, FN = 1; alpha 0.3, beta 0.7: 1 - 1 / (1 + 0.3 + 0.7) = 1/2
+    t = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=f64)
+    assert_close(F.tversky_loss(z, t, alpha=0.3, beta=0.7, smooth=0.0), torch.tensor(0.5, dtype=f64))
+    # an empty mask with an all-negative prediction is perfect thanks to smooth: 1 - s / s = 0
+    assert F.dice_loss(torch.full((1, 4), -100.0), torch.zeros(1, 4), smooth=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# KL divergence, Gaussian and Poisson NLL edge cases
+# ---------------------------------------------------------------------------------------------
+def test_kl_div_zero_target_probability_is_finite():
+    # 0 log 0 = 0: a target with zeros contributes nothing there, gradients stay finite
+    logq = torch.log_softmax(_rand(3, 4, seed=31), dim=1)
+    p = torch.tensor([[0.0, 0.5, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0], [0.25] * 4], dtype=f64)
+    ours = lambda a, b: F.kl_div_loss(a, b, reduction="none")  # noqa: E731
+    ref = lambda a, b: TF.kl_div(a, b, reduction="none").sum(1)  # noqa: E731
+    assert_close(ours(logq, p), ref(logq, p))
+    assert_close(_grad(ours, logq, p)[0], _grad(ref, logq, p)[0])
+    # by hand: row 2 is one-hot on class 0, KL = -log q_0
+    assert_close(ours(logq, p)[1], -logq[1, 0])
+
+
+def test_gaussian_nll_clamps_variance_value_not_gradient_as_torch():
+    x, t = _rand(4, seed=32), _rand(4, seed=33)
+    var = torch.tensor([1e-9, 1e-3, 0.5, 2.0], dtype=f64)
+    ours = lambda a, v: F.gaussian_nll_loss(a, t, v, eps=1e-6, reduction="sum")  # noqa: E731
+    ref = lambda a, v: TF.gaussian_nll_loss(a, t, v, eps=1e-6, reduction="sum")  # noqa: E731
+    assert_close(ours(x, var), ref(x, var))
+    for g, rg in zip(_grad(ours, x, var), _grad(ref, x, var)):
+        assert_close(g, rg)
+    # by hand: x = t, var = 1, not full: 0.5 * (log 1 + 0) = 0; full adds 0.5 log(2 pi)
+    one = torch.ones(1, dtype=f64)
+    assert F.gaussian_nll_loss(one, one, one).item() == 0.0
+    assert F.gaussian_nll_loss(one, one, one, full=True).item() == pytest.approx(0.5 * math.log(2 * math.pi), rel=1e-15)
+
+
+def test_poisson_nll_full_target_gradient_is_finite():
+    # torch's Stirling term gives d/dtarget = NaN at target 0 (0 * log 0 through masked_fill);
+    # ours is the true limit. d/dt [exp(x) - t x + stirling(t) 1{t > 1}] = -x (+ log t + 1/(2t) for t > 1)
+    x = torch.tensor([0.3, -0.2, 0.1], dtype=f64)
+    t = torch.tensor([0.0, 1.0, 3.0], dtype=f64)
+    (gt,) = _grad(lambda b: F.poisson_nll_loss(x, b, full=True, reduction="sum"), t)
+    expected = torch.tensor([-0.3, 0.2, -0.1 + math.log(3.0) + 1.0 / 6.0], dtype=f64)
+    assert_close(gt, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# InfoNCE
+# ---------------------------------------------------------------------------------------------
+def _info_nce_formula(a: Tensor, p: Tensor, tau: float, symmetric: bool) -> List[float]:
+    def cos(u: List[float], v: List[float]) -> float:
+        return math.fsum(x * y for x, y in zip(u, v)) / (math.sqrt(math.fsum(x * x for x in u)) * math.sqrt(math.fsum(y * y for y in v)))
+
+    rows, cols = a.tolist(), p.tolist()
+    sim = [[cos(u, v) / tau for v in cols] for u in rows]
+    n = len(rows)
+    out = []
+    for i in range(n):
+        row = -sim[i][i] + math.log(math.fsum(math.exp(sim[i][m]) for m in range(n)))
+        if symmetric:
+            col = -sim[i][i] + math.log(math.fsum(math.exp(sim[m][i]) for m in range(n)))
+            row = 0.5 * (row + col)
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("tau,symmetric", [(0.1, False), (0.5, True), (1.0, False)])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_info_nce_formula(reduction: str, tau: float, symmetric: bool):
+    a, p = _rand(6, 5, seed=34), _rand(6, 5, seed=35)
+    out = L.InfoNCELoss(temperature=tau, symmetric=symmetric, reduction=reduction)(a, p)
+    assert_close(out, _reduce(_info_nce_formula(a, p, tau, symmetric), reduction, (6,)))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_info_nce_is_cross_entropy_over_cosine_logits(reduction: str):
+    a, p = _rand(7, 4, seed=36), _rand(7, 4, seed=37)
+    labels = torch.arange(7)
+    ours = lambda x, y: L.InfoNCELoss(temperature=0.2, reduction=reduction)(x, y)  # noqa: E731
+
+    def ref(x: Tensor, y: Tensor) -> Tensor:
+        logits = TF.cosine_similarity(x[:, None, :], y[None, :, :], dim=-1) / 0.2
+        return TF.cross_entropy(logits, labels, reduction=reduction)
+
+    assert_close(ours(a, p), ref(a, p))
+    for g, rg in zip(_grad(ours, a, p), _grad(ref, a, p)):
+        assert_close(g, rg)
+
+
+def test_info_nce_hand_value():
+    # orthonormal pairs, tau = 1: logits = I, loss = -log(e / (e + 1)) = log(1 + 1/e) = 0.31326168751822286
+    e = torch.eye(2, dtype=f64)
+    assert F.info_nce_loss(e, e, temperature=1.0).item() == pytest.approx(0.31326168751822286, rel=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# the classic pitfall
+# ---------------------------------------------------------------------------------------------
+def test_column_prediction_never_broadcasts_against_flat_target():
+    # nn.MSELoss would broadcast (10, 1) against (10,) to (10, 10) with only a warning
+    with pytest.raises(ValueError, match=r"got input \(10, 1\) and target \(10,\)"):
+        L.MSELoss()(torch.zeros(10, 1), torch.zeros(10))
