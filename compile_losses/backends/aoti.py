@@ -1,0 +1,86 @@
+"""AOTInductor: ``torch.export`` with a dynamic batch dimension, compiled by
+``torch._inductor.aoti_compile_and_package`` into a ``.pt2`` package and loaded back with
+``aoti_load_package``.
+
+A build takes ~10-20 s on two cores, so prepared packages are cached per process (keyed on the
+module's structure and weights and the inputs' non-batch shapes: one build serves every batch
+size) and inductor's own on-disk caches make a rebuild in a later process cheaper. Gradient rows
+come from the training graphs (:mod:`compile_losses.training`).
+"""
+import os
+import tempfile
+import warnings
+from typing import Any, Callable, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .base import Backend, TrainStepResult, export_example
+from .eager import _cxx_compiler
+
+__all__ = ["AotiBackend", "export_aoti"]
+
+_DIRS: List[Any] = []  # package folders live as long as the process holds their runners
+
+
+class AotiBackend(Backend):
+    cacheable = True
+
+    def __init__(self, name: str = "aoti", device: str = "cpu") -> None:
+        super().__init__(name)
+        self.device = device
+
+    def _available(self) -> Tuple[bool, str]:
+        inductor = torch._inductor
+        for fn in ("aoti_compile_and_package", "aoti_load_package"):
+            if not hasattr(inductor, fn):
+                return False, "this torch has no torch._inductor.{}".format(fn)
+        if not hasattr(torch, "export"):
+            return False, "this torch has no torch.export"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            return False, "no CUDA device (torch.cuda.is_available() is False)"
+        if not _cxx_compiler():
+            return False, "AOTInductor needs a C++ compiler (set CXX or install g++)"
+        return True, ""
+
+    def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        runner = export_aoti(module, example_inputs)
+
+        def run(*inputs: Tensor) -> Any:
+            out = runner(*[t.contiguous() for t in inputs])
+            return out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
+
+        return run, module
+
+    def _exported_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
+        from .onnx import _training
+
+        training = _training("prepare_aoti_loss_and_grad")
+        return training.prepare_aoti_loss_and_grad(loss, export_example(example_inputs))
+
+    def _exported_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                             lr: float) -> Callable[..., TrainStepResult]:
+        from .onnx import _training
+
+        training = _training("prepare_aoti_train_step")
+        return training.prepare_aoti_train_step(net, loss, export_example(example_inputs), lr)
+
+
+def export_aoti(module: nn.Module, example_inputs: Tuple[Tensor, ...], package_path: str = "") -> Any:
+    """``torch.export`` (dim 0 of every input dynamic) then AOTInductor; returns the loaded runner.
+    With ``package_path`` the ``.pt2`` is written there, else into a folder the process keeps."""
+    example = export_example(example_inputs)
+    batch = torch.export.Dim("batch")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            program = torch.export.export(module, example, dynamic_shapes=tuple({0: batch} for _ in example))
+    except Exception as exc:  # torch.export raises many types; one line says which and why
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise RuntimeError("torch.export failed: {}: {}".format(type(exc).__name__, first)) from None
+    if not package_path:
+        folder = tempfile.TemporaryDirectory(prefix="compile_losses_aoti_")
+        _DIRS.append(folder)
+        package_path = os.path.join(folder.name, "model.pt2")
+    path = torch._inductor.aoti_compile_and_package(program, package_path=package_path)
+    return torch._inductor.aoti_load_package(path)

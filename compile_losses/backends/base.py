@@ -1,0 +1,254 @@
+"""The one interface every backend adapter implements, and what the adapters share.
+
+A backend turns a module into a callable that takes and returns torch tensors, so that no caller
+(parity, benchmarks, export) ever special-cases one. Autograd backends (eager, compile, script,
+trace) get their gradients generically from ``torch.autograd``; exporting backends get theirs from
+the training graphs of :mod:`compile_losses.training`.
+
+Preparation is cached per process, keyed on the module's structure and weights and on the inputs'
+dtypes and non-batch shapes (every backend takes a dynamic batch dimension), so one export or
+compile serves every batch size of a parity run.
+"""
+import collections
+import hashlib
+import weakref
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..nets import NetWithLoss
+
+__all__ = ["Backend", "Unsupported", "TrainStepResult", "structure_key", "export_example", "clear_cache"]
+
+
+class Unsupported(Exception):
+    """A backend cannot do this (yet); the message is the reason. Reported as a row, never a pass."""
+
+
+class TrainStepResult(NamedTuple):
+    """One SGD step: the loss at the current parameters, every parameter's gradient and the
+    parameters after ``p - lr * grad``; dicts keyed by ``net.named_parameters()`` names."""
+
+    loss: Tensor
+    grads: Dict[str, Tensor]
+    new_params: Dict[str, Tensor]
+
+
+class Backend:
+    """One way to run a module. Subclasses implement :meth:`_compile` (and :meth:`_available`).
+
+    ``prepare*`` raise :class:`Unsupported` (with the reason) when the backend cannot run here or
+    cannot do what is asked; any other exception is a real failure of the backend.
+    """
+
+    name: str = ""
+    supports_autograd: bool = False
+    device: str = "cpu"
+    # Worth caching: building is slow (compile, export). Eager and TorchScript rebuild every time.
+    cacheable: bool = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return "<{} backend {!r}>".format(type(self).__name__, self.name)
+
+    # -- availability ----------------------------------------------------------------------
+    def available(self) -> Tuple[bool, str]:
+        """``(True, "")`` or ``(False, reason)`` when it cannot run here."""
+        try:
+            return self._available()
+        except Exception as exc:  # an import that breaks in a future torch: unavailable, with why
+            return False, "{}: {}".format(type(exc).__name__, exc)
+
+    def _available(self) -> Tuple[bool, str]:
+        return True, ""
+
+    def _require(self) -> None:
+        ok, reason = self.available()
+        if not ok:
+            raise Unsupported("unavailable: " + reason)
+
+    # -- the interface -----------------------------------------------------------------------
+    def prepare(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tensor]:
+        """``module`` as a callable on ``example_inputs``-like tensors (any batch size)."""
+        self._require()
+        example_inputs = _as_tuple(example_inputs)
+        fn, _ = self._cached("forward", module, example_inputs, lambda: self._build_forward(module, example_inputs))
+        return fn
+
+    def prepare_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
+        """``(pred, *targets) -> (loss value, d loss / d pred)``."""
+        self._require()
+        example_inputs = _as_tuple(example_inputs)
+        if not self.supports_autograd:
+            return self._exported_loss_and_grad(loss, example_inputs)
+        return self._cached("loss_and_grad", loss, example_inputs,
+                            lambda: (self._autograd_loss_and_grad(loss, example_inputs), None))[0]
+
+    def prepare_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                           lr: float) -> Callable[..., TrainStepResult]:
+        """``(x, *targets) -> TrainStepResult`` from the net's current parameters; the net (and
+        its ``.grad``) is never changed."""
+        self._require()
+        example_inputs = _as_tuple(example_inputs)
+        if not self.supports_autograd:
+            return self._exported_train_step(net, loss, example_inputs, lr)
+        wrapped = NetWithLoss(net, loss, n_targets=len(example_inputs) - 1)
+        return self._cached(("train_step", float(lr)), wrapped, example_inputs,
+                            lambda: (self._autograd_train_step(wrapped, example_inputs, lr), None),
+                            owners=(net, loss))[0]
+
+    def _build_forward(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        fn, used = self._compile(module, example_inputs)
+        self._warm_up(fn, example_inputs)
+        return fn, used
+
+    # -- what subclasses provide ---------------------------------------------------------------
+    def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        """The callable and the module whose parameters it reads (a device copy on CUDA)."""
+        raise NotImplementedError
+
+    def _warm_up(self, fn: Callable[..., Any], example_inputs: Tuple[Tensor, ...]) -> None:
+        """Run once at preparation (torch.compile compiles here, under its shape settings)."""
+
+    def _exported_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
+        raise Unsupported("{}: no gradients".format(self.name))
+
+    def _exported_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                             lr: float) -> Callable[..., TrainStepResult]:
+        raise Unsupported("{}: no gradients".format(self.name))
+
+    # -- generic autograd ------------------------------------------------------------------------
+    def _autograd_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
+        fn, _ = self._compile(loss, _with_grad_first(example_inputs))
+
+        def loss_and_grad(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
+            leaf = pred.detach().requires_grad_(True)
+            value = fn(leaf, *targets)
+            (dpred,) = torch.autograd.grad(value, leaf, grad_outputs=_seed_grad(value))
+            return value.detach(), dpred
+
+        _keep_counter(loss_and_grad, fn)
+        self._warm_up(loss_and_grad, example_inputs)
+        return loss_and_grad
+
+    def _autograd_train_step(self, wrapped: nn.Module, example_inputs: Tuple[Tensor, ...],
+                             lr: float) -> Callable[..., TrainStepResult]:
+        fn, used = self._compile(wrapped, example_inputs)
+        named = [(n, p) for n, p in used.net.named_parameters() if p.requires_grad]
+        names = [n for n, _ in named]
+        params = [p for _, p in named]
+
+        def train_step(x: Tensor, *targets: Tensor) -> TrainStepResult:
+            value = fn(x, *targets)
+            grads = torch.autograd.grad(value, params, grad_outputs=_seed_grad(value), allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            return TrainStepResult(value.detach(), dict(zip(names, grads)),
+                                   {n: p.detach() - lr * g for n, p, g in zip(names, params, grads)})
+
+        _keep_counter(train_step, fn)
+        self._warm_up(train_step, example_inputs)
+        return train_step
+
+    # -- cache ---------------------------------------------------------------------------------
+    def _cached(self, kind: Any, module: nn.Module, example_inputs: Tuple[Tensor, ...],
+                build: Callable[[], Tuple[Callable[..., Any], Optional[nn.Module]]],
+                owners: Optional[Tuple[nn.Module, ...]] = None) -> Tuple[Callable[..., Any], Any]:
+        if not self.cacheable:
+            return build()
+        owners = (module,) if owners is None else owners
+        key = (self.name, kind) + structure_key(module, example_inputs)
+        hit = _CACHE.get(key)
+        # Autograd backends read the modules' live parameters: reuse only for the same modules.
+        if hit is not None and (not self.supports_autograd or all(r() is m for r, m in zip(hit[0], owners))):
+            _CACHE.move_to_end(key)
+            return hit[1]
+        value = build()
+        _CACHE[key] = (tuple(weakref.ref(m) for m in owners), value)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return value
+
+
+_CACHE_SIZE = 256
+_CACHE: "collections.OrderedDict[Tuple[Any, ...], Tuple[Any, Any]]" = collections.OrderedDict()
+
+
+def clear_cache() -> None:
+    """Forget every prepared callable (tests that need a fresh build call this)."""
+    _CACHE.clear()
+
+
+def structure_key(module: nn.Module, example_inputs: Sequence[Tensor]) -> Tuple[Any, ...]:
+    """What a prepared callable depends on: module classes, their plain settings, the weights'
+    bytes, and the inputs' dtypes and non-batch shapes (the batch dimension is dynamic)."""
+    h = hashlib.sha256()
+    for name, sub in module.named_modules():
+        h.update("{}:{}.{}".format(name, type(sub).__module__, type(sub).__qualname__).encode())
+        for attr, value in sorted(vars(sub).items()):
+            if isinstance(value, (bool, int, float, str, type(None))) or (
+                    isinstance(value, tuple) and all(isinstance(v, (bool, int, float, str)) for v in value)):
+                h.update("{}={!r};".format(attr, value).encode())
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        h.update("{}:{}:{}:{};".format(name, tensor.dtype, tuple(tensor.shape), tensor.device).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    signature = tuple((str(t.dtype), tuple(t.shape[1:])) for t in example_inputs)
+    return (h.hexdigest(), signature)
+
+
+def export_example(example_inputs: Sequence[Tensor], rows: int = 4) -> Tuple[Tensor, ...]:
+    """A small copy of the inputs to trace or export with: ``rows`` samples (repeated when fewer),
+    so a batch of 1 never specializes the batch dimension and a huge batch is not traced whole."""
+    out = []
+    for t in example_inputs:
+        if t.dim() == 0:
+            raise ValueError("every input needs a batch dimension first, got a 0-d tensor")
+        t = t.detach()
+        if t.shape[0] < rows:
+            t = t.repeat((-(-rows // t.shape[0]),) + (1,) * (t.dim() - 1))
+        out.append(t[:rows].clone())
+    return tuple(out)
+
+
+def _as_tuple(inputs: Any) -> Tuple[Tensor, ...]:
+    if isinstance(inputs, Tensor):
+        return (inputs,)
+    inputs = tuple(inputs)
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError("example_inputs must be tensors, got {} at position {}".format(type(t).__name__, i))
+    return inputs
+
+
+def _with_grad_first(example_inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    return (example_inputs[0].detach().requires_grad_(True),) + tuple(example_inputs[1:])
+
+
+def _keep_counter(outer: Any, inner: Any) -> None:
+    # torch.compile's prepared forward counts its compilations; the wrappers expose the count.
+    if hasattr(inner, "compile_counter"):
+        outer.compile_counter = inner.compile_counter
+
+
+def _seed_grad(value: Tensor) -> Optional[Tensor]:
+    # A reduction="none" loss: the gradient of its sum, as .backward(ones) gives.
+    return None if value.dim() == 0 else torch.ones_like(value)
+
+
+def to_cpu(value: Any) -> Any:
+    """Tensors (and tensors in tuples/dicts) on the CPU, detached: what parity compares."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*[to_cpu(v) for v in value])
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
+def move(inputs: Sequence[Tensor], device: str) -> List[Tensor]:
+    return [t.to(device) for t in inputs]

@@ -1,0 +1,309 @@
+"""ONNX: two exporters, two runtimes.
+
+- ``onnx``: the torch.export-based exporter (``torch.onnx.export(..., dynamo=True)``), run in
+  onnxruntime; ``onnx-legacy``: the TorchScript-based exporter (``dynamo=False``), in onnxruntime;
+  ``onnx-ref``: the ``onnx`` graph run by ``onnx.reference.ReferenceEvaluator`` (numpy), so that an
+  exporter error can be told from a runtime error; ``onnx-cuda``: onnxruntime's CUDA provider.
+- Every export traces inside :func:`compile_losses._reduction.faithful_reductions`: reductions
+  accumulate in float64 in the graph, because onnxruntime's float32 ReduceSum/ReduceMean over
+  2^24 elements is off from float64 by ~1e-3 relative (eager: ~1e-8). :func:`faithful_cost`
+  measures what that costs.
+- The batch dimension (dim 0 of every input) is dynamic; the export runs on a small example.
+- onnxruntime sessions use one intra-op thread (and one inter-op thread): a parity result must not
+  depend on how many cores the machine has, nor compete for this machine's two shared cores.
+  Benchmarks that want more build their own ``SessionOptions`` from :func:`ort_session`'s.
+
+Gradient rows come from the training graphs (:mod:`compile_losses.training`), exported with the
+torch.export-based exporter only.
+"""
+import contextlib
+import inspect
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .._reduction import faithful_reductions
+from .base import Backend, TrainStepResult, Unsupported, export_example, structure_key
+
+__all__ = ["OnnxBackend", "OPSET", "INTRA_OP_THREADS", "export_onnx", "ort_session", "faithful_cost"]
+
+# The opset the training graphs use too, so every graph of a bundle reads the same.
+OPSET = 18
+INTRA_OP_THREADS = 1
+
+_EXPORTS: Dict[Tuple[Any, ...], bytes] = {}
+
+
+class OnnxBackend(Backend):
+    cacheable = True
+
+    def __init__(self, name: str, exporter: str = "dynamo", runner: str = "ort",
+                 provider: str = "CPUExecutionProvider") -> None:
+        super().__init__(name)
+        if exporter not in ("dynamo", "legacy"):
+            raise ValueError("exporter must be 'dynamo' or 'legacy', got {!r}".format(exporter))
+        if runner not in ("ort", "ref"):
+            raise ValueError("runner must be 'ort' or 'ref', got {!r}".format(runner))
+        self.exporter = exporter
+        self.runner = runner
+        self.provider = provider
+        self.device = "cuda" if provider.startswith("CUDA") else "cpu"
+
+    def _available(self) -> Tuple[bool, str]:
+        import onnx  # noqa: F401  (a missing package is reported by available())
+
+        if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+            return False, "this torch's torch.onnx.export has no dynamo= switch"
+        if self.exporter == "dynamo":
+            import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
+        if self.runner == "ref":
+            from onnx.reference import ReferenceEvaluator  # noqa: F401
+            return True, ""
+        import onnxruntime as ort
+
+        if self.provider not in ort.get_available_providers():
+            return False, "onnxruntime has no {} (installed: {})".format(
+                self.provider, ", ".join(ort.get_available_providers()))
+        return True, ""
+
+    def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        key = (self.exporter,) + structure_key(module, example_inputs)
+        if key not in _EXPORTS:
+            _EXPORTS[key] = export_onnx(module, example_inputs, exporter=self.exporter).SerializeToString()
+        return self._runner(_EXPORTS[key]), module
+
+    def _runner(self, model: bytes) -> Callable[..., Any]:
+        import numpy as np
+
+        if self.runner == "ref":
+            import onnx
+            from onnx.reference import ReferenceEvaluator
+
+            proto = onnx.load_from_string(model)
+            evaluator = ReferenceEvaluator(proto)
+            names = [i.name for i in proto.graph.input]
+            execute = lambda feeds: evaluator.run(None, feeds)  # noqa: E731
+        else:
+            session = ort_session(model, self.provider)
+            names = [i.name for i in session.get_inputs()]
+            execute = lambda feeds: session.run(None, feeds)  # noqa: E731
+
+        def run(*inputs: Tensor) -> Any:
+            if len(inputs) != len(names):
+                raise TypeError("the graph takes {} inputs ({}), got {}".format(len(names), ", ".join(names), len(inputs)))
+            outs = [torch.from_numpy(np.array(o)) for o in execute(_feeds(names, inputs))]
+            return outs[0] if len(outs) == 1 else tuple(outs)
+
+        return run
+
+    # -- gradients through the training graphs -------------------------------------------------
+    def _exported_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
+        training = _training("prepare_onnx_loss_and_grad", "export_loss_and_grad_onnx")
+        self._training_exporter()
+        example = export_example(example_inputs)
+        if self.runner == "ref":
+            return self._cached("loss_and_grad", loss, example_inputs, lambda: (self._ref_graph(
+                lambda p: training.export_loss_and_grad_onnx(loss, example, p), params=None), None))[0]
+        return training.prepare_onnx_loss_and_grad(loss, example, provider=self.provider)
+
+    def _exported_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                             lr: float) -> Callable[..., TrainStepResult]:
+        training = _training("prepare_onnx_train_step", "export_train_step_onnx")
+        self._training_exporter()
+        example = export_example(example_inputs)
+        if self.runner == "ref":
+            from ..nets import NetWithLoss
+
+            key_module = NetWithLoss(net, loss, n_targets=len(example_inputs) - 1)
+            return self._cached(("train_step", float(lr)), key_module, example_inputs, lambda: (self._ref_graph(
+                lambda p: training.export_train_step_onnx(net, loss, example, p), params=(net, lr)), None),
+                owners=(net, loss))[0]
+        return training.prepare_onnx_train_step(net, loss, example, lr, provider=self.provider)
+
+    def _training_exporter(self) -> None:
+        if self.exporter != "dynamo":
+            raise Unsupported("{}: the training graphs are exported with the torch.export-based exporter only "
+                              "(their gradient rows are those of 'onnx')".format(self.name))
+
+    def _ref_graph(self, export: Callable[[str], Dict[str, Any]], params: Optional[Tuple[nn.Module, float]]) -> Callable[..., Any]:
+        """A training graph run by the reference evaluator, fed as the training runtime feeds it."""
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        with tempfile.TemporaryDirectory() as tmp:
+            info = export(os.path.join(tmp, "graph.onnx"))
+            proto = onnx.load(info["path"])
+        evaluator = ReferenceEvaluator(proto)
+        names = [i["name"] for i in info["inputs"]]
+        if params is None:
+            def loss_and_grad(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
+                value, grad = evaluator.run(None, _feeds(names, (pred,) + targets))
+                return _tensor(value), _tensor(grad)
+
+            return loss_and_grad
+        net, lr = params
+        state = dict(net.named_parameters())
+        spec = info["params"]
+
+        def train_step(x: Tensor, *targets: Tensor) -> TrainStepResult:
+            current = tuple(state[p["name"]] for p in spec)
+            rate = torch.tensor(lr, dtype=current[0].dtype)
+            outs = [_tensor(o) for o in evaluator.run(None, _feeds(names, current + (x,) + targets + (rate,)))]
+            n = len(spec)
+            return TrainStepResult(outs[0], {p["name"]: g for p, g in zip(spec, outs[1:1 + n])},
+                                   {p["name"]: w for p, w in zip(spec, outs[1 + n:])})
+
+        return train_step
+
+
+def _training(*names: str) -> Any:
+    """The training-graph module, or Unsupported when it (or what we call in it) is not built yet."""
+    try:
+        from .. import training
+    except ImportError:
+        raise Unsupported("gradients through training graphs: not built yet") from None
+    missing = [n for n in names if not hasattr(training, n)]
+    if missing:
+        raise Unsupported("gradients through training graphs: not built yet (no {})".format(", ".join(missing)))
+    return training
+
+
+def _feeds(names: Sequence[str], inputs: Sequence[Tensor]) -> Dict[str, Any]:
+    import numpy as np
+
+    return {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(names, inputs)}
+
+
+def _tensor(value: Any) -> Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.array(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# export and sessions
+# ---------------------------------------------------------------------------------------------
+def export_onnx(module: nn.Module, example_inputs: Sequence[Tensor], exporter: str = "dynamo",
+                faithful: bool = True, opset: int = OPSET) -> Any:
+    """Export ``module(*inputs)`` to an ONNX ``ModelProto`` with dim 0 of every input dynamic
+    (``"batch"``); inputs named after ``module.forward``'s parameters, the output ``"output"``.
+
+    ``faithful=False`` exists to show what the faithful reductions fix; do not ship its graphs.
+    """
+    import onnx
+
+    example = export_example(example_inputs)
+    names = input_names(module, len(example))
+    reductions = faithful_reductions() if faithful else _plain_reductions()
+    with _quiet_export(), reductions:
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch")
+            program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
+                                        dynamic_shapes=tuple({0: batch} for _ in example),
+                                        opset_version=opset, optimize=True, verbose=False)
+            model = program.model_proto
+        elif exporter == "legacy":
+            buffer = io.BytesIO()
+            torch.onnx.export(module, example, buffer, dynamo=False, input_names=names, output_names=["output"],
+                              dynamic_axes={n: {0: "batch"} for n in names}, opset_version=opset)
+            model = onnx.load_from_string(buffer.getvalue())
+        else:
+            raise ValueError("exporter must be 'dynamo' or 'legacy', got {!r}".format(exporter))
+    onnx.checker.check_model(model)
+    return model
+
+
+@contextlib.contextmanager
+def _plain_reductions() -> Iterator[None]:
+    # The exporters would trace the faithful form anyway (it keys on is_in_onnx_export too):
+    # switch it off entirely, to show and time what it fixes.
+    from .. import _reduction
+
+    previous = _reduction._faithful_mode
+    _reduction._faithful_mode = lambda: False
+    try:
+        yield
+    finally:
+        _reduction._faithful_mode = previous
+
+
+def input_names(module: nn.Module, count: int) -> List[str]:
+    """Graph input names: ``module.forward``'s parameter names, else ``input0``, ``input1``, ..."""
+    try:
+        params = [p for p in inspect.signature(module.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params[:count]]
+    return names + ["input{}".format(i) for i in range(len(names), count)]
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")  # torchvision ops, absent
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*legacy TorchScript-based ONNX export")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"The feature will be removed")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*(TorchScript|torch\.jit).*")
+            warnings.filterwarnings("ignore", category=UserWarning, message=r"Exporting a model while it is in training mode")
+            warnings.filterwarnings("ignore", category=UserWarning, message=r".*axis name: .* will not be used")
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*isinstance\(treespec, LeafSpec\)")
+            # Shape checks read sizes as Python values while tracing; parity runs other batches.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def ort_session(model: bytes, provider: str = "CPUExecutionProvider", threads: int = INTRA_OP_THREADS) -> Any:
+    """An onnxruntime session with the project's settings (see the module docstring)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=[provider])
+
+
+def faithful_cost(elements: int = 2 ** 24, repeats: int = 20, dtype: torch.dtype = torch.float32) -> Dict[str, Any]:
+    """Time the faithful (float64-accumulated) mean against the plain ReduceMean in onnxruntime,
+    in the same run: MSE over ``elements`` values exported both ways. Returns both medians (ms),
+    their ratio and both relative errors against float64."""
+    import numpy as np
+
+    from ..losses import MSELoss
+
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randn(elements, 1, generator=gen, dtype=dtype)
+    target = torch.randn(elements, 1, generator=gen, dtype=dtype)
+    exact = torch.nn.functional.mse_loss(pred.double(), target.double()).item()
+    feeds = {"input": pred.numpy(), "target": target.numpy()}
+    out: Dict[str, Any] = {"elements": elements, "dtype": str(dtype).replace("torch.", ""), "repeats": repeats,
+                           "intra_op_threads": INTRA_OP_THREADS, "eager_rel_err": abs(
+                               torch.nn.functional.mse_loss(pred, target).item() - exact) / exact}
+    sessions = {kind: ort_session(export_onnx(MSELoss(), (pred[:4], target[:4]), faithful=(kind == "faithful"))
+                                  .SerializeToString()) for kind in ("plain", "faithful")}
+    times: Dict[str, List[float]] = {kind: [] for kind in sessions}
+    for kind, session in sessions.items():  # warm up both before timing either
+        value = float(session.run(None, feeds)[0])
+        out[kind + "_rel_err"] = abs(value - exact) / exact
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        for kind, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[kind].append((time.perf_counter() - start) * 1e3)
+    for kind in sessions:
+        out[kind + "_ms"] = float(np.median(times[kind]))
+    out["ratio"] = out["faithful_ms"] / out["plain_ms"]
+    return out

@@ -1,0 +1,66 @@
+"""TorchScript: ``torch.jit.script`` and ``torch.jit.trace``.
+
+Both are deprecated in torch 2.13 and emit DeprecationWarnings there; they are filtered here, by
+category and message, where we call them. If a future torch drops ``torch.jit``, both backends
+report themselves unavailable with the reason.
+
+``trace`` records the module at a small example batch (see ``export_example``); parity then runs it
+at every batch size, which is how users run a traced model, and catches a batch size baked into
+the trace.
+"""
+import contextlib
+import warnings
+from typing import Any, Callable, Iterator, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .base import Backend, export_example
+
+__all__ = ["ScriptBackend", "TraceBackend"]
+
+
+def _jit_available() -> Tuple[bool, str]:
+    jit = getattr(torch, "jit", None)
+    if jit is None or not hasattr(jit, "script") or not hasattr(jit, "trace"):
+        return False, "this torch has no TorchScript (torch.jit.script / torch.jit.trace)"
+    return True, ""
+
+
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*(TorchScript|torch\.jit).*")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(TorchScript|torch\.jit).*")
+        # Shape checks read sizes as Python values while tracing; parity checks other batches.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+class ScriptBackend(Backend):
+    """``torch.jit.script(module)``."""
+
+    supports_autograd = True
+
+    def _available(self) -> Tuple[bool, str]:
+        return _jit_available()
+
+    def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        with _quiet_jit():
+            scripted = torch.jit.script(module)
+        return scripted, module  # a scripted module shares its parameters with the original
+
+
+class TraceBackend(Backend):
+    """``torch.jit.trace(module, example)`` at a small example batch."""
+
+    supports_autograd = True
+
+    def _available(self) -> Tuple[bool, str]:
+        return _jit_available()
+
+    def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        example = export_example(example_inputs)
+        with _quiet_jit():
+            traced = torch.jit.trace(module, example, check_trace=False)
+        return traced, module  # shares the parameters, like script

@@ -1,0 +1,268 @@
+"""From names and specs to modules and tensors: what the CLI (and export) turn their arguments into.
+
+A net or loss is a registry name (``seed``, ``mse``) or an import path ``package.module:Class``;
+a tensor is a spec such as ``float32[N,32]`` (standard normal), ``int64[N]{0..9}`` (integers in
+the closed range) or ``float32[N,1]{0.1:2}`` (uniform), where ``N`` is the batch size and must
+come first (every backend takes a dynamic batch dimension). Every bad input raises
+:class:`~compile_losses.errors.UsageError` with one line saying what was expected and given.
+"""
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UsageError
+
+__all__ = ["TensorSpec", "Case", "resolve_net", "resolve_loss", "parse_tensor_spec", "parse_kwargs", "make_case"]
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+           "float64": torch.float64, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}
+_SPEC = re.compile(r"^\s*(?P<dtype>[a-z0-9]*)\s*\[(?P<dims>[^\]]*)\]\s*(?:\{(?P<range>[^}]*)\})?\s*$")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor to generate: ``dtype`` (None: the case's dtype), ``shape`` with ``"N"`` for the
+    batch, and a value range: ``("int", lo, hi)`` inclusive, ``("uniform", lo, hi)``, or None for
+    standard normal (floating point only)."""
+
+    dtype: Optional[torch.dtype]
+    shape: Tuple[Any, ...]
+    range: Optional[Tuple[str, float, float]] = None
+    text: str = ""
+
+    def make(self, batch: int, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
+        dt = self.dtype or dtype
+        shape = tuple(batch if d == "N" else d for d in self.shape)
+        if self.range is None:
+            return torch.randn(shape, generator=gen, dtype=dt)
+        kind, lo, hi = self.range
+        if kind == "int":
+            return torch.randint(int(lo), int(hi) + 1, shape, generator=gen).to(dt)
+        return torch.rand(shape, generator=gen, dtype=torch.float64).mul(hi - lo).add(lo).to(dt)
+
+
+def parse_tensor_spec(text: str) -> TensorSpec:
+    """``"float32[N,32]"``, ``"int64[N]{0..9}"``, ``"float32[N,1]{0.1:2}"``, ``"[N,8]"`` (case dtype)."""
+    m = _SPEC.match(text)
+    if not m:
+        raise UsageError("tensor spec must look like float32[N,32], int64[N]{{0..9}} or float32[N,1]{{0.1:2}}, "
+                         "got {!r}".format(text))
+    name = m.group("dtype")
+    if name and name not in _DTYPES:
+        raise UsageError("tensor spec dtype must be one of {}, got {!r} in {!r}".format(", ".join(_DTYPES), name, text))
+    dtype = _DTYPES[name] if name else None
+    dims: List[Any] = []
+    for d in (x.strip() for x in m.group("dims").split(",")):
+        if d == "N":
+            dims.append("N")
+        elif d.isdigit() and int(d) > 0:
+            dims.append(int(d))
+        else:
+            raise UsageError("tensor spec dimensions must be N or positive integers, got {!r} in {!r}".format(d, text))
+    if not dims or dims[0] != "N":
+        raise UsageError("tensor spec must start with the batch dimension N, got {!r}".format(text))
+    rng = _parse_range(m.group("range"), text)
+    integer = dtype is not None and not dtype.is_floating_point
+    if integer and (rng is None or rng[0] != "int"):
+        raise UsageError("an integer tensor spec needs an integer range such as {{0..9}}, got {!r}".format(text))
+    return TensorSpec(dtype, tuple(dims), rng, text)
+
+
+def _parse_range(text: Optional[str], spec: str) -> Optional[Tuple[str, float, float]]:
+    if text is None:
+        return None
+    try:
+        if ".." in text:
+            lo, hi = (int(v) for v in text.split(".."))
+            kind = "int"
+        elif ":" in text:
+            lo, hi = (float(v) for v in text.split(":"))
+            kind = "uniform"
+        else:
+            raise ValueError
+    except ValueError:
+        raise UsageError("tensor spec range must be {{lo..hi}} (integers) or {{lo:hi}} (uniform), got {{{}}} in {!r}"
+                         .format(text, spec)) from None
+    if hi < lo:
+        raise UsageError("tensor spec range must have lo <= hi, got {{{}}} in {!r}".format(text, spec))
+    return (kind, lo, hi)
+
+
+def parse_kwargs(items: Sequence[str], what: str) -> Dict[str, Any]:
+    """``["delta=0.5", "full=True"]`` -> ``{"delta": 0.5, "full": True}`` (Python literals, else
+    strings); lists of numbers become float tensors (class weights)."""
+    import ast
+
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UsageError("{} must be key=value, got {!r}".format(what, item))
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
+            value = torch.tensor(value, dtype=torch.float32)
+        out[key.strip()] = value
+    return out
+
+
+def _import(path: str, what: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise UsageError("{} must be a registry name or package.module:Class, got {!r}".format(what, path))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError("{} {!r}: cannot import {!r} ({})".format(what, path, module_name, exc)) from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError("{} {!r}: {!r} has no attribute {!r}".format(what, path, module_name, attr))
+        obj = getattr(obj, part)
+    return obj
+
+
+def _build(factory: Callable[..., Any], kwargs: Dict[str, Any], what: str, name: str) -> nn.Module:
+    try:
+        module = factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError("{} {!r} with {}: {}".format(what, name, kwargs or "no arguments", exc)) from None
+    if not isinstance(module, nn.Module):
+        raise UsageError("{} {!r} must build a torch.nn.Module, got {}".format(what, name, type(module).__name__))
+    return module
+
+
+def resolve_net(name_or_path: str, init_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """A registry net (``seed``, ``mlp``, ...) or ``package.module:Class`` built with ``init_kwargs``."""
+    from .registry import NETS
+
+    kwargs = dict(init_kwargs or {})
+    if name_or_path in NETS:
+        return _build(NETS[name_or_path].build, kwargs, "net", name_or_path)
+    if ":" not in name_or_path:
+        raise UsageError("net must be one of {} or package.module:Class, got {!r}".format(", ".join(NETS), name_or_path))
+    return _build(_import(name_or_path, "net"), kwargs, "net", name_or_path)
+
+
+def resolve_loss(name_or_path: str, init_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """A registry loss (``mse``, ...) or ``package.module:Class`` built with ``init_kwargs``."""
+    from .registry import LOSSES
+
+    kwargs = dict(init_kwargs or {})
+    if name_or_path in LOSSES:
+        return _build(LOSSES[name_or_path].build, kwargs, "loss", name_or_path)
+    if ":" not in name_or_path:
+        raise UsageError("loss must be one of {} or package.module:Class, got {!r}".format(", ".join(LOSSES), name_or_path))
+    return _build(_import(name_or_path, "loss"), kwargs, "loss", name_or_path)
+
+
+@dataclass
+class Case:
+    """One (net, loss) case: ``loss(net(*inputs), *targets)``, or the loss alone when ``net`` is
+    None (then ``inputs`` is ``(prediction,)``). :meth:`with_batch` makes the same case (same
+    modules) at another batch size."""
+
+    net: Optional[nn.Module]
+    loss: nn.Module
+    inputs: Tuple[Tensor, ...]
+    targets: Tuple[Tensor, ...]
+    description: Dict[str, Any]
+    _make: Callable[[int, int], Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]] = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def with_batch(self, batch: int, seed: Optional[int] = None) -> "Case":
+        seed = self.description["seed"] if seed is None else seed
+        inputs, targets = self._make(batch, seed)
+        description = dict(self.description, batch=batch, seed=seed, inputs=[tuple(t.shape) for t in inputs],
+                           targets=[tuple(t.shape) for t in targets])
+        return Case(self.net, self.loss, inputs, targets, description, self._make)
+
+    @property
+    def label(self) -> str:
+        d = self.description
+        return "{} {} batch={}".format(d["name"], d["dtype"], d["batch"])
+
+
+def make_case(net_name: Optional[str], loss_name: str, *, batch: int, dtype: torch.dtype = torch.float32,
+              input_specs: Optional[Sequence[str]] = None, target_specs: Optional[Sequence[str]] = None,
+              net_kwargs: Optional[Dict[str, Any]] = None, loss_kwargs: Optional[Dict[str, Any]] = None,
+              seed: int = 0) -> Case:
+    """Build a case. ``net_name`` None (or ``"none"``) is the loss alone on its own inputs.
+
+    Registry losses make their registry targets; a user loss gets ``target_specs`` (default: one
+    float target shaped like the prediction). A user net needs ``input_specs``. Weights are drawn
+    from ``seed``, so the same arguments give the same case.
+    """
+    from .registry import LOSSES, NETS
+
+    if batch < 1:
+        raise UsageError("batch must be a positive integer, got {}".format(batch))
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise UsageError("dtype must be a floating-point torch dtype, got {}".format(dtype))
+    alone = net_name is None or net_name == "none"
+    spec = LOSSES.get(loss_name)
+    net_spec = None if alone else NETS.get(net_name)  # type: ignore[arg-type]
+    loss_kwargs = dict(loss_kwargs or {})
+    if net_spec is not None and loss_name == net_spec.loss and not loss_kwargs:
+        loss_kwargs = dict(net_spec.loss_kwargs)  # the settings the net is trained with
+    inputs_parsed = [parse_tensor_spec(s) for s in (input_specs or ())]
+    targets_parsed = [parse_tensor_spec(s) for s in (target_specs or ())]
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loss = resolve_loss(loss_name, loss_kwargs)
+        net: Optional[nn.Module] = None
+        if not alone:
+            kwargs = dict(net_kwargs or {})
+            if net_name == "seed" and spec is not None:
+                kwargs.setdefault("out_features", spec.net_out)
+            net = resolve_net(net_name, kwargs)  # type: ignore[arg-type]
+    loss = loss.to(dtype).eval()
+    if net is not None:
+        net = net.to(dtype).eval()
+    if net is not None and net_spec is None and not inputs_parsed:
+        raise UsageError("net {!r} is not in the registry: give its inputs, e.g. --input 'float32[N,32]'".format(net_name))
+    if alone and spec is None and not inputs_parsed:
+        raise UsageError("loss {!r} alone is not in the registry: give its prediction, e.g. --input 'float32[N,1]'"
+                         .format(loss_name))
+
+    def make(b: int, s: int) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+        gen = torch.Generator().manual_seed(s)
+        if inputs_parsed:
+            inputs = tuple(p.make(b, dtype, gen) for p in inputs_parsed)
+        elif alone:
+            pred, targets = spec.input_for(b, dtype, seed=s)  # type: ignore[union-attr]
+            return (pred,), (targets if not targets_parsed else tuple(p.make(b, dtype, gen) for p in targets_parsed))
+        else:
+            inputs = (net_spec.example_input(b, dtype, seed=s),)  # type: ignore[union-attr]
+        if alone:
+            pred = inputs[0]
+        else:
+            with torch.no_grad():
+                pred = net(*inputs)  # type: ignore[misc]
+            if not isinstance(pred, Tensor):
+                raise UsageError("net {!r} must return one tensor, got {}".format(net_name, type(pred).__name__))
+        if targets_parsed:
+            targets = tuple(p.make(b, dtype, gen) for p in targets_parsed)
+        elif spec is not None:
+            targets = spec.make_targets(pred.detach(), gen)
+        else:
+            targets = (torch.randn(pred.shape, generator=gen, dtype=pred.dtype),)
+        return inputs, targets
+
+    inputs, targets = make(batch, seed)
+    name = loss_name if alone else "{}+{}".format(net_name, loss_name)
+    description = {"name": name, "net": None if alone else net_name, "loss": loss_name,
+                   "net_kwargs": dict(net_kwargs or {}), "loss_kwargs": {k: _plain(v) for k, v in loss_kwargs.items()},
+                   "batch": batch, "dtype": str(dtype).replace("torch.", ""), "seed": seed,
+                   "inputs": [tuple(t.shape) for t in inputs], "targets": [tuple(t.shape) for t in targets]}
+    return Case(net, loss, inputs, targets, description, make)
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, Tensor) else value

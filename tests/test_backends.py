@@ -1,0 +1,153 @@
+"""The backend adapters: one interface, torch tensors out, dynamic batch, honest unavailability."""
+import pytest
+import torch
+
+from compile_losses import losses as L
+from compile_losses.backends import AUTOGRAD, BACKENDS, Backend, Unsupported, export_example, get_backends, structure_key
+from compile_losses.errors import UsageError
+from compile_losses.nets import NetWithLoss, SeedNet
+
+REQUIRED = {"eager", "compile", "script", "trace", "onnx", "onnx-legacy", "onnx-ref", "aoti",
+            "eager-cuda", "compile-cuda", "onnx-cuda"}
+
+# Which backends a default run exercises here; the rest of each family runs in CI (slow).
+_MARKS = {"compile": [pytest.mark.compile, pytest.mark.slow], "compile-aot_eager": [pytest.mark.compile], "script": [pytest.mark.script],
+          "trace": [pytest.mark.script], "onnx": [pytest.mark.onnx], "onnx-legacy": [pytest.mark.onnx],
+          "onnx-ref": [pytest.mark.onnx], "aoti": [pytest.mark.aoti, pytest.mark.slow],
+          "eager-cuda": [pytest.mark.gpu], "compile-cuda": [pytest.mark.gpu, pytest.mark.compile],
+          "onnx-cuda": [pytest.mark.gpu, pytest.mark.onnx]}
+
+
+def _param(name: str):  # type: ignore[no-untyped-def]
+    return pytest.param(name, marks=_MARKS.get(name, []), id=name)
+
+
+def _seed_case(batch: int = 7):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    net = SeedNet().eval()
+    gen = torch.Generator().manual_seed(batch)
+    return net, L.MSELoss(), torch.randn(batch, 32, generator=gen), torch.randn(batch, 1, generator=gen)
+
+
+def test_the_table_has_every_backend_and_each_says_whether_it_runs() -> None:
+    assert REQUIRED <= set(BACKENDS)
+    for name, backend in BACKENDS.items():
+        # the interface (fast paths added by compile_losses.fast implement it without subclassing)
+        assert backend.name == name and isinstance(backend.supports_autograd, bool)
+        for method in ("available", "prepare", "prepare_loss_and_grad", "prepare_train_step"):
+            assert callable(getattr(backend, method)), (name, method)
+        ok, reason = backend.available()
+        assert isinstance(ok, bool) and isinstance(reason, str)
+        assert ok or reason, "{} is unavailable without a reason".format(name)
+    assert {"eager", "compile", "compile-aot_eager", "script", "trace", "eager-cuda", "compile-cuda"} <= set(AUTOGRAD)
+    assert not {"onnx", "onnx-legacy", "onnx-ref", "onnx-cuda", "aoti"} & set(AUTOGRAD)
+
+
+def test_cuda_backends_report_unavailable_without_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    for name in ("eager-cuda", "compile-cuda"):
+        ok, reason = BACKENDS[name].available()
+        assert not ok and "CUDA" in reason
+        with pytest.raises(Unsupported, match="unavailable: .*CUDA"):
+            BACKENDS[name].prepare(L.MSELoss(), (torch.zeros(2, 1), torch.zeros(2, 1)))
+
+
+def test_a_backend_that_cannot_run_raises_unsupported_with_its_reason() -> None:
+    class Gone(Backend):
+        def _available(self):  # type: ignore[no-untyped-def]
+            raise ImportError("onnxruntime is not installed")
+
+    gone = Gone("gone")
+    assert gone.available() == (False, "ImportError: onnxruntime is not installed")
+    for call in (lambda: gone.prepare(L.MSELoss(), (torch.zeros(2, 1), torch.zeros(2, 1))),
+                 lambda: gone.prepare_loss_and_grad(L.MSELoss(), (torch.zeros(2, 1), torch.zeros(2, 1))),
+                 lambda: gone.prepare_train_step(SeedNet(), L.MSELoss(), (torch.zeros(2, 32), torch.zeros(2, 1)), 0.1)):
+        with pytest.raises(Unsupported, match="onnxruntime is not installed"):
+            call()
+
+
+def test_get_backends_rejects_unknown_names() -> None:
+    assert [b.name for b in get_backends("eager, onnx")] == ["eager", "onnx"]
+    with pytest.raises(UsageError, match=r"unknown backend 'tensorrt' \(known: eager, "):
+        get_backends("eager,tensorrt")
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in ["eager", "script", "trace", "onnx", "onnx-legacy", "onnx-ref",
+                                                       "compile-aot_eager", "compile", "aoti", "eager-cuda", "onnx-cuda"]])
+def test_prepare_returns_torch_tensors_at_every_batch_size(name: str) -> None:
+    backend = BACKENDS[name]
+    ok, reason = backend.available()
+    if not ok:
+        pytest.skip("unavailable: " + reason)
+    net, loss, x, t = _seed_case(7)
+    case = NetWithLoss(net, loss)
+    fn = backend.prepare(case, (x, t))
+    for batch in (1, 7, 64):  # one preparation, any batch: the batch dimension is dynamic
+        _, _, xb, tb = _seed_case(batch)
+        out = fn(xb, tb)
+        assert isinstance(out, torch.Tensor) and out.shape == () and out.dtype == torch.float32
+        torch.testing.assert_close(out.cpu(), case(xb, tb).detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in ["eager", "script", "trace", "compile-aot_eager"]])
+def test_autograd_train_step_leaves_the_net_untouched(name: str) -> None:
+    net, loss, x, t = _seed_case(7)
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    step = BACKENDS[name].prepare_train_step(net, loss, (x, t), lr=0.5)(x, t)
+    assert set(step.grads) == set(step.new_params) == {n for n, _ in net.named_parameters()}
+    for n, p in net.named_parameters():
+        assert p.grad is None
+        torch.testing.assert_close(p.detach(), before[n], rtol=0, atol=0)
+        torch.testing.assert_close(step.new_params[n], before[n] - 0.5 * step.grads[n])
+    # the gradient is autograd's: compare with an independent eager backward
+    net.zero_grad()
+    loss(net(x), t).backward()
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(step.grads[n], p.grad)
+
+
+def test_loss_and_grad_of_a_reduction_none_loss_is_the_gradient_of_its_sum() -> None:
+    pred, target = torch.randn(5, 1), torch.randn(5, 1)
+    value, dpred = BACKENDS["script"].prepare_loss_and_grad(L.MSELoss(reduction="none"), (pred, target))(pred, target)
+    assert value.shape == (5, 1)
+    torch.testing.assert_close(dpred, 2 * (pred - target))
+
+
+def test_export_backends_have_no_autograd_and_say_so_for_legacy() -> None:
+    pred, target = torch.randn(4, 1), torch.randn(4, 1)
+    with pytest.raises(Unsupported, match="torch.export-based exporter only"):
+        BACKENDS["onnx-legacy"].prepare_loss_and_grad(L.MSELoss(), (pred, target))
+
+
+@pytest.mark.onnx
+def test_exports_are_cached_by_structure_and_weights() -> None:
+    net, loss, x, t = _seed_case(7)
+    fn = BACKENDS["onnx-legacy"].prepare(NetWithLoss(net, loss), (x, t))
+    # same structure and weights, another batch, another instance: the same prepared graph
+    same = SeedNet().eval()
+    same.load_state_dict(net.state_dict())
+    assert BACKENDS["onnx-legacy"].prepare(NetWithLoss(same, L.MSELoss()), (x[:3], t[:3])) is fn
+    other = SeedNet().eval()  # new weights: a new export
+    assert structure_key(NetWithLoss(other, loss), (x, t)) != structure_key(NetWithLoss(net, loss), (x, t))
+    assert BACKENDS["onnx-legacy"].prepare(NetWithLoss(other, loss), (x, t)) is not fn
+
+
+def test_export_example_never_exports_at_batch_one_nor_whole_large_inputs() -> None:
+    one = export_example((torch.randn(1, 3), torch.tensor([2])))
+    assert [tuple(t.shape) for t in one] == [(4, 3), (4,)]
+    big = export_example((torch.randn(2 ** 20, 1),))
+    assert big[0].shape == (4, 1)
+    with pytest.raises(ValueError, match="batch dimension"):
+        export_example((torch.tensor(1.0),))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_net_with_loss_is_fixed_arity_and_scriptable() -> None:
+    m = NetWithLoss(SeedNet(), L.GaussianNLLLoss())
+    assert m.n_targets == 2 and isinstance(m, NetWithLoss)
+    x, t, v = torch.randn(3, 32), torch.randn(3, 1), torch.rand(3, 1) + 0.1
+    scripted = torch.jit.script(m)
+    torch.testing.assert_close(scripted(x, t, v), m(x, t, v))
+    with pytest.raises(ValueError, match="n_targets must be one of"):
+        NetWithLoss(SeedNet(), L.MSELoss(), n_targets=7)

@@ -1,0 +1,69 @@
+"""``compile-losses verify`` in-process: exit 0 when every row passes, 1 on a failing row, 2 on bad usage."""
+import json
+
+import pytest
+import torch
+
+from compile_losses.backends import BACKENDS
+from compile_losses.backends.eager import EagerBackend
+from compile_losses.cli import main
+
+QUICK = ["--backends", "eager,script", "--dtype", "float32", "--batch", "1,7", "--large", "0", "--no-audit", "--quiet"]
+
+
+def test_verify_passes_and_writes_json(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "parity.json"
+    assert main(["verify", "--loss", "huber", "--loss-arg", "delta=0.5", "--json", str(out)] + QUICK) == 0
+    text = capsys.readouterr().out
+    assert "seed+huber float32 batch=7" in text and "OK: 4 cases" in text
+    data = json.loads(out.read_text())
+    assert data["summary"]["ok"] is True
+    assert data["summary"]["backends"]["script"]["pass_clause1"] + data["summary"]["backends"]["script"][
+        "pass_clause2"] == sum(1 for r in data["rows"] if r["backend"] == "script")
+
+
+def test_verify_a_user_net_and_loss_by_import_path(capsys) -> None:  # type: ignore[no-untyped-def]
+    args = ["verify", "--net", "compile_losses.nets:SeedNet", "--net-arg", "out_features=3", "--input", "float32[N,32]",
+            "--loss", "torch.nn:CrossEntropyLoss", "--target", "int64[N]{0..2}"] + QUICK
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "compile_losses.nets:SeedNet+torch.nn:CrossEntropyLoss float32 batch=7" in out and "OK: 2 cases" in out
+
+
+class _Off(EagerBackend):
+    def prepare(self, module, example_inputs):  # type: ignore[no-untyped-def]
+        inner = super().prepare(module, example_inputs)
+        return lambda *a: inner(*a) * 1.01
+
+
+def test_a_failing_row_exits_1(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(BACKENDS, "off", _Off("off"))
+    args = ["verify", "--loss", "mse", "--backends", "eager,off", "--dtype", "float32", "--batch", "7", "--large", "0",
+            "--no-audit", "--quiet"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "off loss" in out
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--backends", "eager,tensorrt"], "unknown backend 'tensorrt'"),
+    (["--loss", "nope"], "loss must be one of mse, "),
+    (["--batch", "0"], "--batch must be comma-separated positive integers"),
+    (["--dtype", "float8"], "--dtype must be comma-separated from"),
+    (["--all", "--loss", "mse"], "not allowed with argument"),
+    (["--all", "--loss-arg", "delta=1"], "--all and a list of losses run the registry's own settings"),
+    (["--net", "x.y:Z"], "net 'x.y:Z': cannot import 'x.y'"),
+    (["--input", "float32(N)", "--net", "none"], "tensor spec must look like"),
+])
+def test_bad_usage_exits_2(args, match, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["verify"] + args + ["--quiet", "--no-audit"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("compile-losses: error: ") and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_list_shows_every_backend_with_availability(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, backend in BACKENDS.items():
+        ok, reason = backend.available()
+        assert "  {:<18} {}".format(name, "available" if ok else "unavailable: " + reason) in out

@@ -1,0 +1,290 @@
+"""The parity rule, the report, planted faults, and the matrix: every registry loss x every backend.
+
+The matrix is parametrized from the registry and the backends table. A default run covers every
+loss through the cheap backends and a representative few through the costly ones (inductor
+compiles, torch.export-based ONNX exports and AOTInductor builds take seconds to ~20 s each on two
+cores); the rest, float64 and the large shapes run with --run-slow (CI). AOTInductor builds once by
+default (mse alone: its forward, plus the training graph's loss-and-gradient); builds are cached per
+process on the module's structure and weights, so one build serves every batch size.
+"""
+import math
+from typing import List
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from compile_losses import losses as L
+from compile_losses.backends import BACKENDS, Backend, Unsupported
+from compile_losses.backends.eager import EagerBackend
+from compile_losses.parity import ParityReport, Row, compile_audit, judge, verify
+from compile_losses.registry import LOSSES, NETS, Tolerance
+from compile_losses.resolve import make_case
+
+# ---------------------------------------------------------------------------------------------
+# the rule, on tensors built by hand
+# ---------------------------------------------------------------------------------------------
+REF = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+
+
+def test_clause_1_within_assert_close_default() -> None:
+    eager = REF.float()
+    out = judge(eager.clone(), eager, REF)
+    assert out["status"] == "pass" and out["clause"] == 1 and out["max_abs"] == 0.0
+
+
+def test_clause_2_as_accurate_as_eager_against_float64() -> None:
+    # eager is off from float64 by 1e-3 (say, a bad reduction); the backend by 1.5e-3 the other
+    # way: not close to eager, but within 2x eager's own error
+    eager = (REF + torch.tensor([1e-3, 0, 0], dtype=torch.float64)).float()
+    backend = (REF - torch.tensor([1.5e-3, 0, 0], dtype=torch.float64)).float()
+    out = judge(backend, eager, REF)
+    assert out["status"] == "pass" and out["clause"] == 2
+    assert out["ratio"] == pytest.approx(1.5, rel=1e-3)
+
+
+def test_clause_3_less_accurate_than_eager_fails() -> None:
+    eager = REF.float()
+    backend = eager + torch.tensor([1e-3, 0.0, 0.0])
+    out = judge(backend, eager, REF, gradient=True)
+    assert out["status"] == "fail" and out.get("clause") is None
+    assert "2 x eager's" in out["detail"] and 0.99 < out["cosine"] < 1.0
+
+
+def test_non_finite_shape_and_dtype_never_pass() -> None:
+    eager = REF.float()
+    assert judge(torch.tensor([math.nan, -2.0, 3.0]), eager, REF)["status"] == "non-finite"
+    assert judge(eager[:2], eager, REF)["detail"] == "shape (2,) where eager gives (3,)"
+    assert judge(eager.double(), eager, REF)["status"] == "fail"
+    assert judge("0.5", eager, REF)["status"] == "fail"
+
+
+def test_a_registry_tolerance_is_used_and_printed() -> None:
+    eager = REF.float()
+    backend = eager + torch.tensor([1e-3, 0.0, 0.0])
+    out = judge(backend, eager, REF, tolerance=Tolerance(rtol=1e-2, atol=1e-2, reason="because"))
+    assert out["status"] == "pass" and out["clause"] == 1 and out["tolerance"] == "rtol=0.01 atol=0.01: because"
+
+
+# ---------------------------------------------------------------------------------------------
+# planted faults: each is caught and reported in the right row
+# ---------------------------------------------------------------------------------------------
+class _Perturbed(EagerBackend):
+    """Eager, except ``d loss / d pred`` is scaled by (1 + 1e-3)."""
+
+    def prepare_loss_and_grad(self, loss, example_inputs):  # type: ignore[no-untyped-def]
+        inner = super().prepare_loss_and_grad(loss, example_inputs)
+
+        def run(pred: Tensor, *targets: Tensor):  # type: ignore[no-untyped-def]
+            value, dpred = inner(pred, *targets)
+            return value, dpred * (1 + 1e-3)
+
+        return run
+
+
+class _Unavailable(Backend):
+    def _available(self):  # type: ignore[no-untyped-def]
+        return False, "needs a machine we do not have"
+
+
+class _NoGradients(EagerBackend):
+    def prepare_loss_and_grad(self, loss, example_inputs):  # type: ignore[no-untyped-def]
+        raise Unsupported("gradients through training graphs: not built yet")
+
+    def prepare_train_step(self, net, loss, example_inputs, lr):  # type: ignore[no-untyped-def]
+        raise Unsupported("gradients through training graphs: not built yet")
+
+
+@pytest.fixture
+def planted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(BACKENDS, "perturbed", _Perturbed("perturbed"))
+    monkeypatch.setitem(BACKENDS, "nowhere", _Unavailable("nowhere"))
+    monkeypatch.setitem(BACKENDS, "no-grads", _NoGradients("no-grads"))
+
+
+def _rows(report: ParityReport, backend: str) -> List[Row]:
+    return [r for r in report.rows if r.backend == backend]
+
+
+def test_a_planted_gradient_mismatch_is_caught_in_its_row(planted: None) -> None:
+    case = make_case("seed", "mse", batch=7)
+    report = verify(case.net, case.loss, case.inputs, case.targets, ["eager", "perturbed"], label=case.label)
+    assert not report.ok
+    failed = report.failures
+    assert [(r.backend, r.output, r.status) for r in failed] == [("perturbed", "dpred", "fail")]
+    assert failed[0].max_rel == pytest.approx(1e-3, rel=1e-3) and failed[0].ratio > 2
+    assert all(r.status == "pass" for r in _rows(report, "eager"))
+    # the loss and every parameter gradient of the perturbed backend are still right
+    assert all(r.status == "pass" for r in _rows(report, "perturbed") if r.output != "dpred")
+    assert "perturbed" in str(report) and "FAILED (1 failing rows)" in str(report)
+    assert report.summary()["backends"]["perturbed"]["fail"] == 1
+
+
+def test_unavailable_and_unsupported_are_reported_never_passed(planted: None) -> None:
+    case = make_case("seed", "mse", batch=3)
+    report = verify(case.net, case.loss, case.inputs, case.targets, ["nowhere", "no-grads"])
+    assert report.ok  # nothing failed ...
+    nowhere = _rows(report, "nowhere")
+    assert [(r.status, r.detail) for r in nowhere] == [("unavailable", "needs a machine we do not have")]
+    grads = {r.output: r.status for r in _rows(report, "no-grads")}
+    assert grads == {"loss": "pass", "loss_and_grad": "unsupported", "train_step": "unsupported"}
+    summary = report.summary()["backends"]  # ... and nothing that did not run counts as a pass
+    assert summary["nowhere"] == {"pass_clause1": 0, "pass_clause2": 0, "fail": 0, "unavailable": 1, "skipped": 0,
+                                  "unsupported": 0}
+    assert "unavailable: needs a machine we do not have" in str(report)
+
+
+class _Noisy(nn.Module):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return ((input - target) ** 2).mean() + 1e-3 * torch.rand(())
+
+
+def test_a_nondeterministic_eager_is_flagged_not_judged() -> None:
+    pred, target = torch.randn(5, 1), torch.randn(5, 1)
+    report = verify(None, _Noisy(), pred, target, ["eager", "script"])
+    statuses = {(r.backend, r.output): r.status for r in report.rows}
+    assert statuses[("eager", "loss")] == "nondeterministic" and statuses[("script", "lg.loss")] == "nondeterministic"
+    assert statuses[("script", "dpred")] == "pass"  # the gradient does not depend on the noise
+    assert not report.ok
+
+
+def test_registry_skips_are_rows_with_their_reason() -> None:
+    case = make_case(None, "focal", batch=4)
+    report = verify(case.net, case.loss, case.inputs, case.targets, ["onnx-legacy"])
+    (row,) = report.rows
+    assert row.status == "skipped" and "aten::expm1" in row.detail and report.ok
+
+
+def test_json_and_table() -> None:
+    import json
+
+    case = make_case(None, "huber", batch=5)
+    report = verify(case.net, case.loss, case.inputs, case.targets, "eager,script", label="huber f32 5")
+    data = json.loads(report.to_json())
+    assert data["summary"]["ok"] is True and len(data["rows"]) == 6 and data["cases"][0]["case"] == "huber f32 5"
+    assert data["rows"][0].keys() >= {"case", "backend", "output", "status", "clause", "max_abs", "max_rel", "cosine",
+                                      "err_backend64", "err_eager64", "ratio", "tolerance", "detail"}
+    text = str(report)
+    assert "err64 backend" in text and "OK: 1 cases, 6 rows" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# faithful reductions: the rule flags an unfaithful export at 2^24 elements; ours passes
+# ---------------------------------------------------------------------------------------------
+class _UnfaithfulOnnx(Backend):
+    """The same ONNX export with the float64-accumulated reductions switched off."""
+
+    def _compile(self, module, example_inputs):  # type: ignore[no-untyped-def]
+        from compile_losses.backends.onnx import export_onnx, ort_session
+
+        session = ort_session(export_onnx(module, example_inputs, faithful=False).SerializeToString())
+        names = [i.name for i in session.get_inputs()]
+        return (lambda *a: torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(names, a)})[0]), module)
+
+
+@pytest.mark.onnx
+def test_unfaithful_mean_at_2_24_is_flagged_and_the_faithful_export_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(BACKENDS, "onnx-unfaithful", _UnfaithfulOnnx("onnx-unfaithful"))
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2 ** 24, 1, generator=gen), torch.randn(2 ** 24, 1, generator=gen)
+    report = verify(None, L.MSELoss(), pred, target, ["onnx-unfaithful", "onnx-legacy"])
+    rows = {(r.backend, r.output): r for r in report.rows}
+    bad = rows[("onnx-unfaithful", "loss")]
+    assert bad.status == "fail" and bad.err_backend64 > 100 * bad.err_eager64
+    assert rows[("onnx-legacy", "loss")].status == "pass"
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile audit
+# ---------------------------------------------------------------------------------------------
+class _Breaks(nn.Module):
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        diff = input - target
+        torch._dynamo.graph_break()
+        return (diff * diff).mean()
+
+
+@pytest.mark.compile
+def test_compile_audit_counts_graph_breaks_and_recompiles() -> None:
+    spec = LOSSES["mse"]
+    make = lambda n: (lambda p, t: (p,) + t)(*spec.input_for(n))  # noqa: E731
+    good = compile_audit(L.MSELoss(), make, backend="compile-aot_eager")
+    assert good["status"] == "pass" and good["graph_breaks"] == 0 and good["recompiles"] == 0
+    assert good["compiles"][-1] >= 1
+    bad = compile_audit(_Breaks(), make, backend="compile-aot_eager")
+    assert bad["status"] == "fail" and bad["graph_breaks"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the matrix
+# ---------------------------------------------------------------------------------------------
+# Every loss runs through these by default; the others only for the losses listed.
+_CHEAP = {"eager", "script", "trace", "onnx-legacy"}
+_DEFAULT_FOR = {"onnx": {"mse", "cross_entropy", "gaussian_nll"}, "onnx-ref": {"mse"},
+                "compile-aot_eager": {"mse", "cross_entropy"}, "compile": {"mse"}}
+_FAMILY = {"compile": pytest.mark.compile, "compile-aot_eager": pytest.mark.compile, "script": pytest.mark.script,
+           "trace": pytest.mark.script, "onnx": pytest.mark.onnx, "onnx-legacy": pytest.mark.onnx,
+           "onnx-ref": pytest.mark.onnx, "onnx-cuda": pytest.mark.onnx, "aoti": pytest.mark.aoti}
+
+
+def _matrix(cases):  # type: ignore[no-untyped-def]
+    params = []
+    for net, loss, alone in cases:
+        for backend in BACKENDS:
+            marks = [_FAMILY[backend]] if backend in _FAMILY else []
+            if "cuda" in backend:
+                marks.append(pytest.mark.gpu)
+            default = backend in _CHEAP or "cuda" in backend or loss in _DEFAULT_FOR.get(backend, ()) or (
+                backend == "aoti" and alone and loss == "mse")
+            if not default:
+                marks.append(pytest.mark.slow)
+            params.append(pytest.param(net, loss, backend, marks=marks,
+                                       id="{}-{}-{}".format(net or "alone", loss, backend)))
+    return params
+
+
+_CASES = [("seed", name, False) for name in LOSSES] + [(None, name, True) for name in LOSSES] + [
+    (spec.name, spec.loss, False) for spec in NETS.values() if spec.name != "seed"]
+
+
+def _check(report: ParityReport, backend: str) -> None:
+    rows = _rows(report, backend)
+    ok, reason = BACKENDS[backend].available()
+    if not ok:
+        assert [r.status for r in rows] == ["unavailable"] and rows[0].detail == reason
+        return
+    failures = ["{} {} {}: {}".format(r.case, r.output, r.status, r.detail) for r in rows if r.failed]
+    assert not failures, "\n".join(failures)
+    statuses = {r.status for r in rows}
+    assert statuses <= {"pass", "unsupported", "skipped"}
+    if BACKENDS[backend].supports_autograd and "skipped" not in statuses:
+        assert "unsupported" not in statuses and any(r.output == "dpred" for r in rows)
+
+
+@pytest.mark.parametrize("net, loss, backend", _matrix(_CASES))
+def test_matrix(net: str, loss: str, backend: str) -> None:
+    case = make_case(net, loss, batch=7)
+    for batch in (7, 1):  # one preparation serves both
+        c = case if batch == 7 else case.with_batch(batch)
+        _check(verify(c.net, c.loss, c.inputs, c.targets, [backend], label=c.label), backend)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("net, loss, backend", [p for p in _matrix([c for c in _CASES if c[0] in (None, "seed")])
+                                                if "cuda" not in p.values[2]])
+def test_matrix_full_shapes(net: str, loss: str, backend: str, dtype: torch.dtype) -> None:
+    case = make_case(net, loss, batch=1, dtype=dtype)
+    batches = [1, 7, 64]
+    if net is None and LOSSES[loss].elementwise:
+        batches.append(2 ** 20)
+    for batch in batches:
+        c = case if batch == 1 else case.with_batch(batch)
+        _check(verify(c.net, c.loss, c.inputs, c.targets, [backend], label=c.label), backend)
+
+
+def test_every_registry_loss_and_backend_is_in_the_matrix() -> None:
+    ids = {p.id for p in _matrix(_CASES)}
+    for name in LOSSES:
+        for backend in BACKENDS:
+            assert "seed-{}-{}".format(name, backend) in ids and "alone-{}-{}".format(name, backend) in ids
