@@ -1,0 +1,107 @@
+"""Ops rewritten for tracing joint graphs: backward ops into forward ops every exporter knows, and
+one torch.func tracing bug sidestepped.
+
+Backward ops rewritten into forward ops that every exporter knows.
+
+``aten.convolution_backward`` has no ONNX form and torch ships no decomposition for it, so a
+conv net's train step would not export. Its three outputs are plain convolutions and a sum:
+the input gradient is the transposed convolution of the output gradient, the weight gradient a
+convolution of the input by the output gradient with batch and channels swapped (stride and
+dilation trade places), the bias gradient a sum. Applied while ``make_fx`` traces the joint graph.
+"""
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+aten = torch.ops.aten
+
+
+def _weight_grad(input: Tensor, grad_output: Tensor, kernel: Sequence[int], stride: Sequence[int],
+                 padding: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
+    # d weight[o, c, k] = sum_n,y go[n, o, y] * in[n, c, y*stride + k*dilation - padding]:
+    # a convolution over (channel-as-batch, batch-as-channel), grouped per conv group.
+    n, c = input.shape[0], input.shape[1]
+    o = grad_output.shape[1]
+    spatial_in = list(input.shape[2:])
+    spatial_out = list(grad_output.shape[2:])
+    cg, og = c // groups, o // groups
+    rest = list(range(3, 3 + len(spatial_in)))
+    x = input.reshape([n, groups, cg] + spatial_in).permute([2, 1, 0] + rest).reshape([cg, groups * n] + spatial_in)
+    w = grad_output.reshape([n, groups, og] + spatial_out).permute([1, 2, 0] + rest).reshape(
+        [groups * og, n] + spatial_out)
+    out = aten.convolution.default(x, w, None, list(dilation), list(padding), list(stride), False,
+                                   [0] * len(kernel), groups)
+    out = out.transpose(0, 1)  # (groups * og, cg, k') with k' >= k when stride does not divide
+    for d, k in enumerate(kernel):
+        out = out.narrow(2 + d, 0, k)
+    return out
+
+
+def convolution_backward(grad_output: Tensor, input: Tensor, weight: Tensor, bias_sizes: Optional[List[int]],
+                         stride: List[int], padding: List[int], dilation: List[int], transposed: bool,
+                         output_padding: List[int], groups: int,
+                         output_mask: List[bool]) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    kernel = list(weight.shape[2:])
+    spatial = len(kernel)
+    grad_input = grad_weight = grad_bias = None
+    if output_mask[0]:
+        if transposed:
+            grad_input = aten.convolution.default(grad_output, weight, None, stride, padding, dilation, False,
+                                                  [0] * spatial, groups)
+        else:
+            # the transposed convolution's output_padding restores sizes that stride rounded away
+            extra = [input.shape[2 + d] - ((grad_output.shape[2 + d] - 1) * stride[d] - 2 * padding[d]
+                                           + dilation[d] * (kernel[d] - 1) + 1) for d in range(spatial)]
+            grad_input = aten.convolution.default(grad_output, weight, None, stride, padding, dilation, True,
+                                                  extra, groups)
+    if output_mask[1]:
+        if transposed:  # the adjoint: the forward conv maps grad_output's space to input's
+            grad_weight = _weight_grad(grad_output, input, kernel, stride, padding, dilation, groups)
+        else:
+            grad_weight = _weight_grad(input, grad_output, kernel, stride, padding, dilation, groups)
+    if output_mask[2]:
+        grad_bias = grad_output.sum([0] + list(range(2, grad_output.dim())))
+    return grad_input, grad_weight, grad_bias
+
+
+def diagonal_backward(grad_output: Tensor, input_sizes: List[int], offset: int, dim1: int, dim2: int) -> Tensor:
+    # torch's decomposition scatters into zeros in place, which the ONNX exporter's own
+    # decomposition pass rejects ("expected an entirely functional graph"); diag_embed builds
+    # the same tensor from a mask, then zeros pad it to the input's size.
+    ndim = len(input_sizes)
+    dim1, dim2 = dim1 % ndim, dim2 % ndim
+    out = torch.diag_embed(grad_output, offset, dim1, dim2)
+    pad = [0] * (2 * ndim)
+    for d in (dim1, dim2):
+        pad[2 * (ndim - 1 - d) + 1] = input_sizes[d] - out.shape[d]
+    if any(isinstance(p, torch.SymInt) or p != 0 for p in pad):
+        out = F.pad(out, pad)
+    return out
+
+
+def export_decompositions() -> Dict[object, object]:
+    """The table handed to ``make_fx`` when tracing a graph for export."""
+    return {aten.convolution_backward.default: convolution_backward,
+            aten.diagonal_backward.default: diagonal_backward}
+
+
+class LinearAs2D(TorchFunctionMode):
+    """Run ``F.linear`` on an input of 3+ dims as eager does it, ``view -> addmm -> view``, but
+    spelled out in Python.
+
+    Under ``torch.func.grad``, the C++ view inside ``F.linear`` for 3+-dim inputs escapes the
+    tracer (pytorch/pytorch#181304), so ``make_fx`` records a constant and bakes in the example
+    batch. The same ops issued from Python trace symbolically; the numerics are unchanged.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: Tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear and args and isinstance(args[0], Tensor) and args[0].dim() > 2:
+            input, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            flat = F.linear(input.reshape(-1, input.shape[-1]), weight, bias)
+            return flat.reshape(list(input.shape[:-1]) + [flat.shape[-1]])
+        return func(*args, **kwargs)

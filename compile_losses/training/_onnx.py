@@ -1,0 +1,235 @@
+"""Training graphs as ONNX: the torch.export-based exporter over the traced joint graph, and
+onnxruntime callables over the result.
+
+Export goes ``make_fx`` (symbolic) -> :func:`faithful_graph` -> ``torch.onnx.export(...,
+dynamo=True)`` with the batch dimension dynamic. (``torch.export`` of ``grad_and_value`` itself
+fails; of the traced graph module it works.)
+"""
+import contextlib
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ._trace import (ExportUnsupportedError, TracedGraph, TrainStepResult, faithful_graph, structure_key,
+                     trace_loss_and_grad, trace_train_step)
+
+# Pinned so a graph exported on torch 2.11 and 2.13 reads the same; torch's own ONNX functions
+# are written for 18, so no version conversion runs.
+OPSET = 18
+
+
+def export_loss_and_grad_onnx(loss: nn.Module, example_inputs: Tuple[Tensor, ...], path: str) -> Dict[str, Any]:
+    """Write ``loss_and_grad.onnx``: ``(pred, *targets) -> (loss, grad_pred)``.
+
+    Returns what a manifest needs: path, kind, opset, inputs/outputs (name, dtype, shape with
+    ``"batch"`` for the dynamic dim, role), bytes, node count and export seconds.
+    """
+    start = time.perf_counter()
+    graph = trace_loss_and_grad(loss, example_inputs)
+    return _export(graph, path, start)
+
+
+def export_train_step_onnx(net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                           path: str) -> Dict[str, Any]:
+    """Write ``train_step.onnx``: ``(*params, x, *targets, lr) -> (loss, grad_<p>..., new_<p>...)``.
+
+    One plain SGD step ``new = p - lr * grad``. Parameter inputs are named from
+    ``net.named_parameters()`` with ``.`` replaced by ``_`` (``fc1.weight`` -> ``fc1_weight``);
+    the returned ``"params"`` list maps each name to its input, gradient and update outputs.
+    """
+    start = time.perf_counter()
+    graph = trace_train_step(net, loss, example_inputs)
+    info = _export(graph, path, start)
+    info["optimizer"] = {"name": "sgd", "update": "new = param - lr * grad"}
+    return info
+
+
+def _export(graph: TracedGraph, path: str, start: float) -> Dict[str, Any]:
+    import onnx
+
+    gm = faithful_graph(graph.module)
+    with warnings.catch_warnings(), _quiet_registry():
+        # Every batched input shares one Dim; the exporter says it keeps only one name for it.
+        warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        try:
+            program = torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
+                                        input_names=graph.input_names, output_names=graph.output_names,
+                                        opset_version=OPSET, verbose=False, optimize=True)
+        except Exception as exc:  # the exporter raises several unrelated types; all end here
+            raise _unsupported(exc, graph) from None
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    program.save(path)
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    return {
+        "path": os.path.abspath(path),
+        "kind": graph.kind,
+        "loss": graph.loss_label,
+        "opset": _opset(model),
+        "inputs": _io(model.graph.input, graph.input_roles),
+        "outputs": _io(model.graph.output, None),
+        "params": [dict(p) for p in graph.params],
+        "batch_dim": "batch",
+        "bytes": os.path.getsize(path),
+        "nodes": len(model.graph.node),
+        "export_seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+@contextlib.contextmanager
+def _quiet_registry() -> Iterator[None]:
+    # The exporter logs a warning per torchvision op it cannot register when torchvision is absent.
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+_NO_ONNX = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>")
+
+
+def _unsupported(exc: BaseException, graph: TracedGraph) -> ExportUnsupportedError:
+    messages = []
+    seen = exc  # type: Optional[BaseException]
+    while seen is not None and len(messages) < 10:
+        messages.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = "\n".join(messages)
+    match = _NO_ONNX.search(text)
+    if match:
+        op = "{}.{}".format(match.group(1), match.group(2))
+        return ExportUnsupportedError(
+            "{} cannot be exported to ONNX: its {} graph uses {}, which has no ONNX form in torch {} "
+            "(opset {})".format(graph.loss_label, graph.kind, op, torch.__version__, OPSET), op=op, loss=graph.loss_label)
+    detail = _summary(text) or type(exc).__name__
+    if "Constraints violated" in text or "specializ" in text:
+        detail = "the graph does not allow a dynamic batch dimension: " + detail
+    return ExportUnsupportedError("{} cannot be exported to ONNX ({} graph): {}: {}".format(
+        graph.loss_label, graph.kind, type(exc).__name__, detail), loss=graph.loss_label)
+
+
+def _summary(text: str) -> str:
+    # The exporter's message is a page of advice; its "Exception summary" names the real cause.
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1:]
+    return re.sub(r"\x1b\[[0-9;]*m", "", lines[0])[:500] if lines else ""
+
+
+def _opset(model: Any) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _io(values: Any, roles: Optional[List[str]]) -> List[Dict[str, Any]]:
+    import onnx
+
+    out = []
+    for i, v in enumerate(values):
+        t = v.type.tensor_type
+        shape = [d.dim_param if d.HasField("dim_param") else int(d.dim_value) for d in t.shape.dim]
+        entry = {"name": v.name, "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), "shape": shape}
+        if roles is not None:
+            entry["role"] = roles[i]
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxruntime callables (torch tensors in, torch tensors out)
+# ---------------------------------------------------------------------------------------------
+_CACHE: Dict[Tuple[Any, ...], Tuple[bytes, Dict[str, Any]]] = {}
+_LOCK = threading.Lock()
+
+
+def _exported(key: Tuple[Any, ...], export: Callable[[str], Dict[str, Any]]) -> Tuple[bytes, Dict[str, Any]]:
+    # One export per graph structure per process: the batch is dynamic, so parity at 1, 7 and
+    # 4096 and every backend row reuse the same graph.
+    with _LOCK:
+        if key not in _CACHE:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "graph.onnx")
+                info = export(path)
+                with open(path, "rb") as f:
+                    _CACHE[key] = (f.read(), info)
+        return _CACHE[key]
+
+
+def _session(model: bytes, provider: str) -> Any:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ValueError("provider must be one of the onnxruntime providers available here {}, got {!r}".format(
+            available, provider))
+    return ort.InferenceSession(model, providers=[provider])
+
+
+def _feed(names: Sequence[str], tensors: Sequence[Tensor]) -> Dict[str, Any]:
+    import numpy as np
+
+    return {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(names, tensors)}
+
+
+def prepare_onnx_loss_and_grad(loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                               provider: str = "CPUExecutionProvider") -> Callable[..., Tuple[Tensor, Tensor]]:
+    """``(pred, *targets) -> (loss, d loss / d pred)`` computed by ``loss_and_grad.onnx`` in
+    onnxruntime, as torch tensors on the prediction's device."""
+    key = structure_key("loss_and_grad", None, loss, example_inputs)
+    model, info = _exported(key, lambda p: export_loss_and_grad_onnx(loss, example_inputs, p))
+    session = _session(model, provider)
+    names = [i["name"] for i in info["inputs"]]
+
+    def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
+        _check_arity(names, 1 + len(targets))
+        value, grad = session.run(None, _feed(names, (pred,) + targets))
+        return torch.from_numpy(value).to(pred.device), torch.from_numpy(grad).to(pred.device)
+
+    run.graph_info = info  # type: ignore[attr-defined]
+    return run
+
+
+def prepare_onnx_train_step(net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...], lr: float,
+                            provider: str = "CPUExecutionProvider") -> Callable[..., TrainStepResult]:
+    """``(x, *targets) -> TrainStepResult`` computed by ``train_step.onnx`` in onnxruntime from
+    the net's parameters at call time; the net itself is never changed."""
+    key = structure_key("train_step", net, loss, example_inputs)
+    model, info = _exported(key, lambda p: export_train_step_onnx(net, loss, example_inputs, p))
+    session = _session(model, provider)
+    names = [i["name"] for i in info["inputs"]]
+    params = info["params"]
+    dtype = dict(net.named_parameters())[params[0]["name"]].dtype
+
+    def run(x: Tensor, *targets: Tensor) -> TrainStepResult:
+        state = dict(net.named_parameters())  # the net's parameters now, not at prepare time
+        current = [state[p["name"]] for p in params]
+        rate = torch.tensor(lr, dtype=dtype)
+        _check_arity(names[len(params):-1], 1 + len(targets))
+        outs = [torch.from_numpy(o).to(x.device)
+                for o in session.run(None, _feed(names, tuple(current) + (x,) + targets + (rate,)))]
+        n = len(params)
+        return TrainStepResult(outs[0], {p["name"]: g for p, g in zip(params, outs[1:1 + n])},
+                               {p["name"]: w for p, w in zip(params, outs[1 + n:])})
+
+    run.graph_info = info  # type: ignore[attr-defined]
+    return run
+
+
+def _check_arity(names: Sequence[str], given: int) -> None:
+    if given != len(names):
+        raise TypeError("the graph takes ({}), got {} tensors".format(", ".join(names), given))
+
+
+__all__ = ["OPSET", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
+           "prepare_onnx_train_step"]

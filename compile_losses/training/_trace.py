@@ -1,0 +1,346 @@
+"""Loss-and-gradient and train-step functions, eager (``torch.func``) and traced (``make_fx``).
+
+Nothing here knows any particular loss: the gradient comes from ``torch.func.grad_and_value`` of
+whatever ``loss(pred, *targets)`` computes, so a user's loss exports the same way ours do.
+
+Traced graphs are flat: ``(pred, *targets) -> (loss, grad_pred)`` and
+``(*params, x, *targets, lr) -> (loss, *grads, *new_params)``, so every exporter sees plain
+positional tensors and the names in :class:`TracedGraph` line up one to one.
+"""
+import hashlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from .._reduction import faithful_reductions
+from ._decomp import LinearAs2D, export_decompositions
+
+BATCH = "batch"
+
+
+class ExportUnsupportedError(ValueError):
+    """A loss (or net) whose gradient graph cannot be exported: an op with no ONNX form, a
+    gradient torch does not implement, or a graph that does not allow a dynamic batch.
+
+    ``op`` names the offending op when one is known (``"aten.cummax.default"``); ``loss`` is the
+    loss's import path. The message is one line that says both."""
+
+    def __init__(self, message: str, op: Optional[str] = None, loss: str = "") -> None:
+        super().__init__(message)
+        self.op = op
+        self.loss = loss
+
+
+class TrainStepResult(NamedTuple):
+    """One SGD step: the loss at the current parameters, the gradient of every parameter and the
+    parameters after ``p - lr * grad``. Dicts are keyed by ``net.named_parameters()`` names."""
+
+    loss: Tensor
+    grads: Dict[str, Tensor]
+    new_params: Dict[str, Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# eager torch.func versions: the reference the exported graphs are judged against
+# ---------------------------------------------------------------------------------------------
+def loss_and_grad(loss: nn.Module) -> Callable[..., Tuple[Tensor, Tensor]]:
+    """``(pred, *targets) -> (loss value, d loss / d pred)`` with ``torch.func``; targets get no
+    gradient (integer class indices pass through)."""
+
+    def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
+        grad, value = torch.func.grad_and_value(_scalar_loss(loss, targets))(pred)
+        return value, grad
+
+    return run
+
+
+def train_step(net: nn.Module, loss: nn.Module, lr: float) -> Callable[..., TrainStepResult]:
+    """``(params, x, *targets) -> TrainStepResult``: one plain SGD step with ``torch.func``,
+    computed from ``params`` (a dict like ``dict(net.named_parameters())``) without touching the
+    net. Parameters missing from ``params`` and buffers are taken from the net as constants."""
+
+    def run(params: Dict[str, Tensor], x: Tensor, *targets: Tensor) -> TrainStepResult:
+        names = [n for n in params]
+        fixed = _fixed_state(net, names)
+
+        def compute(p: Dict[str, Tensor]) -> Tensor:
+            return _scalar_loss(loss, targets)(torch.func.functional_call(net, {**fixed, **p}, (x,)))
+
+        grads, value = torch.func.grad_and_value(compute)(dict(params))
+        new = {n: params[n] - lr * grads[n] for n in names}
+        return TrainStepResult(value, grads, new)
+
+    return run
+
+
+def _scalar_loss(loss: nn.Module, targets: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:
+    def value(pred: Tensor) -> Tensor:
+        out = loss(pred, *targets)
+        if out.dim() != 0:
+            raise ValueError(
+                "loss must return a scalar to be differentiated (reduction 'mean' or 'sum'), got {} "
+                "returning shape {}".format(loss_label(loss), tuple(out.shape)))
+        return out
+
+    return value
+
+
+def _fixed_state(net: nn.Module, trained: Sequence[str]) -> Dict[str, Tensor]:
+    # Frozen parameters and buffers enter the graph as constants, as they would in eager.
+    state = {n: p.detach() for n, p in net.named_parameters() if n not in trained}
+    state.update(dict(net.named_buffers()))
+    return state
+
+
+def trainable_names(net: nn.Module) -> List[str]:
+    """The parameters a train step updates: every ``requires_grad`` one, in ``named_parameters`` order."""
+    return [n for n, p in net.named_parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------------------------------------
+# traced graphs
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TracedGraph:
+    """A flat joint graph and everything an exporter needs to name and shape its inputs."""
+
+    kind: str                      # "loss_and_grad" | "train_step"
+    module: torch.fx.GraphModule
+    example: Tuple[Tensor, ...]    # flat example inputs (trace batch; see _trace_batch)
+    input_names: List[str]
+    input_roles: List[str]         # "pred" | "param" | "input" | "target" | "lr"
+    output_names: List[str]
+    batched: List[bool]            # input has the dynamic batch as dim 0
+    params: List[Dict[str, str]]   # {"name", "input", "grad", "new"} per trained parameter
+    loss_label: str
+
+    def dynamic_shapes(self) -> Tuple[Optional[Dict[int, Any]], ...]:
+        batch = torch.export.Dim(BATCH)
+        return tuple({0: batch} if b else None for b in self.batched)
+
+
+def loss_label(loss: nn.Module) -> str:
+    cls = type(loss)
+    return "{}.{}".format(cls.__module__, cls.__qualname__)
+
+
+def onnx_safe_name(name: str) -> str:
+    """``fc1.weight`` -> ``fc1_weight``: parameter names as graph input names."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+
+
+def target_names(loss: nn.Module, count: int) -> List[str]:
+    """Names of the targets from the loss's forward signature (``target``, ``var``, ...)."""
+    try:
+        params = list(inspect.signature(loss.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        params = []
+    names: List[str] = []
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and len(names) < count:
+            names.append(onnx_safe_name(p.name))
+    names += ["target{}".format(i) for i in range(len(names), count)]
+    return names
+
+
+def trace_loss_and_grad(loss: nn.Module, example_inputs: Sequence[Tensor]) -> TracedGraph:
+    """``make_fx`` (symbolic) of ``(pred, *targets) -> (loss, d loss / d pred)``."""
+    pred, targets = _split_pred(example_inputs, "example_inputs", "(pred, *targets)")
+    batched = [True] + [_has_batch(t, pred.shape[0]) for t in targets]
+    fn = loss_and_grad(loss)
+    names = ["pred"] + target_names(loss, len(targets))
+    _check_unique(names, loss)
+    graph = _make_fx(fn, (pred,) + tuple(targets), batched, loss)
+    return TracedGraph("loss_and_grad", graph.module, graph.example, names,
+                       ["pred"] + ["target"] * len(targets), ["loss", "grad_pred"], batched, [],
+                       loss_label(loss))
+
+
+def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[Tensor]) -> TracedGraph:
+    """``make_fx`` (symbolic) of ``(*params, x, *targets, lr) -> (loss, *grads, *new_params)``."""
+    x, targets = _split_pred(example_inputs, "example_inputs", "(x, *targets)")
+    names = trainable_names(net)
+    if not names:
+        raise ValueError("net must have at least one parameter with requires_grad=True, got none in {}".format(
+            type(net).__name__))
+    state = dict(net.named_parameters())
+    params = [state[n].detach() for n in names]
+    lr = torch.tensor(0.01, dtype=params[0].dtype if params[0].is_floating_point() else torch.float32)
+    fixed = _fixed_state(net, names)
+    n = len(names)
+
+    def step(*args: Tensor) -> Tuple[Tensor, ...]:
+        p = dict(zip(names, args[:n]))
+        xs, ts, rate = args[n], args[n + 1:-1], args[-1]
+
+        def compute(q: Dict[str, Tensor]) -> Tensor:
+            return _scalar_loss(loss, ts)(torch.func.functional_call(net, {**fixed, **q}, (xs,)))
+
+        grads, value = torch.func.grad_and_value(compute)(p)
+        return (value,) + tuple(grads[k] for k in names) + tuple(p[k] - rate * grads[k] for k in names)
+
+    safe = [onnx_safe_name(k) for k in names]
+    input_names = safe + ["x"] + target_names(loss, len(targets)) + ["lr"]
+    output_names = ["loss"] + ["grad_" + s for s in safe] + ["new_" + s for s in safe]
+    _check_unique(input_names + output_names, loss)
+    batched = [False] * n + [True] + [_has_batch(t, x.shape[0]) for t in targets] + [False]
+    graph = _make_fx(step, tuple(params) + (x,) + tuple(targets) + (lr,), batched, loss)
+    return TracedGraph("train_step", graph.module, graph.example, input_names,
+                       ["param"] * n + ["input"] + ["target"] * len(targets) + ["lr"], output_names, batched,
+                       [{"name": k, "input": s, "grad": "grad_" + s, "new": "new_" + s} for k, s in zip(names, safe)],
+                       loss_label(loss))
+
+
+class _Traced(NamedTuple):
+    module: torch.fx.GraphModule
+    example: Tuple[Tensor, ...]
+
+
+def _make_fx(fn: Callable[..., Any], args: Tuple[Tensor, ...], batched: List[bool], loss: nn.Module) -> _Traced:
+    example = _trace_batch(args, batched)
+    try:
+        with faithful_reductions(), LinearAs2D():
+            gm = make_fx(torch.func.functionalize(fn, remove="mutations"), decomposition_table=export_decompositions(),
+                         tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+    except (NotImplementedError, RuntimeError) as exc:
+        # e.g. "the derivative for 'zeta' is not implemented": no gradient graph exists at all.
+        raise ExportUnsupportedError("cannot trace the gradient of {}: {}".format(
+            loss_label(loss), _first_line(exc)), loss=loss_label(loss)) from None
+    except (ValueError, TypeError) as exc:
+        # The loss's own checks, seen with a symbolic batch (sizes print as s0, s1, ...).
+        raise ExportUnsupportedError(
+            "cannot trace {} with a dynamic batch: {} (inputs whose dim 0 is the batch get the dynamic "
+            "dim, the others keep their shape: {})".format(
+                loss_label(loss), _first_line(exc),
+                ", ".join("{}{}".format(tuple(a.shape), "*" if b else "") for a, b in zip(args, batched))),
+            loss=loss_label(loss)) from None
+    gm.eval()  # a graph module is created in training mode; the exporters warn about that
+    return _Traced(gm, example)
+
+
+def _trace_batch(args: Tuple[Tensor, ...], batched: List[bool]) -> Tuple[Tensor, ...]:
+    """Example inputs whose batch size is a symbol of its own.
+
+    Symbolic tracing specializes sizes 0 and 1 and gives equal sizes one symbol ("duck sizing"),
+    so a batch of 1, or one that equals a feature size, would be baked into the graph. Rows are
+    repeated to the smallest batch >= 2 that no other dimension has; values never matter here.
+    """
+    batch = next(a.shape[0] for a, b in zip(args, batched) if b)
+    if batch == 0:
+        raise ValueError("example_inputs must have a batch of at least 1 to trace, got batch 0")
+    other = {s for a, b in zip(args, batched) for s in (a.shape[1:] if b else a.shape)}
+    size = batch
+    if size < 2 or size in other:
+        size = 2
+        while size in other:
+            size += 1
+    if size == batch:
+        return tuple(a.detach() for a in args)
+    rows = torch.arange(size) % batch
+    return tuple(a.detach().index_select(0, rows.to(a.device)) if b else a.detach() for a, b in zip(args, batched))
+
+
+def _split_pred(example_inputs: Sequence[Tensor], name: str, form: str) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    inputs = tuple(example_inputs)
+    if not inputs or not all(isinstance(t, Tensor) for t in inputs):
+        raise TypeError("{} must be a non-empty tuple of tensors {}, got {}".format(
+            name, form, tuple(type(t).__name__ for t in inputs)))
+    if inputs[0].dim() == 0:
+        raise ValueError("{}[0] must have a batch dimension, got a 0-d tensor".format(name))
+    return inputs[0], inputs[1:]
+
+
+def _has_batch(t: Tensor, batch: int) -> bool:
+    # A target shares the dynamic batch when its first dim is the batch (class indices (N,),
+    # per-sample targets (N, ...)); anything else (a (C,) table, a 0-d setting) stays static.
+    return t.dim() >= 1 and t.shape[0] == batch
+
+
+def _check_unique(names: List[str], loss: nn.Module) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ValueError("graph input/output names must be unique, got {!r} twice (parameter names after "
+                             "replacing '.' by '_', targets of {})".format(n, loss_label(loss)))
+        seen.add(n)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# float64 accumulation for every float reduction in a graph (autograd's too)
+# ---------------------------------------------------------------------------------------------
+_SUMS = {torch.ops.aten.sum.dim_IntList, torch.ops.aten.sum.default, torch.ops.aten.mean.dim,
+         torch.ops.aten.mean.default}
+_NARROW = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def faithful_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Make every float32/16 sum and mean in ``gm`` accumulate in float64 and cast back.
+
+    ``faithful_reductions()`` covers the loss's own reductions; autograd adds more (a bias
+    gradient sums the batch), and onnxruntime's serial float32 ReduceSum over 2^20+ elements
+    drifts ~1e-3 relative where eager's cascaded sum stays ~1e-7. Returns a rewritten copy.
+    """
+    gm = torch.fx.GraphModule(gm, gm.graph)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _SUMS or node.kwargs.get("dtype") is not None:
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, Tensor) or val.dtype not in _NARROW:
+            continue
+        node.kwargs = dict(node.kwargs, dtype=torch.float64)
+        with gm.graph.inserting_after(node):
+            cast = gm.graph.call_function(torch.ops.aten._to_copy.default, (node,), {"dtype": val.dtype})
+        node.replace_all_uses_with(cast, delete_user_cb=lambda user: user is not cast)
+        new_val = val.to(torch.float64)
+        node.meta["val"] = new_val
+        cast.meta["val"] = val
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+# ---------------------------------------------------------------------------------------------
+# cache keys: graphs depend on a module's structure and settings, and on the values of what they
+# capture as constants (a loss's class weights, a net's buffers), not on trained parameter values
+# ---------------------------------------------------------------------------------------------
+def structure_key(kind: str, net: Optional[nn.Module], loss: nn.Module, example_inputs: Sequence[Tensor],
+                  extra: Tuple[Any, ...] = ()) -> Tuple[Any, ...]:
+    inputs = tuple((str(t.dtype), tuple(t.shape[1:]), t.dim(), str(t.device)) for t in example_inputs)
+    net_key = None
+    if net is not None:
+        trained = trainable_names(net)
+        net_key = (_module_key(net, constants=False),
+                   tuple((n, str(p.dtype), tuple(p.shape)) for n, p in net.named_parameters() if n in trained),
+                   _tensor_digest(_fixed_state(net, trained)))
+    return (kind, net_key, _module_key(loss, constants=True), inputs) + tuple(extra)
+
+
+def _module_key(module: nn.Module, constants: bool) -> Tuple[Any, ...]:
+    parts: List[Any] = []
+    for name, m in module.named_modules():
+        settings = tuple(sorted((k, repr(v)) for k, v in vars(m).items()
+                                if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None)))))
+        parts.append((name, type(m).__module__, type(m).__qualname__, settings))
+    if constants:
+        parts.append(_tensor_digest(dict(module.state_dict(keep_vars=False))))
+    return tuple(parts)
+
+
+def _tensor_digest(tensors: Dict[str, Tensor]) -> str:
+    h = hashlib.sha1()
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t is None:
+            continue
+        h.update("{}:{}:{}".format(name, t.dtype, tuple(t.shape)).encode())
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
