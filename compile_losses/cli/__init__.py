@@ -24,21 +24,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; with ``verb``, only that verb's module is imported (``check-bundle`` must run
+    where only numpy and onnxruntime are installed, so it must not import the torch-side verbs)."""
     parser = _Parser(prog="compile-losses", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
-    for verb, (module, help_text) in VERBS.items():
-        p = sub.add_parser(verb, help=help_text, description=help_text)
-        mod = importlib.import_module("." + module, __name__)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+    for name, (module, help_text) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if verb is None or name == verb:
+            mod = importlib.import_module("." + module, __name__)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(words[0] if words and words[0] in VERBS else None).parse_args(argv)
         return int(args._run(args))
     except UsageError as exc:
         print("compile-losses: error: {}".format(exc), file=sys.stderr)

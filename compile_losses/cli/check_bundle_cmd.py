@@ -1,12 +1,53 @@
-"""compile-losses check-bundle: not built yet (its issue is open)."""
-import argparse
+"""compile-losses check-bundle: check a bundle with the runtime alone (onnxruntime + numpy, no
+torch): manifest size and JSON, every file's path, type, size and sha256, no unlisted files,
+external-data locations, then the fixtures re-run and judged by the parity rule.
 
-from ..errors import UsageError
+Exit 0: the bundle is intact and every fixture passes; 1: refused or a fixture fails (or the
+manifest records a parity failure at export); 2: DIR is not a folder.
+"""
+import argparse
+import json
+import os
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("dir", metavar="DIR", help="the bundle folder, e.g. models/seed-mse")
+    parser.add_argument("--json", metavar="PATH", help="also write the check as JSON")
+    parser.add_argument("--manifest-sha256", default=None, metavar="HEX",
+                        help="refuse the bundle unless manifest.json has this sha256 (pins who wrote it)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UsageError("'check-bundle' is not available yet")
+    from ..errors import UsageError
+    from ..runtime import BundleError, load_bundle
+
+    if not os.path.isdir(args.dir):
+        raise UsageError("DIR must be a bundle folder, got {!r} ({})".format(
+            args.dir, "not a folder" if os.path.exists(args.dir) else "does not exist"))
+    if args.json and not os.access(os.path.dirname(os.path.abspath(args.json)), os.W_OK):
+        raise UsageError("--json: cannot write {}".format(args.json))
+    result = {"bundle": args.dir, "ok": False}
+    try:
+        bundle = load_bundle(args.dir, manifest_sha256=args.manifest_sha256)
+    except BundleError as exc:
+        print("compile-losses: {}".format(exc), file=sys.stderr)
+        result["refused"] = [{"file": f, "fault": why} for f, why in exc.faults]
+        code = 1
+    else:
+        report = bundle.check()
+        print(report)
+        parity = bundle.manifest.get("parity") if isinstance(bundle.manifest.get("parity"), dict) else {}
+        export_ok = parity.get("ok", True) is not False
+        if not export_ok:
+            print("manifest records a parity failure at export time: {}".format(json.dumps(parity)[:500]))
+        print("{} {}: manifest sha256 {}; {} graphs checked; trusted-only (not loaded): {}".format(
+            "OK" if report.ok and export_ok else "FAIL", args.dir, bundle.manifest_sha256, len(bundle.graphs),
+            ", ".join(bundle.trusted_only) or "none"))
+        result.update(json.loads(report.to_json()), manifest_sha256=bundle.manifest_sha256, export_parity_ok=export_ok)
+        result["ok"] = report.ok and export_ok
+        code = 0 if result["ok"] else 1
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return code

@@ -1,0 +1,18 @@
+"""Run a deployment bundle with onnxruntime and numpy alone (this package never imports torch).
+
+    from compile_losses.runtime import load_bundle
+    b = load_bundle("models/seed-mse")     # verifies sizes, checksums and paths before parsing
+    pred = b.forward(x)
+    value = b.loss(pred, target)
+    step = b.train_step(x, target, lr=0.01)    # -> TrainStepResult(loss, grads, new_params)
+    report = b.check()                         # fixtures re-run, judged by the parity rule
+
+Imports: the standard library, numpy and onnxruntime only. ``compile_losses/__init__.py`` is
+lazy, so importing this package does not import the torch side of the project.
+"""
+from .bundle import Bundle, TrainStepResult, load_bundle
+from .errors import BundleError
+from .integrity import MANIFEST_MAX_BYTES, verify_bundle
+from .parity import CheckReport
+
+__all__ = ["Bundle", "BundleError", "CheckReport", "MANIFEST_MAX_BYTES", "TrainStepResult", "load_bundle", "verify_bundle"]
