@@ -55,7 +55,9 @@ def apply_reduction(loss: Tensor, reduction: str, denominator: Optional[Tensor] 
     if reduction == "mean":
         if denominator is None:
             if not torch.jit.is_scripting():
-                if _faithful_mode():
+                # float64 needs no help, and the TorchScript-based exporter divides a float64 sum
+                # by a float32 element count (a float32 loss out of a float64 graph).
+                if _faithful_mode() and loss.dtype in (torch.float32, torch.float16, torch.bfloat16):
                     return _faithful_sum(loss) / loss.numel()
             return loss.mean()
         return _divide_by_weight_sum(_faithful_sum(loss), denominator)

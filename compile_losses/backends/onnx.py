@@ -91,7 +91,13 @@ class OnnxBackend(Backend):
             names = [i.name for i in proto.graph.input]
             execute = lambda feeds: evaluator.run(None, feeds)  # noqa: E731
         else:
-            session = ort_session(model, self.provider)
+            try:
+                session = ort_session(model, self.provider)
+            except Exception as exc:  # a kernel the runtime lacks (e.g. float64 Conv, Erf on the CPU)
+                if "NOT_IMPLEMENTED" not in str(exc):
+                    raise
+                raise Unsupported("onnxruntime ({}) has no kernel for this graph: {}".format(
+                    self.provider, str(exc).split("NOT_IMPLEMENTED :")[-1].strip().splitlines()[0])) from None
             names = [i.name for i in session.get_inputs()]
             execute = lambda feeds: session.run(None, feeds)  # noqa: E731
 
