@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; with ``verb``, only that verb's module is imported (``check-bundle`` must run
     where only numpy and onnxruntime are installed, so it must not import the torch-side verbs)."""
-    parser = _Parser(prog="compile-losses", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="compile-losses", description="Custom PyTorch losses through every compiler and exporter, with value and gradient parity against eager.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
     for name, (module, help_text) in VERBS.items():
