@@ -18,6 +18,8 @@ except ImportError:  # hypothesis is a test extra; the suite installs it
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="run tests marked slow (CI=true turns this on)")
+    parser.addoption("--run-exhaustive", action="store_true", default=False,
+                     help="run tests marked exhaustive: the full cross-product, hours on 2 cores")
 
 
 def _run_slow(config: pytest.Config) -> bool:
@@ -25,9 +27,12 @@ def _run_slow(config: pytest.Config) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    if _run_slow(config):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --run-slow (CI runs it)")
+    slow = _run_slow(config)
+    exhaustive = config.getoption("--run-exhaustive")
+    skip_slow = pytest.mark.skip(reason="slow: run with --run-slow (CI runs it)")
+    skip_exhaustive = pytest.mark.skip(reason="exhaustive: run with --run-exhaustive or `compile-losses verify --all`")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "exhaustive" in item.keywords and not exhaustive:
+            item.add_marker(skip_exhaustive)
+        elif "slow" in item.keywords and not slow:
+            item.add_marker(skip_slow)

@@ -50,6 +50,6 @@ def test_every_benchmark_runs_once(tmp_path):
 
 
 @pytest.mark.benchmark_smoke
-@pytest.mark.slow
+@pytest.mark.exhaustive  # every case on every backend, AOTInductor included: far past CI's budget
 def test_every_benchmark_runs_once_on_every_backend(tmp_path):
     _assert_every_benchmark_ran(_run_suite(tmp_path, "smoke-all", "not gpu"))

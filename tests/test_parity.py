@@ -227,6 +227,14 @@ _FAMILY = {"compile": pytest.mark.compile, "compile-aot_eager": pytest.mark.comp
            "onnx-ref": pytest.mark.onnx, "onnx-cuda": pytest.mark.onnx, "aoti": pytest.mark.aoti}
 
 
+# Builds that cost 5-40 s per case on 2 cores: beyond their default cases they are exhaustive
+# (not in CI's 30-minute budget; `compile-losses verify --all` runs them all).
+_EXHAUSTIVE = {"compile", "aoti", "fast", "fused"}
+# The large shapes (2^20 elements, where reduction order matters) run in CI for the loss alone on
+# these; the rest of the full-shape product is exhaustive.
+_LARGE_IN_CI = {"eager", "script", "onnx", "onnx-legacy"}
+
+
 def _matrix(cases):  # type: ignore[no-untyped-def]
     params = []
     for net, loss, alone in cases:
@@ -237,7 +245,7 @@ def _matrix(cases):  # type: ignore[no-untyped-def]
             default = backend in _CHEAP or "cuda" in backend or loss in _DEFAULT_FOR.get(backend, ()) or (
                 backend == "aoti" and alone and loss == "mse")
             if not default:
-                marks.append(pytest.mark.slow)
+                marks.append(pytest.mark.exhaustive if backend in _EXHAUSTIVE else pytest.mark.slow)
             params.append(pytest.param(net, loss, backend, marks=marks,
                                        id="{}-{}-{}".format(net or "alone", loss, backend)))
     return params
@@ -269,10 +277,21 @@ def test_matrix(net: str, loss: str, backend: str) -> None:
         _check(verify(c.net, c.loss, c.inputs, c.targets, [backend], label=c.label), backend)
 
 
-@pytest.mark.slow
+def _full_shape_params():  # type: ignore[no-untyped-def]
+    params = []
+    for p in _matrix([c for c in _CASES if c[0] in (None, "seed")]):
+        net, loss, backend = p.values
+        if "cuda" in backend:
+            continue
+        in_ci = net is None and backend in _LARGE_IN_CI
+        marks = [m for m in p.marks if m.name not in ("slow", "exhaustive")]
+        marks.append(pytest.mark.slow if in_ci else pytest.mark.exhaustive)
+        params.append(pytest.param(net, loss, backend, marks=marks, id=p.id))
+    return params
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("net, loss, backend", [p for p in _matrix([c for c in _CASES if c[0] in (None, "seed")])
-                                                if "cuda" not in p.values[2]])
+@pytest.mark.parametrize("net, loss, backend", _full_shape_params())
 def test_matrix_full_shapes(net: str, loss: str, backend: str, dtype: torch.dtype) -> None:
     case = make_case(net, loss, batch=1, dtype=dtype)
     batches = [1, 7, 64]
