@@ -528,6 +528,9 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
         raise TypeError("net and loss must be torch.nn.Module instances, got {} and {}".format(
             type(net).__name__, type(loss).__name__))
     inputs_t, targets_t = _as_tuple(inputs, "inputs"), _as_tuple(target, "target")
+    from .validate import check_case
+
+    check_case(net, loss, inputs_t, targets_t, finite=True)  # bad input: a named error, before any export
     if name is None:
         name = "{}-{}".format(type(net).__name__.lower(), re.sub(r"loss$", "", type(loss).__name__.lower()) or "loss")
     if not _NAME.match(name):
@@ -606,6 +609,7 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
         attempt("aoti_forward", "building forward.pt2 (AOTInductor, about 20-40 s)",
                 lambda: write_aoti(net, inputs, folder), True)
     _check_trusted(net, loss, inputs, pred, targets, entries, folder, say)
+    _record_class_ranges(loss, pred, inputs, targets, entries)
     if "train_step" in entries:
         state = dict(net.named_parameters())
         entries["params"] = write_npz({p["name"]: _np(state[p["name"]]) for p in entries["train_step"]["roles"]["params"]},
@@ -637,6 +641,21 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
     write_manifest(folder, manifest)
     _step("manifest")
     return manifest
+
+
+def _record_class_ranges(loss: nn.Module, pred: Tensor, inputs: Tuple[Tensor, ...], targets: Tuple[Tensor, ...],
+                         entries: Dict[str, Dict[str, Any]]) -> None:
+    """Class-index targets get ``classes`` (C) and ``ignore_index`` in each graph's input entry,
+    so the runtime can refuse an index out of range by name (a graph would read garbage)."""
+    from .validate import class_index_ranges
+
+    for i, r in class_index_ranges(loss, pred, targets).items():
+        for kind in ("loss", "loss_and_grad"):
+            if kind in entries:
+                entries[kind]["inputs"][1 + i].update(r)
+        if "train_step" in entries:
+            name = entries["train_step"]["roles"]["data"][len(inputs) + i]
+            next(s for s in entries["train_step"]["inputs"] if s["name"] == name).update(r)
 
 
 # aoti's parity rows would rebuild three AOTInductor packages (~1.5 min here): the written

@@ -330,6 +330,9 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     chosen = get_backends(backends)
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     targets = (target,) if isinstance(target, Tensor) else tuple(target)
+    from .validate import check_case
+
+    check_case(net, loss, inputs, targets)  # bad input: one named error before any backend runs
     lr = float(options.get("lr", 0.01))
     spec = options.get("spec") or _registry_spec(loss)
     label = options.get("label") or _label(net, loss, inputs)
@@ -383,6 +386,9 @@ class _References:
                  targets: Tuple[Tensor, ...], lr: float) -> None:
         self.net, self.loss, self.inputs, self.targets, self.lr = net, loss, inputs, targets, lr
         self.case_module: nn.Module = loss if net is None else NetWithLoss(net, loss, n_targets=len(targets))
+        # The wrapper in the net's mode: a fresh module is in training mode, and an exporter that
+        # restores "the model's mode" recursively would put the eval-mode net back in training.
+        self.case_module.train(net.training if net is not None else loss.training)
         self.case_args = inputs + targets
         if net is None:
             pred = inputs[0]

@@ -243,10 +243,9 @@ def make_case(net_name: Optional[str], loss_name: str, *, batch: int, dtype: tor
         if alone:
             pred = inputs[0]
         else:
-            with torch.no_grad():
-                pred = net(*inputs)  # type: ignore[misc]
-            if not isinstance(pred, Tensor):
-                raise UsageError("net {!r} must return one tensor, got {}".format(net_name, type(pred).__name__))
+            from .validate import run_net
+
+            pred = run_net(net, inputs)  # type: ignore[arg-type]  (a bad --input: a named error)
         if targets_parsed:
             targets = tuple(p.make(b, dtype, gen) for p in targets_parsed)
         elif spec is not None:

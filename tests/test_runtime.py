@@ -145,7 +145,7 @@ def test_check_fails_when_fixtures_disagree(bundle_dir, tmp_path):
     (lambda b: b.forward(np.zeros((4, 31), np.float32)), ValueError, r"forward: x must have shape \(N, 32\), got \(4, 31\)"),
     (lambda b: b.forward(np.zeros(32, np.float32)), ValueError, r"x must have shape \(N, 32\), got \(32,\)"),
     (lambda b: b.forward(), TypeError, r"forward takes 1 inputs \(x\), got 0"),
-    (lambda b: b.loss(np.zeros((4, 1), np.float32)), TypeError, r"loss takes 2 inputs \(pred, target\), got 1"),
+    (lambda b: b.loss(np.zeros((4, 1), np.float32)), TypeError, r"loss: loss MSELoss takes 1 target \(target\), got 0"),
     (lambda b: b.loss(np.zeros((4, 1), np.float32), np.zeros((5, 1), np.float32)), ValueError,
      r"loss: target has N=5, but pred has N=4"),
     (lambda b: b.train_step(np.zeros((4, 32), np.float32), np.zeros((4, 1), np.float32), lr="0.1"), TypeError,

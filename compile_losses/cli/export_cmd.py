@@ -81,9 +81,15 @@ def _case(args: argparse.Namespace) -> Any:
     case = make_case(args.net, loss, batch=args.batch, dtype=torch.float32, input_specs=args.input,
                      target_specs=args.target, net_kwargs=_json_object(args.net_args, "--net-args"),
                      loss_kwargs=_json_object(args.loss_args, "--loss-args"), seed=args.seed)
+    from ..validate import InputError, check_arity, check_class_indices
+
     try:  # one eager call: a net whose output does not fit the loss is bad input, not a crash later
         with torch.no_grad():
-            case.loss(case.net(*case.inputs), *case.targets)
+            pred = case.net(*case.inputs)
+            check_class_indices(case.loss, pred, case.targets, check_arity(case.loss, case.targets))
+            case.loss(pred, *case.targets)
+    except InputError:
+        raise  # already names the argument, the range and the bad value
     except (ValueError, TypeError, RuntimeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError("--net {} and --loss {} do not fit the example inputs: {}".format(args.net, loss, first)) from None

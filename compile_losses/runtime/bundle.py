@@ -53,6 +53,9 @@ class _Graph:
         self.kind, self.path = art["kind"], rel
         try:
             self.inputs = [(s["name"], np.dtype(_DTYPES[s["dtype"]]), tuple(s["shape"])) for s in art["inputs"]]
+            # class-index targets: the range recorded at export (an index outside it reads garbage)
+            self.classes = {s["name"]: (int(s["classes"]), int(s.get("ignore_index", -100)))
+                            for s in art["inputs"] if "classes" in s}
             self.outputs = [s["name"] for s in art["outputs"]]
         except (KeyError, TypeError) as exc:
             raise BundleError(str(vb.root), [(rel, "manifest entry lacks a valid inputs/outputs signature ({!r})".format(exc))]) from None
@@ -89,11 +92,22 @@ class _Graph:
                     seen = sizes.setdefault(d, (name, g))
                     if seen[1] != g:
                         raise ValueError("{}: {} has {}={}, but {} has {}={}".format(self.kind, name, d, g, seen[0], d, seen[1]))
+            if name in self.classes:
+                _check_classes(self.kind, name, arr, *self.classes[name])
             feed[name] = np.ascontiguousarray(arr)
         return feed
 
     def run(self, args: Sequence[Any]) -> List[np.ndarray]:
         return self.session.run(self.outputs, self.feed(args))
+
+
+def _check_classes(kind: str, name: str, arr: np.ndarray, classes: int, ignore_index: int) -> None:
+    bad = ~(((arr >= 0) & (arr < classes)) | (arr == ignore_index))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError("{}: {} must hold class indices 0 <= {} < {} or ignore_index {}, got {} at position {} "
+                         "({} bad value{})".format(kind, name, name, classes, ignore_index, arr[where], where,
+                                                   int(bad.sum()), "" if int(bad.sum()) == 1 else "s"))
 
 
 class Bundle:
@@ -148,13 +162,24 @@ class Bundle:
         """The net's prediction for ``inputs`` (usually one array ``x``)."""
         return self._graph("forward").run(inputs)[0]
 
+    def _targets(self, graph: _Graph, targets: Sequence[Any]) -> None:
+        names = [n for n, _, _ in graph.inputs[1:]]
+        if len(targets) != len(names):
+            loss = str((self.manifest.get("loss") or {}).get("import_path", "?")).rsplit(":", 1)[-1]
+            raise TypeError("{}: loss {} takes {} target{} ({}), got {}".format(
+                graph.kind, loss, len(names), "" if len(names) == 1 else "s", ", ".join(names), len(targets)))
+
     def loss(self, pred: Any, *targets: Any) -> np.ndarray:
         """The loss of ``pred`` against ``targets``, in the loss's own reduction."""
-        return self._graph("loss").run((pred,) + targets)[0]
+        graph = self._graph("loss")
+        self._targets(graph, targets)
+        return graph.run((pred,) + targets)[0]
 
     def loss_and_grad(self, pred: Any, *targets: Any) -> Tuple[np.ndarray, np.ndarray]:
         """The loss and its gradient with respect to ``pred``."""
-        out = self._graph("loss_and_grad").run((pred,) + targets)
+        graph = self._graph("loss_and_grad")
+        self._targets(graph, targets)
+        out = graph.run((pred,) + targets)
         return out[0], out[1]
 
     def train_step(self, *data: Any, lr: float = 0.01, params: Optional[Dict[str, Any]] = None) -> TrainStepResult:
