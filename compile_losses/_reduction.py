@@ -80,7 +80,10 @@ def _faithful_sum(loss: Tensor) -> Tensor:
 def _divide_by_weight_sum(total: Tensor, denominator: Tensor) -> Tensor:
     # When every target is ignored the weight sum is 0: the mean is NaN and its gradient 0, as in
     # F.cross_entropy (a plain division would make the gradient NaN too). torch.where, not an
-    # `if` on the value, keeps it one graph for compile and export.
+    # `if` on the value, keeps it one graph for compile and export. Computed on 1-element views:
+    # the TorchScript-based ONNX exporter types arithmetic between 0-d tensors as float32 (a
+    # float32 loss out of a float64 graph); a rank-1 operand keeps the inputs' dtype.
+    total, denominator = total.reshape(1), denominator.reshape(1)
     nonzero = denominator != 0
     safe = torch.where(nonzero, denominator, torch.ones_like(denominator))
-    return torch.where(nonzero, total / safe, torch.full_like(total, float("nan")))
+    return torch.where(nonzero, total / safe, torch.full_like(total, float("nan"))).reshape(())

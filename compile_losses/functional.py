@@ -436,9 +436,12 @@ def info_nce_loss(
     logits = a @ p.t() / temperature
     # Cross-entropy with labels arange(N), written as the log-softmax diagonal: F.cross_entropy
     # exports to an ONNX SoftmaxCrossEntropyLoss whose output shape fails ONNX shape inference.
-    loss = -torch.log_softmax(logits, dim=1).diagonal()
+    # The diagonal is gathered, not taken with .diagonal(): the TorchScript-based exporter turns a
+    # dynamic diagonal into an ONNX If whose empty branch is float32 (invalid for float64 inputs).
+    rows = torch.arange(logits.shape[0], device=logits.device).unsqueeze(1)
+    loss = -torch.log_softmax(logits, dim=1).gather(1, rows).squeeze(1)
     if symmetric:
-        loss = 0.5 * (loss - torch.log_softmax(logits, dim=0).diagonal())
+        loss = 0.5 * (loss - torch.log_softmax(logits, dim=0).gather(1, rows).squeeze(1))
     return apply_reduction(loss, reduction)
 
 

@@ -151,3 +151,64 @@ def test_net_with_loss_is_fixed_arity_and_scriptable() -> None:
     torch.testing.assert_close(scripted(x, t, v), m(x, t, v))
     with pytest.raises(ValueError, match="n_targets must be one of"):
         NetWithLoss(SeedNet(), L.MSELoss(), n_targets=7)
+
+
+@pytest.mark.onnx
+def test_legacy_export_keeps_every_submodule_mode() -> None:
+    # The TorchScript-based exporter ends with module.train(<top module's mode>), recursively: a
+    # fresh NetWithLoss wrapper (training mode) switched the eval-mode net inside it back to
+    # training, and its Dropout then fired in every later export of the same process.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1)).eval()
+    wrapper = NetWithLoss(net, L.MSELoss())
+    assert wrapper.training and not net.training
+    x, t = torch.randn(3, 4), torch.randn(3, 1)
+    BACKENDS["onnx-legacy"].prepare(wrapper, (x, t))
+    assert wrapper.training and not any(m.training for m in net.modules())
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("name", ["cross_entropy", "info_nce"])
+def test_legacy_export_of_float64_losses_stays_float64(name: str) -> None:
+    # cross_entropy's weight-sum division was typed float32 by the TorchScript-based exporter (0-d
+    # operands); info_nce's dynamic .diagonal() became an ONNX If with a float32 branch.
+    from compile_losses.resolve import make_case
+
+    case = make_case(None, name, batch=7, dtype=torch.float64)
+    args = tuple(case.inputs) + tuple(case.targets)
+    out = BACKENDS["onnx-legacy"].prepare(case.loss, args)(*args)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, case.loss(*args))
+
+
+@pytest.mark.compile
+def test_fast_selection_is_made_once_per_case_structure() -> None:
+    from compile_losses.backends import clear_cache
+
+    clear_cache()
+    loss = L.MSELoss()
+    pred, target = torch.randn(4, 1), torch.randn(4, 1)
+    fast = BACKENDS["fast"]
+    chosen = fast.prepare_loss_and_grad(loss, (pred, target))
+    # another batch of the same case: the same selection, and it is right at that batch
+    p7, t7 = torch.randn(7, 1), torch.randn(7, 1)
+    assert fast.prepare_loss_and_grad(loss, (p7, t7)) is chosen
+    value, grad = chosen(p7, t7)
+    torch.testing.assert_close(value, torch.nn.functional.mse_loss(p7, t7))
+    torch.testing.assert_close(grad, 2 * (p7 - t7) / 7)
+    # another module (or another structure) selects again
+    assert fast.prepare_loss_and_grad(L.MSELoss(), (pred, target)) is not chosen
+    assert fast.prepare_loss_and_grad(L.MSELoss(reduction="sum"), (pred, target)) is not chosen
+    clear_cache()
+
+
+def test_structure_key_ignores_the_mark_torch_compile_leaves_on_a_module() -> None:
+    # torch.compile(module) sets module._is_torch_compile: with it in the key, every backend
+    # after the "fast" one (which compiles the case module) rebuilt its export for each batch.
+    net, loss, x, t = _seed_case(3)
+    module = NetWithLoss(net, loss)
+    before = structure_key(module, (x, t))
+    torch.compile(module)  # wraps only; nothing is compiled until it is called
+    assert vars(module).get("_is_torch_compile") is True
+    assert structure_key(module, (x, t)) == before
+    assert structure_key(NetWithLoss(net, L.MSELoss(reduction="sum")), (x, t)) != before

@@ -420,3 +420,63 @@ def test_walkthrough_onnx_leg_gives_the_same_step_as_eager() -> None:
     torch.testing.assert_close(torch.tensor(w.results["onnx_loss_after_step"]), after)
     assert w.results["onnx_loss_after_step"] < w.results["onnx_loss_before_step"]
     assert any(re.search(r"onnxruntime: loss before [\d.]+, after [\d.]+", line) for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# regressions found by `compile-losses verify --all`
+# ---------------------------------------------------------------------------------------------
+class _NormNet(nn.Module):
+    """Linear -> LayerNorm -> ReLU -> Linear: layer norm's backward without Erf (which
+    onnxruntime lacks in float64 on the CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(torch.relu(self.norm(self.fc1(x))))
+
+
+def test_float64_layer_norm_train_step_loads_and_matches_autograd() -> None:
+    # The exporter's LayerNormalization gives float32 statistics (ONNX allows no float64 there), so
+    # a float64 train step subtracted a float32 mean in layer norm's backward and failed to load.
+    torch.manual_seed(0)
+    net = _NormNet().double().eval()
+    loss = LOSSES["cross_entropy"].build()
+    x = torch.randn(EXPORT_BATCH, 6, dtype=torch.float64)
+    targets = (torch.randint(0, 3, (EXPORT_BATCH,)),)
+    step = T.prepare_onnx_train_step(net, loss, (x,) + targets, LR)
+    x7 = torch.randn(7, 6, dtype=torch.float64)
+    t7 = (torch.randint(0, 3, (7,)),)
+    assert step(x7, *t7).loss.dtype == torch.float64
+    _check_step(step, net, loss, x7, t7, "float64 layer-norm train_step batch=7")
+
+
+def test_export_decompositions_rewrite_convolution_backward_for_onnx_only() -> None:
+    from compile_losses.training._decomp import export_decompositions
+
+    conv = torch.ops.aten.convolution_backward.default
+    assert conv in export_decompositions("onnx") and conv not in export_decompositions("aoti")
+    with pytest.raises(ValueError, match="target must be 'onnx' or 'aoti', got 'tvm'"):
+        export_decompositions("tvm")
+    # the AOTInductor graph keeps the native op (inductor compiles it with a dynamic batch)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 1, 1)).eval()
+    x, target = torch.randn(4, 2, 5, 5), torch.rand(4, 1, 5, 5)
+    loss = LOSSES["mse"].build()
+    ops = {n.target for n in T.trace_train_step(net, loss, (x, target), target="aoti").module.graph.nodes}
+    assert conv in ops
+    ops = {n.target for n in T.trace_train_step(net, loss, (x, target)).module.graph.nodes}
+    assert conv not in ops
+
+
+@pytest.mark.slow
+@pytest.mark.aoti
+def test_aoti_conv_train_step_is_right_at_batches_it_was_not_traced_at() -> None:
+    # Our convolution_backward rewrite puts the batch in a convolution's channel dimension, which
+    # AOTInductor silently bakes in: NaN at batch 1, ~1e-3 errors at 7 with the ONNX rewrite.
+    net, loss, x, targets = _net_case("convseg", EXPORT_BATCH)
+    step = T.prepare_aoti_train_step(net, loss, (x,) + targets, LR)
+    for batch in (1, 7):
+        _, _, x2, t2 = _net_case("convseg", batch, seed=batch)
+        _check_step(step, net, loss, x2, t2, "aoti convseg train_step batch={}".format(batch))

@@ -179,6 +179,14 @@ _CACHE: "collections.OrderedDict[Tuple[Any, ...], Tuple[Any, Any]]" = collection
 def clear_cache() -> None:
     """Forget every prepared callable (tests that need a fresh build call this)."""
     _CACHE.clear()
+    from ..fast import backend as fast  # the "fast" backend's per-case selections
+
+    fast._SELECTIONS.clear()
+
+
+# Flags torch sets on a module it has compiled (torch.compile marks it "_is_torch_compile"): not
+# settings, and they would make every later build of the same case miss the cache.
+_RUNTIME_MARKS = frozenset({"_is_torch_compile", "_compiled_call_impl"})
 
 
 def structure_key(module: nn.Module, example_inputs: Sequence[Tensor]) -> Tuple[Any, ...]:
@@ -188,6 +196,8 @@ def structure_key(module: nn.Module, example_inputs: Sequence[Tensor]) -> Tuple[
     for name, sub in module.named_modules():
         h.update("{}:{}.{}".format(name, type(sub).__module__, type(sub).__qualname__).encode())
         for attr, value in sorted(vars(sub).items()):
+            if attr in _RUNTIME_MARKS:
+                continue
             if isinstance(value, (bool, int, float, str, type(None))) or (
                     isinstance(value, tuple) and all(isinstance(v, (bool, int, float, str)) for v in value)):
                 h.update("{}={!r};".format(attr, value).encode())

@@ -91,13 +91,8 @@ class OnnxBackend(Backend):
             names = [i.name for i in proto.graph.input]
             execute = lambda feeds: evaluator.run(None, feeds)  # noqa: E731
         else:
-            try:
+            with self._kernels_or_unsupported():
                 session = ort_session(model, self.provider)
-            except Exception as exc:  # a kernel the runtime lacks (e.g. float64 Conv, Erf on the CPU)
-                if "NOT_IMPLEMENTED" not in str(exc):
-                    raise
-                raise Unsupported("onnxruntime ({}) has no kernel for this graph: {}".format(
-                    self.provider, str(exc).split("NOT_IMPLEMENTED :")[-1].strip().splitlines()[0])) from None
             names = [i.name for i in session.get_inputs()]
             execute = lambda feeds: session.run(None, feeds)  # noqa: E731
 
@@ -109,6 +104,17 @@ class OnnxBackend(Backend):
 
         return run
 
+    @contextlib.contextmanager
+    def _kernels_or_unsupported(self) -> Iterator[None]:
+        """A kernel onnxruntime lacks (float64 Conv or Erf on the CPU) is 'unsupported', not a failure."""
+        try:
+            yield
+        except Exception as exc:
+            if "NOT_IMPLEMENTED" not in str(exc):
+                raise
+            raise Unsupported("onnxruntime ({}) has no kernel for this graph: {}".format(
+                self.provider, str(exc).split("NOT_IMPLEMENTED :")[-1].strip().splitlines()[0])) from None
+
     # -- gradients through the training graphs -------------------------------------------------
     def _exported_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
         training = _training("prepare_onnx_loss_and_grad", "export_loss_and_grad_onnx")
@@ -117,7 +123,8 @@ class OnnxBackend(Backend):
         if self.runner == "ref":
             return self._cached("loss_and_grad", loss, example_inputs, lambda: (self._ref_graph(
                 lambda p: training.export_loss_and_grad_onnx(loss, example, p), params=None), None))[0]
-        return training.prepare_onnx_loss_and_grad(loss, example, provider=self.provider)
+        with self._kernels_or_unsupported():
+            return training.prepare_onnx_loss_and_grad(loss, example, provider=self.provider)
 
     def _exported_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                              lr: float) -> Callable[..., TrainStepResult]:
@@ -131,7 +138,8 @@ class OnnxBackend(Backend):
             return self._cached(("train_step", float(lr)), key_module, example_inputs, lambda: (self._ref_graph(
                 lambda p: training.export_train_step_onnx(net, loss, example, p), params=(net, lr)), None),
                 owners=(net, loss))[0]
-        return training.prepare_onnx_train_step(net, loss, example, lr, provider=self.provider)
+        with self._kernels_or_unsupported():
+            return training.prepare_onnx_train_step(net, loss, example, lr, provider=self.provider)
 
     def _training_exporter(self) -> None:
         if self.exporter != "dynamo":
@@ -208,7 +216,7 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[Tensor], exporter: s
     example = export_example(example_inputs)
     names = input_names(module, len(example))
     reductions = faithful_reductions() if faithful else _plain_reductions()
-    with _quiet_export(), reductions:
+    with _quiet_export(), reductions, _keep_modes(module):
         if exporter == "dynamo":
             batch = torch.export.Dim("batch")
             program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
@@ -224,6 +232,20 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[Tensor], exporter: s
             raise ValueError("exporter must be 'dynamo' or 'legacy', got {!r}".format(exporter))
     onnx.checker.check_model(model)
     return model
+
+
+@contextlib.contextmanager
+def _keep_modes(module: nn.Module) -> Iterator[None]:
+    # The TorchScript-based exporter ends with module.train(<the top module's mode>), which
+    # recurses: a wrapper left in training mode (a fresh NetWithLoss) would switch the eval-mode
+    # net inside it back to training, so Dropout fires in every later export and run. Restore
+    # every submodule's own mode instead.
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 @contextlib.contextmanager

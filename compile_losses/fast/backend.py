@@ -7,6 +7,8 @@ them by name like any other backend:
   inputs at prepare time, eager included, so it is never slower than eager by construction; the
   returned callable's ``note`` says what was chosen and the timings behind it.
 """
+import collections
+import weakref
 from typing import Any, Callable, Dict, Tuple
 
 import torch
@@ -93,6 +95,11 @@ class FusedBackend:
 
 
 class FastBackend:
+    """The selection (3-10 s: every candidate built, warmed up and timed) is made once per case
+    structure and kept for the process: the same modules (by identity, as their live parameters
+    are read) with the same settings, weights, dtypes and non-batch shapes reuse it at any batch
+    size, as every other backend reuses its build. The choice is timed at the first batch seen."""
+
     name = "fast"
     supports_autograd = True
 
@@ -100,13 +107,14 @@ class FastBackend:
         return True, ""  # eager is always a candidate; compiled ones drop out with their reason
 
     def prepare(self, module: nn.Module, example_inputs: tuple) -> Selected:
-        return pick_fastest({"eager": lambda: module,
-                             "compile": lambda: torch.compile(module)}, tuple(example_inputs))
+        return _selection("forward", module, (module,), example_inputs, lambda: pick_fastest(
+            {"eager": lambda: module, "compile": lambda: torch.compile(module)}, tuple(example_inputs)))
 
     def prepare_loss_and_grad(self, loss: nn.Module, example_inputs: tuple) -> Selected:
         _check_scalar(loss)
-        return pick_fastest({"eager": lambda: eager_loss_and_grad(loss),
-                             "fused": lambda: FusedLossAndGrad(loss)}, tuple(example_inputs))
+        return _selection("loss_and_grad", loss, (loss,), example_inputs, lambda: pick_fastest(
+            {"eager": lambda: eager_loss_and_grad(loss), "fused": lambda: FusedLossAndGrad(loss)},
+            tuple(example_inputs)))
 
     def prepare_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: tuple, lr: float) -> Selected:
         _check_scalar(loss)
@@ -117,7 +125,28 @@ class FastBackend:
         }
         if all(t.device.type == "cpu" for t in example_inputs):
             candidates["onnx"] = lambda: _onnx_step(net, loss, example_inputs, lr)
-        return pick_fastest(candidates, tuple(example_inputs))
+        return _selection(("train_step", float(lr)), _Composed(net, loss), (net, loss), example_inputs,
+                          lambda: pick_fastest(candidates, tuple(example_inputs)))
+
+
+_SELECTIONS: "collections.OrderedDict[Tuple[Any, ...], Tuple[Tuple[Any, ...], Selected]]" = collections.OrderedDict()
+_SELECTIONS_SIZE = 64
+
+
+def _selection(kind: Any, key_module: nn.Module, owners: Tuple[nn.Module, ...], example_inputs: tuple,
+               select: Callable[[], Selected]) -> Selected:
+    from ..backends.base import structure_key  # the backends package imports this module
+
+    key = (kind,) + structure_key(key_module, tuple(example_inputs))
+    hit = _SELECTIONS.get(key)
+    if hit is not None and all(ref() is m for ref, m in zip(hit[0], owners)):
+        _SELECTIONS.move_to_end(key)
+        return hit[1]
+    chosen = select()
+    _SELECTIONS[key] = (tuple(weakref.ref(m) for m in owners), chosen)
+    while len(_SELECTIONS) > _SELECTIONS_SIZE:
+        _SELECTIONS.popitem(last=False)
+    return chosen
 
 
 def _onnx_step(net: nn.Module, loss: nn.Module, example_inputs: tuple, lr: float) -> Callable[..., Any]:

@@ -45,7 +45,7 @@ def _runner(key: Tuple[Any, ...], trace: Callable[[], TracedGraph]) -> Tuple[Any
 def prepare_aoti_loss_and_grad(loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
     """``(pred, *targets) -> (loss, d loss / d pred)`` from an AOTInductor-compiled joint graph."""
     key = structure_key("loss_and_grad", None, loss, example_inputs)
-    runner, graph = _runner(key, lambda: trace_loss_and_grad(loss, example_inputs))
+    runner, graph = _runner(key, lambda: trace_loss_and_grad(loss, example_inputs, target="aoti"))
 
     def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
         _check(graph, 1 + len(targets), 0)
@@ -60,7 +60,7 @@ def prepare_aoti_train_step(net: nn.Module, loss: nn.Module, example_inputs: Tup
     """``(x, *targets) -> TrainStepResult`` from an AOTInductor-compiled train step, computed from
     the net's parameters at call time without changing the net."""
     key = structure_key("train_step", net, loss, example_inputs)
-    runner, graph = _runner(key, lambda: trace_train_step(net, loss, example_inputs))
+    runner, graph = _runner(key, lambda: trace_train_step(net, loss, example_inputs, target="aoti"))
     params = graph.params
     n = len(params)
 

@@ -82,10 +82,41 @@ def diagonal_backward(grad_output: Tensor, input_sizes: List[int], offset: int, 
     return out
 
 
-def export_decompositions() -> Dict[object, object]:
-    """The table handed to ``make_fx`` when tracing a graph for export."""
-    return {aten.convolution_backward.default: convolution_backward,
-            aten.diagonal_backward.default: diagonal_backward}
+def native_layer_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor], bias: Optional[Tensor],
+                      eps: float) -> Any:
+    # The ONNX exporter maps native_layer_norm to LayerNormalization, whose mean and inverse std
+    # outputs are float32 whatever the input (ONNX allows no float64 there): a float64 train step
+    # then subtracts a float32 mean in layer norm's backward and fails to load. Spelled out in
+    # float64 instead, so the backward reads float64 statistics; narrower dtypes keep the op.
+    if input.dtype != torch.float64:
+        return NotImplemented
+    dims = list(range(input.dim() - len(normalized_shape), input.dim()))
+    var, mean = torch.var_mean(input, dim=dims, correction=0, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    out = (input - mean) * rstd
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out, mean, rstd
+
+
+def export_decompositions(target: str = "onnx") -> Dict[object, object]:
+    """The table handed to ``make_fx`` when tracing a graph for ``target`` (``"onnx"`` or ``"aoti"``).
+
+    The convolution_backward and layer-norm rewrites exist for the ONNX exporter only: AOTInductor
+    compiles ``aten.convolution_backward`` itself, and it cannot compile our rewrite, whose weight
+    gradient is a convolution with the batch as its channel dimension: inductor takes channel
+    counts as static and silently bakes in the traced batch (wrong sums at any other batch size,
+    reads past the end at a smaller one).
+    """
+    if target not in ("onnx", "aoti"):
+        raise ValueError("target must be 'onnx' or 'aoti', got {!r}".format(target))
+    table: Dict[object, object] = {aten.diagonal_backward.default: diagonal_backward}
+    if target == "onnx":
+        table.update({aten.convolution_backward.default: convolution_backward,
+                      aten.native_layer_norm.default: native_layer_norm})
+    return table
 
 
 class LinearAs2D(TorchFunctionMode):

@@ -147,21 +147,24 @@ def target_names(loss: nn.Module, count: int) -> List[str]:
     return names
 
 
-def trace_loss_and_grad(loss: nn.Module, example_inputs: Sequence[Tensor]) -> TracedGraph:
-    """``make_fx`` (symbolic) of ``(pred, *targets) -> (loss, d loss / d pred)``."""
+def trace_loss_and_grad(loss: nn.Module, example_inputs: Sequence[Tensor], target: str = "onnx") -> TracedGraph:
+    """``make_fx`` (symbolic) of ``(pred, *targets) -> (loss, d loss / d pred)``, with the op
+    rewrites ``target`` (``"onnx"`` or ``"aoti"``) needs (see :func:`export_decompositions`)."""
     pred, targets = _split_pred(example_inputs, "example_inputs", "(pred, *targets)")
     batched = [True] + [_has_batch(t, pred.shape[0]) for t in targets]
     fn = loss_and_grad(loss)
     names = ["pred"] + target_names(loss, len(targets))
     _check_unique(names, loss)
-    graph = _make_fx(fn, (pred,) + tuple(targets), batched, loss)
+    graph = _make_fx(fn, (pred,) + tuple(targets), batched, loss, target)
     return TracedGraph("loss_and_grad", graph.module, graph.example, names,
                        ["pred"] + ["target"] * len(targets), ["loss", "grad_pred"], batched, [],
                        loss_label(loss))
 
 
-def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[Tensor]) -> TracedGraph:
-    """``make_fx`` (symbolic) of ``(*params, x, *targets, lr) -> (loss, *grads, *new_params)``."""
+def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[Tensor],
+                     target: str = "onnx") -> TracedGraph:
+    """``make_fx`` (symbolic) of ``(*params, x, *targets, lr) -> (loss, *grads, *new_params)``,
+    with the op rewrites ``target`` (``"onnx"`` or ``"aoti"``) needs."""
     x, targets = _split_pred(example_inputs, "example_inputs", "(x, *targets)")
     names = trainable_names(net)
     if not names:
@@ -188,7 +191,7 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
     output_names = ["loss"] + ["grad_" + s for s in safe] + ["new_" + s for s in safe]
     _check_unique(input_names + output_names, loss)
     batched = [False] * n + [True] + [_has_batch(t, x.shape[0]) for t in targets] + [False]
-    graph = _make_fx(step, tuple(params) + (x,) + tuple(targets) + (lr,), batched, loss)
+    graph = _make_fx(step, tuple(params) + (x,) + tuple(targets) + (lr,), batched, loss, target)
     return TracedGraph("train_step", graph.module, graph.example, input_names,
                        ["param"] * n + ["input"] + ["target"] * len(targets) + ["lr"], output_names, batched,
                        [{"name": k, "input": s, "grad": "grad_" + s, "new": "new_" + s} for k, s in zip(names, safe)],
@@ -200,11 +203,13 @@ class _Traced(NamedTuple):
     example: Tuple[Tensor, ...]
 
 
-def _make_fx(fn: Callable[..., Any], args: Tuple[Tensor, ...], batched: List[bool], loss: nn.Module) -> _Traced:
+def _make_fx(fn: Callable[..., Any], args: Tuple[Tensor, ...], batched: List[bool], loss: nn.Module,
+             target: str = "onnx") -> _Traced:
     example = _trace_batch(args, batched)
+    table = export_decompositions(target)
     try:
         with faithful_reductions(), LinearAs2D():
-            gm = make_fx(torch.func.functionalize(fn, remove="mutations"), decomposition_table=export_decompositions(),
+            gm = make_fx(torch.func.functionalize(fn, remove="mutations"), decomposition_table=table,
                          tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
     except (NotImplementedError, RuntimeError) as exc:
         # e.g. "the derivative for 'zeta' is not implemented": no gradient graph exists at all.
