@@ -7,6 +7,15 @@ from torch import Tensor
 
 REDUCTIONS: List[str] = ["none", "mean", "sum"]
 
+# ``torch.onnx.export(..., optimize=...)`` for every ONNX graph the project writes. onnxscript's
+# optimizer (0.7.2) rewrites ``Add(x, c)`` to ``x`` whenever |c| <= 1e-8 (its no-op rule
+# ``add_0`` matches the constant 0 with ``abs_tol=1e-8``), which deletes the epsilons that keep
+# losses finite at zero (``x * x + 1e-12`` before a sqrt, ``log(rate + 1e-8)``): NaN or wrong
+# gradients for an all-zero prediction. onnxruntime optimizes the graph again when it loads it
+# (constant folding, fusions), so exports skip onnxscript's pass; tests/test_backends.py keeps
+# the epsilon case as a regression test.
+ONNX_OPTIMIZE = False
+
 # Set while a graph is traced for export (see faithful_reductions); read as a Python constant by
 # the tracers, so the exported graph holds the float64-accumulated reduction.
 _FAITHFUL: List[bool] = [False]

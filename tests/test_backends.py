@@ -212,3 +212,26 @@ def test_structure_key_ignores_the_mark_torch_compile_leaves_on_a_module() -> No
     assert vars(module).get("_is_torch_compile") is True
     assert structure_key(module, (x, t)) == before
     assert structure_key(NetWithLoss(net, L.MSELoss(reduction="sum")), (x, t)) != before
+
+
+class _TinyEpsilon(torch.nn.Module):
+    """A norm with an epsilon below onnxscript's no-op tolerance (1e-8): finite at zero only if
+    the export keeps ``Add(x * x, 1e-12)``."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((input - target).pow(2).sum(-1) + 1e-12).mean()
+
+
+@pytest.mark.onnx
+def test_onnx_exports_keep_epsilons_below_the_optimizers_no_op_tolerance() -> None:
+    zeros = (torch.zeros(3, 4), torch.zeros(3, 4))
+    loss = _TinyEpsilon()
+    value = BACKENDS["onnx"].prepare(loss, zeros)(*zeros)
+    torch.testing.assert_close(value, loss(*zeros))  # 1e-6, not 0
+    # the gradient graph too: eager's gradient at zero is 0 (0 / sqrt(1e-12)); without the
+    # epsilon it is 0 / 0 = NaN
+    pred = zeros[0].clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(loss(pred, zeros[1]), pred)
+    got_value, got_grad = BACKENDS["onnx"].prepare_loss_and_grad(loss, zeros)(*zeros)
+    torch.testing.assert_close(got_grad, expected)
+    torch.testing.assert_close(got_value, loss(*zeros))

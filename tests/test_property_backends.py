@@ -51,12 +51,6 @@ Combo = Tuple[int, str, torch.dtype]
 # Found by the slow run (torch 2.13, onnxruntime 1.32; minimal examples in the reasons), not fixed
 # yet: expected failures with the finding, never counted as passes, and not shrunk again (minutes).
 KNOWN_FAILURES: Dict[Tuple[str, str], str] = {
-    ("cosine_embedding", "onnx"): "finding: the loss graph gives NaN where eager is finite for an all-zero "
-                                  "prediction (batch 1, reduction none, float32): the zero-norm guard differs",
-    ("info_nce", "onnx"): "finding: loss_and_grad's d/dpred for embeddings of scale 1e-6 in float64 is off by "
-                          "2.4e-7 relative (0.011 absolute) where eager float64 is exact",
-    ("poisson_nll", "onnx"): "finding: log_input=False at rate 1e-3 (batch 1, mean, float32): d/dpred off by 0.03, "
-                             "eager's error 2.7e-5",
     ("triplet_margin", "script"): "finding: late in the whole slow run torch.jit.script raises \"Can't redefine method: "
                                   "forward on class TripletMarginLoss\" (passes alone): TorchScript type-cache clash",
 }

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from .._reduction import faithful_reductions
+from .._reduction import ONNX_OPTIMIZE, faithful_reductions
 from .base import Backend, TrainStepResult, Unsupported, export_example, structure_key
 
 __all__ = ["OnnxBackend", "OPSET", "INTRA_OP_THREADS", "export_onnx", "ort_session", "faithful_cost"]
@@ -221,7 +221,7 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[Tensor], exporter: s
             batch = torch.export.Dim("batch")
             program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
                                         dynamic_shapes=tuple({0: batch} for _ in example),
-                                        opset_version=opset, optimize=True, verbose=False)
+                                        opset_version=opset, optimize=ONNX_OPTIMIZE, verbose=False)
             model = program.model_proto
         elif exporter == "legacy":
             buffer = io.BytesIO()

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
+from .._reduction import ONNX_OPTIMIZE
 from ._trace import (ExportUnsupportedError, TracedGraph, TrainStepResult, faithful_graph, structure_key,
                      trace_loss_and_grad, trace_train_step)
 
@@ -63,7 +64,7 @@ def _export(graph: TracedGraph, path: str, start: float) -> Dict[str, Any]:
         try:
             program = torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
                                         input_names=graph.input_names, output_names=graph.output_names,
-                                        opset_version=OPSET, verbose=False, optimize=True)
+                                        opset_version=OPSET, verbose=False, optimize=ONNX_OPTIMIZE)
         except Exception as exc:  # the exporter raises several unrelated types; all end here
             raise _unsupported(exc, graph) from None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
