@@ -483,6 +483,9 @@ def _one_line(exc: BaseException) -> str:
 # torch.compile audit
 # ---------------------------------------------------------------------------------------------
 AUDIT_BATCHES = (1, 7, 64, 4096)
+# Choosing either torch.compile backend runs the audit (both compile through dynamo: ``compile``
+# for a forward that records autograd and for reduction="none" losses).
+AUDITED = frozenset({"compile", "compile-dynamo"})
 
 
 def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ...]], label: str = "",
@@ -560,7 +563,7 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
             if net_spec.name != net:
                 plan += [(net_spec.name, net_spec.loss, dtype, list(batches)) for dtype in dtypes]
     chosen = get_backends(backends)
-    audits = [n for n in names if n in LOSSES] if audit and "compile" in [b.name for b in chosen] else []
+    audits = [n for n in names if n in LOSSES] if audit and AUDITED & {b.name for b in chosen} else []
     steps = sum(len(bs) for *_, bs in plan) * len(chosen) + len(audits)
     bar = progress if isinstance(progress, Progress) else (Progress(steps, None if progress is True else progress)
                                                            if progress else None)

@@ -11,7 +11,7 @@ REQUIRED = {"eager", "compile", "script", "trace", "onnx", "onnx-legacy", "onnx-
             "eager-cuda", "compile-cuda", "onnx-cuda"}
 
 # Which backends a default run exercises here; the rest of each family runs in CI (slow).
-_MARKS = {"compile": [pytest.mark.compile, pytest.mark.slow], "compile-aot_eager": [pytest.mark.compile], "script": [pytest.mark.script],
+_MARKS = {"compile": [pytest.mark.compile, pytest.mark.slow], "compile-dynamo": [pytest.mark.compile, pytest.mark.slow], "compile-aot_eager": [pytest.mark.compile], "script": [pytest.mark.script],
           "trace": [pytest.mark.script], "onnx": [pytest.mark.onnx], "onnx-legacy": [pytest.mark.onnx],
           "onnx-ref": [pytest.mark.onnx], "aoti": [pytest.mark.aoti, pytest.mark.slow],
           "eager-cuda": [pytest.mark.gpu], "compile-cuda": [pytest.mark.gpu, pytest.mark.compile],
@@ -74,7 +74,7 @@ def test_get_backends_rejects_unknown_names() -> None:
 
 
 @pytest.mark.parametrize("name", [_param(n) for n in ["eager", "script", "trace", "onnx", "onnx-legacy", "onnx-ref",
-                                                       "compile-aot_eager", "compile", "aoti", "eager-cuda", "onnx-cuda"]])
+                                                       "compile-aot_eager", "compile", "compile-dynamo", "aoti", "eager-cuda", "onnx-cuda"]])
 def test_prepare_returns_torch_tensors_at_every_batch_size(name: str) -> None:
     backend = BACKENDS[name]
     ok, reason = backend.available()

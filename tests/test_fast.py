@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from compile_losses.fast import (CompiledTrainStep, FastBackend, FusedBackend, FusedLoss, FusedLossAndGrad,
+from compile_losses.fast import (CompiledForward, CompiledTrainStep, FastBackend, FusedBackend, FusedLoss, FusedLossAndGrad, GraphCache,
                                  eager_loss_and_grad, eager_train_step, pick_fastest)
 from compile_losses.losses import HuberLoss, MSELoss
 from compile_losses.nets import SeedNet
@@ -306,3 +306,129 @@ def test_fast_backends_are_registered():
     for name in ("fused", "fast"):
         assert name in backends.BACKENDS, name
         assert backends.BACKENDS[name].available()[0] or backends.BACKENDS[name].available()[1]
+
+
+def test_pick_fastest_strict_raises_instead_of_dropping_a_broken_candidate():
+    def broken():
+        raise RuntimeError("inductor failed")
+
+    with pytest.raises(RuntimeError, match="inductor failed"):
+        pick_fastest({"eager": lambda: (lambda a: a + 1), "compile": broken}, (torch.ones(2),), rounds=3, strict=True)
+
+
+def test_pick_fastest_falls_back_to_the_baseline_and_says_so():
+    import time
+
+    def slow(a):
+        time.sleep(2e-3)
+        return a + 1
+
+    picked = pick_fastest({"eager": lambda: (lambda a: a + 1), "compile": lambda: slow}, (torch.ones(2),), rounds=3)
+    assert picked.choice == "eager"
+    assert "fell back to eager" in picked.note and picked.timings["compile"] > picked.timings["eager"]
+
+
+# ---------------------------------------------------------------------------------------------
+# guard-free graphs: the compile backend's forward and train step
+# ---------------------------------------------------------------------------------------------
+class _DropAll(torch.nn.Module):
+    """Linear, then dropout(p=1): zeros in train mode, the identity in eval mode (deterministic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+        self.drop = torch.nn.Dropout(p=1.0)
+        self.register_buffer("shift", torch.full((3,), 0.5))
+
+    def forward(self, x):
+        return self.drop(self.fc(x)) + self.shift
+
+
+@pytest.mark.compile
+def test_compiled_forward_follows_modes_parameters_and_autograd():
+    torch.manual_seed(0)
+    module = _DropAll().eval()
+    calls = []
+
+    def differentiable(*inputs):
+        calls.append(1)
+        return module(*inputs)
+
+    forward = CompiledForward(module, differentiable=differentiable)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        assert_close(forward(x), module(x))
+        module.train()  # another mode: another graph, not the eval one
+        assert_close(forward(x), torch.full((5, 3), 0.5))
+        module.eval()
+        module.fc.weight.mul_(2)  # in place (an optimizer step): seen
+        assert_close(forward(x), module(x))
+        module.fc.weight = torch.nn.Parameter(torch.zeros(3, 4))  # replaced: seen
+        assert_close(forward(x), module(x))
+    assert not calls
+    # with autograd recording, the call goes to the differentiable path and gradients flow
+    out = forward(x)
+    assert calls and out.requires_grad
+    out.sum().backward()
+    assert module.fc.weight.grad is not None
+
+
+@pytest.mark.compile
+def test_graph_cache_compiles_once_per_signature_and_hits_inductors_disk_cache(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    fn = lambda a, b: (a * b + 1.0).sum()  # noqa: E731
+    cache = GraphCache(fn, size=2)
+    for n in (3, 3, 5, 3):
+        assert_close(cache(torch.ones(n), torch.ones(n)), torch.tensor(2.0 * n))
+    assert cache.compiles == 2
+    cache(torch.ones(7), torch.ones(7))  # a third signature evicts the least recently used (5)
+    cache(torch.ones(5), torch.ones(5))
+    assert cache.compiles == 4
+    # a fresh cache object (as in a new process) loads the compiled graph from inductor's FX
+    # graph cache: without a shape environment inductor bypasses that cache ("No shape env")
+    counters.clear()
+    GraphCache(fn)(torch.ones(3), torch.ones(3))
+    assert counters["inductor"]["fxgraph_cache_hit"] == 1, dict(counters["inductor"])
+    assert counters["inductor"]["fxgraph_cache_bypass"] == 0
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("kind", ["train_step", "loss_and_grad", "forward", "forward_no_grad"])
+def test_compile_backend_chooses_per_case_says_what_and_matches_eager(kind):
+    from compile_losses.backends import BACKENDS
+    from compile_losses.nets import NetWithLoss
+
+    torch.manual_seed(0)
+    net, loss = SeedNet().eval(), MSELoss()
+    x, y = torch.randn(10, 32), torch.randn(10, 1)
+    compile_, eager = BACKENDS["compile"], BACKENDS["eager"]
+    if kind == "train_step":
+        got = compile_.prepare_train_step(net, loss, (x, y), 0.1)
+        want = eager.prepare_train_step(net, loss, (x, y), 0.1)
+    elif kind == "loss_and_grad":
+        pred = net(x).detach()
+        x, y = pred, y
+        got, want = compile_.prepare_loss_and_grad(loss, (x, y)), eager.prepare_loss_and_grad(loss, (x, y))
+    else:
+        module = NetWithLoss(net, loss)
+        with torch.no_grad() if kind == "forward_no_grad" else torch.enable_grad():
+            got, want = compile_.prepare(module, (x, y)), eager.prepare(module, (x, y))
+    assert got.choice in ("eager", "compile") and set(got.timings) == {"eager", "compile"}
+    assert "[compile = " in got.note and "chose " + got.choice in got.note
+    with torch.no_grad() if kind == "forward_no_grad" else torch.enable_grad():
+        for batch in (10, 3):  # another batch size than the one timed
+            args = (x[:batch], y[:batch])
+            assert_close(got(*args), want(*args))
+
+
+@pytest.mark.compile
+def test_compile_backend_with_an_unreduced_loss_uses_torch_compile_with_autograd():
+    from compile_losses.backends import BACKENDS
+
+    loss = MSELoss(reduction="none")
+    pred, target = torch.randn(6, 1), torch.randn(6, 1)
+    got = BACKENDS["compile"].prepare_loss_and_grad(loss, (pred, target))
+    assert "torch.compile + autograd" in got.note
+    assert_close(got(pred, target), BACKENDS["eager"].prepare_loss_and_grad(loss, (pred, target))(pred, target))

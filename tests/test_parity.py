@@ -221,15 +221,15 @@ def test_compile_audit_counts_graph_breaks_and_recompiles() -> None:
 # Every loss runs through these by default; the others only for the losses listed.
 _CHEAP = {"eager", "script", "trace", "onnx-legacy"}
 _DEFAULT_FOR = {"onnx": {"mse", "cross_entropy", "gaussian_nll"}, "onnx-ref": {"mse"},
-                "compile-aot_eager": {"mse", "cross_entropy"}, "compile": {"mse"}}
-_FAMILY = {"compile": pytest.mark.compile, "compile-aot_eager": pytest.mark.compile, "script": pytest.mark.script,
+                "compile-aot_eager": {"mse", "cross_entropy"}, "compile": {"mse"}, "compile-dynamo": {"mse"}}
+_FAMILY = {"compile": pytest.mark.compile, "compile-dynamo": pytest.mark.compile, "compile-aot_eager": pytest.mark.compile, "script": pytest.mark.script,
            "trace": pytest.mark.script, "onnx": pytest.mark.onnx, "onnx-legacy": pytest.mark.onnx,
            "onnx-ref": pytest.mark.onnx, "onnx-cuda": pytest.mark.onnx, "aoti": pytest.mark.aoti}
 
 
 # Builds that cost 5-40 s per case on 2 cores: beyond their default cases they are exhaustive
 # (not in CI's 30-minute budget; `compile-losses verify --all` runs them all).
-_EXHAUSTIVE = {"compile", "aoti", "fast", "fused"}
+_EXHAUSTIVE = {"compile", "compile-dynamo", "aoti", "fast", "fused"}
 # The large shapes (2^20 elements, where reduction order matters) run in CI for the loss alone on
 # these; the rest of the full-shape product is exhaustive.
 _LARGE_IN_CI = {"eager", "onnx"}

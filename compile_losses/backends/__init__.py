@@ -24,7 +24,8 @@ BACKENDS: Dict[str, Backend] = {
     b.name: b
     for b in [
         EagerBackend("eager"),
-        CompileBackend("compile", compiler="inductor"),
+        CompileBackend("compile", compiler="inductor", tuned=True),
+        CompileBackend("compile-dynamo", compiler="inductor"),
         CompileBackend("compile-aot_eager", compiler="aot_eager"),
         ScriptBackend("script"),
         TraceBackend("trace"),

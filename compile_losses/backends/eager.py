@@ -1,10 +1,29 @@
 """Eager PyTorch and ``torch.compile``, on the CPU or (when present) a CUDA device.
 
-``compile`` is ``torch.compile(fullgraph=True)`` with torch's own dynamic-shape policy: the
-first call compiles for its shapes, a second batch size compiles one graph with a symbolic batch
-dimension, and that graph serves every later batch (the audit in :mod:`compile_losses.parity`
-checks it). Preparation makes the first call, so compiling stays outside any timer. Each prepared callable compiles its own code object, so preparations never share (or exhaust)
-dynamo's per-function recompile budget, and each keeps a count of its compilations for the audit.
+``compile-dynamo`` (and ``compile-cuda``, ``compile-aot_eager``) is ``torch.compile(fullgraph=True)``
+with torch's own dynamic-shape policy: the first call compiles for its shapes, a second batch size
+compiles one graph with a symbolic batch dimension, and that graph serves every later batch (the
+audit in :mod:`compile_losses.parity` checks it). Preparation makes the first call, so compiling
+stays outside any timer. Each prepared callable compiles its own code object, so preparations never
+share (or exhaust) dynamo's per-function recompile budget, and each keeps a count of its
+compilations for the audit.
+
+``compile`` is the same compiler with the settings picked per kind of work, because the default
+ones are slower than eager where the work is small (SeedNet at batch 10: an autograd train step
+through ``torch.compile`` took 1.4-1.8x eager's time, its inference loss 1.6x):
+
+* a train step: the whole step (forward, loss, backward, SGD) as one guard-free inductor graph
+  (:class:`compile_losses.fast.CompiledTrainStep`, ``mode="graph"``), for a loss that reduces to a
+  scalar;
+* a loss and its gradient: the joint forward+backward as one compiled pass into a reused buffer
+  (:class:`compile_losses.fast.FusedLossAndGrad`), for a loss that reduces to a scalar;
+* a forward (inference): ``torch.compile`` when autograd must record, else a guard-free inductor
+  graph (:class:`compile_losses.fast.CompiledForward`);
+* ``reduction="none"`` losses: ``torch.compile`` with autograd, as ``compile-dynamo``.
+
+Then it times the compiled callable against eager on the example inputs (interleaved rounds,
+about 0.2 s) and keeps eager where eager is faster: ``compile`` is never slower than eager on the
+case it was prepared for, and the callable's ``note`` says what it chose and the timings behind it.
 """
 import copy
 import shutil
@@ -14,7 +33,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .base import Backend, export_example, move
+from ..nets import NetWithLoss
+from .base import Backend, _as_tuple, move
 
 __all__ = ["EagerBackend", "CompileBackend", "graph_breaks"]
 
@@ -50,15 +70,76 @@ class EagerBackend(Backend):
 
 class CompileBackend(Backend):
     """``torch.compile(fullgraph=True)``, dynamic batch; ``compiler`` is a dynamo backend name
-    (``"inductor"``, or ``"aot_eager"`` to tell a dynamo/autograd problem from an inductor one)."""
+    (``"inductor"``, or ``"aot_eager"`` to tell a dynamo/autograd problem from an inductor one).
+    ``tuned``: settings per kind of work and an eager fallback, as the module docstring says."""
 
     supports_autograd = True
     cacheable = True
 
-    def __init__(self, name: str = "compile", compiler: str = "inductor", device: str = "cpu") -> None:
+    def __init__(self, name: str = "compile", compiler: str = "inductor", device: str = "cpu",
+                 tuned: bool = False) -> None:
         super().__init__(name)
         self.compiler = compiler
         self.device = device
+        self.tuned = tuned
+        if tuned and (compiler != "inductor" or device != "cpu"):
+            raise ValueError("tuned=True is measured for inductor on the CPU only, got compiler {!r} on {!r}".format(
+                compiler, device))
+
+    # -- tuned: one compiled candidate per kind of work, kept only where it beats eager -------------
+    def prepare(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Any]:
+        if not self.tuned:
+            return super().prepare(module, example_inputs)
+        self._require()
+        example_inputs = _as_tuple(example_inputs)
+
+        def build() -> Tuple[Any, None]:
+            from ..fast import CompiledForward
+
+            # torch.compile only once a call needs autograd (a no-grad user never pays for it)
+            compiled = CompiledForward(module, differentiable=_Lazy(lambda: self._build_forward(module, example_inputs)[0]))
+            return _keep_faster({"eager": lambda: module, "compile": lambda: compiled}, example_inputs,
+                                "forward: guard-free inductor graph without autograd, torch.compile with it"), None
+
+        return self._cached("forward", module, example_inputs, build)[0]
+
+    def prepare_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
+        if not self.tuned:
+            return super().prepare_loss_and_grad(loss, example_inputs)
+        self._require()
+        example_inputs = _as_tuple(example_inputs)
+
+        def build() -> Tuple[Any, None]:
+            from ..fast import FusedLossAndGrad
+
+            if _reduces_to_scalar(loss):
+                compiled, how = (lambda: FusedLossAndGrad(loss)), "joint forward+backward in one compiled pass"
+            else:
+                compiled, how = (lambda: self._autograd_loss_and_grad(loss, example_inputs)), "torch.compile + autograd"
+            return _keep_faster({"eager": lambda: _EAGER.prepare_loss_and_grad(loss, example_inputs), "compile": compiled}, example_inputs,
+                                how), None
+
+        return self._cached("loss_and_grad", loss, example_inputs, build)[0]
+
+    def prepare_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                           lr: float) -> Callable[..., Any]:
+        if not self.tuned:
+            return super().prepare_train_step(net, loss, example_inputs, lr)
+        self._require()
+        example_inputs = _as_tuple(example_inputs)
+        wrapped = NetWithLoss(net, loss, n_targets=len(example_inputs) - 1)
+
+        def build() -> Tuple[Any, None]:
+            from ..fast import CompiledTrainStep
+
+            if _reduces_to_scalar(loss):
+                compiled, how = (lambda: CompiledTrainStep(net, loss, lr, mode="graph")), "whole step as one guard-free graph"
+            else:
+                compiled, how = (lambda: self._autograd_train_step(wrapped, example_inputs, lr)), "torch.compile + autograd"
+            return _keep_faster({"eager": lambda: _EAGER.prepare_train_step(net, loss, example_inputs, lr), "compile": compiled}, example_inputs,
+                                how), None
+
+        return self._cached(("train_step", float(lr)), wrapped, example_inputs, build, owners=(net, loss))[0]
 
     def _available(self) -> Tuple[bool, str]:
         if not hasattr(torch, "compile"):
@@ -92,6 +173,37 @@ class CompileBackend(Backend):
         """How many graphs a callable prepared here has compiled so far."""
         counter = getattr(fn, "compile_counter", None)
         return -1 if counter is None else int(counter.frame_count)
+
+
+_EAGER = EagerBackend("eager")  # the fallback: exactly what the eager backend runs
+
+
+class _Lazy:
+    """A callable built by ``factory`` at its first call."""
+
+    def __init__(self, factory: Callable[[], Callable[..., Any]]) -> None:
+        self.factory: Any = factory
+        self.fn: Any = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.fn is None:
+            self.fn, self.factory = self.factory(), None
+        return self.fn(*args)
+
+
+def _reduces_to_scalar(loss: nn.Module) -> bool:
+    return getattr(loss, "reduction", "mean") != "none"
+
+
+def _keep_faster(candidates: Dict[str, Callable[[], Callable[..., Any]]], example_inputs: Tuple[Tensor, ...],
+                 how: str) -> Any:
+    """The compiled candidate, or eager where eager measured faster (``pick_fastest``'s note says
+    which, with the timings); a compiled candidate that fails to build is an error, not a fallback."""
+    from ..fast import pick_fastest
+
+    chosen = pick_fastest(candidates, example_inputs, baseline="eager", strict=True)
+    chosen.settings = how
+    return chosen
 
 
 def _own_code(module: nn.Module) -> Callable[..., Any]:

@@ -96,6 +96,11 @@ def summary_markdown(run: Run, statistic: str = "median", title: str = "Benchmar
                                                 _fmt_ratio(run.ratio(r, "vs_triad", statistic)), _memory_text(r, ref))
             lines.append(row)
         lines.append("")
+        choices = [r for r in results if r.extra.get("choice")]
+        if choices:  # backends that choose per case (compile's settings or eager fallback, fast's pick)
+            lines += ["What the choosing backends chose (timed on the case at preparation):", ""]
+            lines += ["- {} {}: {}".format(r.case, r.backend, r.extra["choice"]) for r in choices]
+            lines.append("")
     return "\n".join(lines)
 
 

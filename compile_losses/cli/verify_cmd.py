@@ -64,7 +64,7 @@ def _dtypes(text: str) -> List[torch.dtype]:
 
 def run(args: argparse.Namespace) -> int:
     from ..backends import get_backends
-    from ..parity import ParityReport, Progress, compile_audit, verify, verify_registry
+    from ..parity import AUDITED, ParityReport, Progress, compile_audit, verify, verify_registry
     from ..registry import DEFAULT_LOSS, LOSSES
     from ..resolve import make_case, parse_kwargs
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                     sizes.append(max(1, args.large // int(torch.tensor(spec.feature_shape).prod())))
                 cases += [case if n == batches[0] else case.with_batch(n) for n in sizes]
         n_backends = len(get_backends(backends))
-        audit = not args.no_audit and (backends is None or "compile" in backends)
+        audit = not args.no_audit and (backends is None or bool(AUDITED & set(backends)))
         bar = Progress(len(cases) * n_backends + int(audit), progress) if progress else None
         report = ParityReport()
         for case in cases:

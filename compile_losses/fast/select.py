@@ -15,6 +15,7 @@ class Selected:
     def __init__(self, choice: str, fn: Callable[..., Any], timings: Dict[str, float],
                  errors: Dict[str, str], baseline: str) -> None:
         self.choice, self.fn, self.timings, self.errors, self.baseline = choice, fn, timings, errors, baseline
+        self.settings = ""  # what the compiled candidate is, when the chooser says (the compile backend)
 
     def __call__(self, *args: Any) -> Any:
         return self.fn(*args)
@@ -26,6 +27,8 @@ class Selected:
         head = "chose {}".format(self.choice)
         if self.choice == self.baseline and len(self.timings) > 1:
             head += " (compiled paths were slower here: fell back to {})".format(self.baseline)
+        if self.settings:
+            head += " [compile = {}]".format(self.settings)
         return head + "; " + ", ".join(parts)
 
     def __repr__(self) -> str:
@@ -40,10 +43,12 @@ def _time(fn: Callable[..., Any], args: tuple, calls: int) -> float:
 
 
 def pick_fastest(candidates: Mapping[str, Callable[[], Callable[..., Any]]], args: tuple, baseline: str = "eager",
-                 rounds: int = 5, round_seconds: float = 0.02, budget_seconds: Optional[float] = 10.0) -> Selected:
+                 rounds: int = 5, round_seconds: float = 0.02, budget_seconds: Optional[float] = 10.0,
+                 strict: bool = False) -> Selected:
     """Build each candidate (``name -> factory``), warm it up (compiles happen here), then time
     them in interleaved rounds (so a burst of load on a shared machine hits all alike) and keep
-    the one with the lowest median. A candidate that fails to build or run is reported, not chosen.
+    the one with the lowest median. A candidate that fails to build or run is reported, not chosen
+    (``strict``: it raises, for a chooser whose candidates must all work).
     """
     if baseline not in candidates:
         raise ValueError("baseline must be one of the candidates {}, got {!r}".format(sorted(candidates), baseline))
@@ -56,7 +61,7 @@ def pick_fastest(candidates: Mapping[str, Callable[[], Callable[..., Any]]], arg
             fn(*args)  # compile / export / first-call costs stay out of the timing
             once = _time(fn, args, 1)
         except Exception as exc:  # any failure just removes the candidate, with its reason
-            if name == baseline:
+            if name == baseline or strict:
                 raise
             errors[name] = "{}: {}".format(type(exc).__name__, (str(exc).strip().splitlines() or [""])[0])
             continue

@@ -4,17 +4,16 @@ The step is ``compile_losses.training.train_step`` (``torch.func.grad_and_value`
 ``functional_call``), so any net and loss work, nothing is written per model. Two ways to compile it:
 
 * ``"graph"``: ``make_fx`` traces the step into a flat aten graph once per input signature, and
-  ``torch._inductor.compile`` turns it into one compiled callable. Calls skip dynamo's guards and
-  autograd entirely (the backward is already in the graph), which is what matters at batch 10,
-  where eager is ~30 small op dispatches and ``torch.compile`` of an autograd step pays guard and
-  runtime-wrapper costs that make it slower than eager.
+  inductor compiles it (:mod:`.graph`). Calls skip dynamo's guards and autograd entirely (the
+  backward is already in the graph), which is what matters at batch 10, where eager is ~30 small
+  op dispatches and ``torch.compile`` of an autograd step pays guard and runtime-wrapper costs
+  that make it slower than eager.
 * ``"dynamo"``: ``torch.compile(fullgraph=True)`` of the same step (guards re-check inputs each call).
 
 Both compute from the net's current parameters at call time and never change the net.
 """
-import threading
 import types
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +22,7 @@ from ..training import TrainStepResult
 from ..training import train_step as _eager_step
 from ..training._trace import trainable_names
 from .fused import private_code
+from .graph import GraphCache
 
 MODES = ("graph", "dynamo")
 
@@ -48,9 +48,8 @@ class CompiledTrainStep:
         self.net, self.loss, self.lr, self.mode = net, loss, float(lr), mode
         self.names: List[str] = trainable_names(net)
         self._step = _eager_step(net, loss, self.lr)
-        self._graphs: Dict[Tuple[Any, ...], Callable[..., Any]] = {}
+        self._graphs = GraphCache(self._flat)
         self._dynamo: Optional[Callable[..., Any]] = None
-        self._lock = threading.Lock()
 
     def _params(self) -> List[Tensor]:
         state = dict(self.net.named_parameters())
@@ -61,24 +60,10 @@ class CompiledTrainStep:
         out = self._step(dict(zip(self.names, args[:k])), *args[k:])
         return (out.loss,) + tuple(out.grads[n] for n in self.names) + tuple(out.new_params[n] for n in self.names)
 
-    def _graph_for(self, args: Sequence[Tensor]) -> Callable[..., Any]:
-        key = tuple((tuple(a.shape), a.stride(), a.dtype, a.device) for a in args)
-        fn = self._graphs.get(key)
-        if fn is None:
-            with self._lock:
-                fn = self._graphs.get(key)
-                if fn is None:
-                    from torch.fx.experimental.proxy_tensor import make_fx
-
-                    gm = make_fx(self._flat)(*args)
-                    fn = torch._inductor.compile(gm, list(args))
-                    self._graphs[key] = fn
-        return fn
-
     def __call__(self, x: Tensor, *targets: Tensor) -> TrainStepResult:
         args = self._params() + [x] + list(targets)
         if self.mode == "graph":
-            outs = self._graph_for(args)(*args)
+            outs = self._graphs(*args)
         elif self.mode == "dynamo":
             if self._dynamo is None:
                 self._dynamo = torch.compile(types.MethodType(private_code(CompiledTrainStep._flat), self), fullgraph=True)

@@ -15,6 +15,7 @@ This file is the measuring instrument: it imports only the code under test (regi
 backends), never compile_losses.bench, so the interleaved gate can point it at an older checkout.
 Every callable comes from ``compile_losses.backends`` (one data path); nothing is compiled here.
 """
+import contextlib
 import gc
 import importlib
 import os
@@ -158,7 +159,7 @@ def compile_cases() -> List[Tuple[str, NetCase]]:
     of SeedNet + MSE: the train step (what a user compiles to train), and inference in full mode."""
     case = NetCase("seed", "mse", 10 if not SMOKE else 4)
     kinds = ("train",) if MODE != "full" else ("train", "infer")
-    phases = ("cold",) if MODE != "full" and MODE != "smoke-all" else ("cold", "warm")
+    phases = ("cold",) if MODE == "smoke" else ("cold", "warm")
     return [("{}-{}".format(phase, kind), case) for kind in kinds for phase in phases]
 
 
@@ -184,7 +185,9 @@ def reference_backend(device: str) -> str:
 _AVAILABLE: Dict[str, Tuple[bool, str]] = {}
 # Backends that exist for diagnosis, not speed: listed as skipped with the reason, never timed.
 NOT_BENCHMARKED = {"onnx-ref": "numpy reference interpreter, for telling an exporter bug from a runtime bug; "
-                               "not a path anyone runs for speed"}
+                               "not a path anyone runs for speed",
+                   "compile-dynamo": "torch.compile's default settings, kept for parity and the graph-break audit; "
+                                     "`compile` times its own settings against eager per case and notes the choice"}
 
 
 def _marks(name: str) -> List[Any]:
@@ -360,6 +363,14 @@ def _peak_memory_of(call: Callable[[], Any], device: str) -> Optional[int]:
     return _proc_status("VmHWM")
 
 
+def _no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        with torch.no_grad():
+            return fn(*args)
+
+    return call
+
+
 def triad(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """The memory roofline: reads two tensors, writes one, into a reused buffer (no allocation)."""
     return torch.add(x, y, out=z)
@@ -393,12 +404,22 @@ class Bench:
         """The reference point of ``peak_memory``: call before building inputs and the callable."""
         self.memory_at_start = _memory_now(self.device)
 
-    def prepare(self, backend_name: str, method: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
-        """``BACKENDS[backend_name].<method>(*args)``; Unsupported becomes a skip with its reason."""
+    def prepare(self, backend_name: str, method: str, *args: Any, inference: bool = False,
+                **kwargs: Any) -> Callable[..., Any]:
+        """``BACKENDS[backend_name].<method>(*args)``; Unsupported becomes a skip with its reason.
+        ``inference``: prepared and called under ``torch.no_grad()``, as a user evaluates a loss
+        (eager then records no autograd graph either, and backends that choose per case choose for
+        that). A backend's choice (``note``: the compile backend's settings or eager fallback, the
+        fast backend's pick) goes into ``extra_info["choice"]`` and the report."""
         try:
-            fn = getattr(BACKENDS[backend_name], method)(*args, **kwargs)
+            with torch.no_grad() if inference else contextlib.nullcontext():
+                fn = getattr(BACKENDS[backend_name], method)(*args, **kwargs)
         except Unsupported as exc:
             pytest.skip("unsupported: {}".format(exc))
+        if getattr(fn, "note", None):
+            self.benchmark.extra_info["choice"] = fn.note
+        if inference:
+            fn = _no_grad(fn)
         if backend_name == PLANTED_BACKEND:  # gate experiment only: the same work, PLANTED_FACTOR times
             inner = fn
 
@@ -411,14 +432,15 @@ class Bench:
         return fn
 
     def references(self, backend_name: str, method: str, prepare_args: Tuple[Any, ...], call_args: Tuple[Any, ...],
-                   triad_numel: Optional[int] = None,
+                   triad_numel: Optional[int] = None, inference: bool = False,
                    **kwargs: Any) -> Dict[str, Tuple[Callable[..., Any], Tuple[Any, ...]]]:
         """What ``run`` pairs each round with: eager's callable for the same work (never planted;
         absent when eager is the backend under test) and, for a loss, the triad over its size."""
         refs: Dict[str, Tuple[Callable[..., Any], Tuple[Any, ...]]] = {}
         reference = reference_backend(self.device)
         if backend_name != reference:
-            refs["eager"] = (getattr(BACKENDS[reference], method)(*prepare_args, **kwargs), call_args)
+            eager = getattr(BACKENDS[reference], method)(*prepare_args, **kwargs)
+            refs["eager"] = (_no_grad(eager) if inference else eager, call_args)
         if triad_numel is not None:
             buffers = triad_buffers(triad_numel, self.device)
             self.reserved_bytes += sum(t.numel() * t.element_size() for t in buffers)

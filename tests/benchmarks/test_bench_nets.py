@@ -9,8 +9,8 @@ LR = 0.01
 def test_net_inference(case, backend_name, bench):
     net, loss, inputs = case.make(bench.device)
     module = NetWithLoss(net, loss)
-    fn = bench.prepare(backend_name, "prepare", module, inputs)
-    refs = bench.references(backend_name, "prepare", (module, inputs), inputs)
+    fn = bench.prepare(backend_name, "prepare", module, inputs, inference=True)
+    refs = bench.references(backend_name, "prepare", (module, inputs), inputs, inference=True)
     bench.run(fn, inputs, workload="net-infer", case=case.id, backend=backend_name, samples=case.batch,
               references=refs, batch=case.batch)
 

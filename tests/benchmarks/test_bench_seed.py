@@ -1,5 +1,5 @@
 """SeedNet with MSE at batch 10 (overhead-bound: read in microseconds per call) and 4096: the
-inference loss, a whole train step (forward, loss, backward, SGD update), and the time to prepare
+inference loss (under ``torch.no_grad()``), a whole train step (forward, loss, backward, SGD update), and the time to prepare
 a compiled train step with a cold and a warm compiler cache. Every round of a non-eager backend is
 paired with an eager call of the same work (see ``Bench.run``)."""
 from compile_losses.nets import NetWithLoss
@@ -10,8 +10,8 @@ LR = 0.01
 def test_seed_inference(case, backend_name, bench):
     net, loss, inputs = case.make(bench.device)
     module = NetWithLoss(net, loss)
-    fn = bench.prepare(backend_name, "prepare", module, inputs)
-    refs = bench.references(backend_name, "prepare", (module, inputs), inputs)
+    fn = bench.prepare(backend_name, "prepare", module, inputs, inference=True)
+    refs = bench.references(backend_name, "prepare", (module, inputs), inputs, inference=True)
     bench.run(fn, inputs, workload="seed-infer", case=case.id, backend=backend_name, samples=case.batch,
               references=refs, batch=case.batch)
 
@@ -33,7 +33,7 @@ def test_compile_time(case, backend_name, phase, bench, compile_cache):
         if kind == "train":
             fn = bench.prepare(backend_name, "prepare_train_step", net, loss, inputs, lr=LR)
         else:
-            fn = bench.prepare(backend_name, "prepare", NetWithLoss(net, loss), inputs)
+            fn = bench.prepare(backend_name, "prepare", NetWithLoss(net, loss), inputs, inference=True)
         return fn(*inputs)
 
     if temperature == "warm":
