@@ -94,10 +94,10 @@ class CompileBackend(Backend):
         example_inputs = _as_tuple(example_inputs)
 
         def build() -> Tuple[Any, None]:
-            from ..fast import CompiledForward
+            from ..fast import CompiledForward, Lazy
 
             # torch.compile only once a call needs autograd (a no-grad user never pays for it)
-            compiled = CompiledForward(module, differentiable=_Lazy(lambda: self._build_forward(module, example_inputs)[0]))
+            compiled = CompiledForward(module, differentiable=Lazy(lambda: self._build_forward(module, example_inputs)[0]))
             return _keep_faster({"eager": lambda: module, "compile": lambda: compiled}, example_inputs,
                                 "forward: guard-free inductor graph without autograd, torch.compile with it"), None
 
@@ -176,19 +176,6 @@ class CompileBackend(Backend):
 
 
 _EAGER = EagerBackend("eager")  # the fallback: exactly what the eager backend runs
-
-
-class _Lazy:
-    """A callable built by ``factory`` at its first call."""
-
-    def __init__(self, factory: Callable[[], Callable[..., Any]]) -> None:
-        self.factory: Any = factory
-        self.fn: Any = None
-
-    def __call__(self, *args: Any) -> Any:
-        if self.fn is None:
-            self.fn, self.factory = self.factory(), None
-        return self.fn(*args)
 
 
 def _reduces_to_scalar(loss: nn.Module) -> bool:

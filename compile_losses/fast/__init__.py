@@ -12,7 +12,7 @@ fastest measured path per case, never slower than eager). See :mod:`.backend`.
 from .backend import FAST_BACKENDS, FastBackend, FusedBackend, eager_loss_and_grad
 from .buffers import BufferPool
 from .fused import FusedLoss, FusedLossAndGrad
-from .graph import CompiledForward, GraphCache
+from .graph import CompiledForward, GraphCache, Lazy
 from .select import Selected, pick_fastest
 from .train_step import CompiledTrainStep, eager_train_step
 
@@ -26,6 +26,7 @@ __all__ = [
     "FusedLoss",
     "FusedLossAndGrad",
     "GraphCache",
+    "Lazy",
     "Selected",
     "eager_loss_and_grad",
     "eager_train_step",

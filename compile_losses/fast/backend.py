@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .fused import FusedLoss, FusedLossAndGrad
+from .graph import CompiledForward, Lazy
 from .select import Selected, pick_fastest
 from .train_step import CompiledTrainStep, eager_train_step
 
@@ -108,7 +109,7 @@ class FastBackend:
 
     def prepare(self, module: nn.Module, example_inputs: tuple) -> Selected:
         return _selection("forward", module, (module,), example_inputs, lambda: pick_fastest(
-            {"eager": lambda: module, "compile": lambda: torch.compile(module)}, tuple(example_inputs)))
+            {"eager": lambda: module, "compile": lambda: _compiled_forward(module)}, tuple(example_inputs)))
 
     def prepare_loss_and_grad(self, loss: nn.Module, example_inputs: tuple) -> Selected:
         _check_scalar(loss)
@@ -147,6 +148,11 @@ def _selection(kind: Any, key_module: nn.Module, owners: Tuple[nn.Module, ...], 
     while len(_SELECTIONS) > _SELECTIONS_SIZE:
         _SELECTIONS.popitem(last=False)
     return chosen
+
+
+def _compiled_forward(module: nn.Module) -> CompiledForward:
+    # a guard-free graph where no gradient is recorded; torch.compile (built at its first call) where one is
+    return CompiledForward(module, differentiable=Lazy(lambda: torch.compile(module)))
 
 
 def _onnx_step(net: nn.Module, loss: nn.Module, example_inputs: tuple, lr: float) -> Callable[..., Any]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["CompiledForward", "GraphCache", "compile_graph"]
+__all__ = ["CompiledForward", "GraphCache", "Lazy", "compile_graph"]
 
 
 def compile_graph(fn: Callable[..., Any], args: Sequence[Tensor]) -> Callable[..., Any]:
@@ -131,3 +131,20 @@ class CompiledForward:
         if graphs is None:
             graphs = self._graphs.setdefault(modes, GraphCache(self._flat))
         return graphs(*state, *inputs)
+
+
+class Lazy:
+    """A callable built by ``factory`` at its first call (a compile nobody needs is never paid for)."""
+
+    def __init__(self, factory: Callable[[], Callable[..., Any]]) -> None:
+        self._factory: Any = factory
+        self._fn: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, *args: Any) -> Any:
+        if self._fn is None:
+            with self._lock:
+                if self._fn is None:
+                    self._fn = self._factory()
+                    self._factory = None
+        return self._fn(*args)

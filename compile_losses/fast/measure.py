@@ -189,6 +189,10 @@ what = sys.argv[1]
 torch.manual_seed(0)
 if what == "train-graph":
     fn, args = CompiledTrainStep(SeedNet(), MSELoss(), 0.01, mode="graph"), (torch.randn(10, 32), torch.randn(10, 1))
+elif what == "train-compile":  # the compile backend: its compiled step plus the timing against eager
+    from compile_losses.backends import BACKENDS
+    net, args = SeedNet(), (torch.randn(10, 32), torch.randn(10, 1))
+    fn = lambda *a: BACKENDS["compile"].prepare_train_step(net, MSELoss(), a, 0.01)(*a)
 else:
     fn, args = FusedLossAndGrad(MSELoss()), (torch.randn(4096, 1), torch.randn(4096, 1))
 t1 = time.perf_counter(); fn(*args); first = time.perf_counter() - t1
@@ -214,7 +218,7 @@ def _child(code: str, args: Sequence[str], env: Dict[str, str], timeout: float =
 
 def measure_compile(log: Callable[[str], None]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
-    for what in ("train-graph", "fused-loss"):
+    for what in ("train-graph", "train-compile", "fused-loss"):
         with tempfile.TemporaryDirectory(prefix="compile_losses_inductor_") as cache:
             env = _child_env({"TORCHINDUCTOR_CACHE_DIR": cache})
             cold = _child(_COMPILE_CHILD, [what], env)
