@@ -432,3 +432,34 @@ def test_compile_backend_with_an_unreduced_loss_uses_torch_compile_with_autograd
     got = BACKENDS["compile"].prepare_loss_and_grad(loss, (pred, target))
     assert "torch.compile + autograd" in got.note
     assert_close(got(pred, target), BACKENDS["eager"].prepare_loss_and_grad(loss, (pred, target))(pred, target))
+
+
+@pytest.mark.compile
+def test_parity_verifies_the_compiled_path_even_where_eager_would_be_chosen():
+    from compile_losses.backends import BACKENDS
+    from compile_losses.parity import verify
+
+    compile_ = BACKENDS["compile"]
+    loss = MSELoss(reduction="none")  # torch.compile + autograd: slower than eager at this size
+    pred, target = torch.randn(6, 1), torch.randn(6, 1)
+    with compile_.parity_mode():
+        forced = compile_.prepare_loss_and_grad(loss, (pred, target))
+    assert forced.choice == "compile" and forced.timings == {} and "untimed" in forced.note
+    assert compile_.prepare_loss_and_grad(loss, (pred, target)) is not forced  # timed choices cache apart
+    report = verify(None, loss, pred, target, ["compile"])
+    rows = [r for r in report.rows if r.backend == "compile"]
+    assert rows and all(r.status == "pass" for r in rows), [(r.output, r.status, r.detail) for r in rows]
+
+
+@pytest.mark.compile
+def test_a_training_loop_that_holds_the_last_gradient_stops_allocating():
+    loss, pred, (target,) = _case("mse", batch=32)
+    fused = FusedLossAndGrad(loss)
+    grads = []
+    value, grad = fused(pred, target)
+    for i in range(6):  # the previous gradient is still held while each call runs
+        value, grad = fused(pred * (i + 2.0), target)
+        grads.append(grad.clone())
+        assert_close(grad, eager_loss_and_grad(loss)(pred * (i + 2.0), target)[1])
+    assert fused.pool.allocations == 2  # two buffers, alternating
+    assert fused.pool.held_bytes == 2 * grad.numel() * grad.element_size()

@@ -25,10 +25,12 @@ Then it times the compiled callable against eager on the example inputs (interle
 about 0.2 s) and keeps eager where eager is faster: ``compile`` is never slower than eager on the
 case it was prepared for, and the callable's ``note`` says what it chose and the timings behind it.
 """
+import contextlib
 import copy
-import shutil
 import os
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+import shutil
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +84,7 @@ class CompileBackend(Backend):
         self.compiler = compiler
         self.device = device
         self.tuned = tuned
+        self._local = threading.local()
         if tuned and (compiler != "inductor" or device != "cpu"):
             raise ValueError("tuned=True is measured for inductor on the CPU only, got compiler {!r} on {!r}".format(
                 compiler, device))
@@ -99,9 +102,11 @@ class CompileBackend(Backend):
             # torch.compile only once a call needs autograd (a no-grad user never pays for it)
             compiled = CompiledForward(module, differentiable=Lazy(lambda: self._build_forward(module, example_inputs)[0]))
             return _keep_faster({"eager": lambda: module, "compile": lambda: compiled}, example_inputs,
-                                "forward: guard-free inductor graph without autograd, torch.compile with it"), None
+                                "forward: guard-free inductor graph without autograd, torch.compile with it",
+                                forced), None
 
-        return self._cached("forward", module, example_inputs, build)[0]
+        forced = self._forced()
+        return self._cached(("forward", forced), module, example_inputs, build)[0]
 
     def prepare_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
         if not self.tuned:
@@ -117,9 +122,10 @@ class CompileBackend(Backend):
             else:
                 compiled, how = (lambda: self._autograd_loss_and_grad(loss, example_inputs)), "torch.compile + autograd"
             return _keep_faster({"eager": lambda: _EAGER.prepare_loss_and_grad(loss, example_inputs), "compile": compiled}, example_inputs,
-                                how), None
+                                how, forced), None
 
-        return self._cached("loss_and_grad", loss, example_inputs, build)[0]
+        forced = self._forced()
+        return self._cached(("loss_and_grad", forced), loss, example_inputs, build)[0]
 
     def prepare_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                            lr: float) -> Callable[..., Any]:
@@ -137,9 +143,25 @@ class CompileBackend(Backend):
             else:
                 compiled, how = (lambda: self._autograd_train_step(wrapped, example_inputs, lr)), "torch.compile + autograd"
             return _keep_faster({"eager": lambda: _EAGER.prepare_train_step(net, loss, example_inputs, lr), "compile": compiled}, example_inputs,
-                                how), None
+                                how, forced), None
 
-        return self._cached(("train_step", float(lr)), wrapped, example_inputs, build, owners=(net, loss))[0]
+        forced = self._forced()
+        return self._cached(("train_step", float(lr), forced), wrapped, example_inputs, build, owners=(net, loss))[0]
+
+    @contextlib.contextmanager
+    def parity_mode(self) -> Iterator[None]:
+        """While parity verifies this backend, prepare the compiled path whatever the timing says:
+        eager, the fallback, is parity's reference already, so a case where eager measured faster
+        would otherwise leave the compiled code unverified."""
+        before = self._forced()
+        self._local.forced = True
+        try:
+            yield
+        finally:
+            self._local.forced = before
+
+    def _forced(self) -> bool:
+        return bool(getattr(self._local, "forced", False))
 
     def _available(self) -> Tuple[bool, str]:
         if not hasattr(torch, "compile"):
@@ -183,12 +205,18 @@ def _reduces_to_scalar(loss: nn.Module) -> bool:
 
 
 def _keep_faster(candidates: Dict[str, Callable[[], Callable[..., Any]]], example_inputs: Tuple[Tensor, ...],
-                 how: str) -> Any:
+                 how: str, forced: bool = False) -> Any:
     """The compiled candidate, or eager where eager measured faster (``pick_fastest``'s note says
-    which, with the timings); a compiled candidate that fails to build is an error, not a fallback."""
-    from ..fast import pick_fastest
+    which, with the timings); a compiled candidate that fails to build is an error, not a fallback.
+    ``forced``: the compiled candidate, untimed (parity mode)."""
+    from ..fast import Selected, pick_fastest
 
-    chosen = pick_fastest(candidates, example_inputs, baseline="eager", strict=True)
+    if forced:
+        fn = candidates["compile"]()
+        fn(*example_inputs)  # compile now, as a timed choice would
+        chosen = Selected("compile", fn, {}, {}, "eager")
+    else:
+        chosen = pick_fastest(candidates, example_inputs, baseline="eager", strict=True)
     chosen.settings = how
     return chosen
 

@@ -9,8 +9,11 @@ So the fused gradient is written into a buffer kept between calls. The contract:
   (counted by torch's storage reference count, which sees Python aliases, views, autograd's saved
   tensors and ``.grad`` fields alike); otherwise a fresh buffer is allocated and kept instead.
 
-So a gradient the caller still holds is never corrupted; dropping it (as a training loop does)
-is what lets the next call skip the allocation.
+So a gradient the caller still holds is never corrupted. The pool keeps two buffers, because a
+training loop (``value, grad = fused(pred, y)``) still holds the previous gradient while the next
+call runs and drops it only when the new result is assigned: with one buffer every call of that
+loop would allocate (measured: MSE at 2^24 took 31.8 ms instead of about 12 ms); with two they
+alternate and a steady loop never allocates.
 """
 import threading
 from typing import List, Optional
@@ -36,9 +39,12 @@ _ALONE = _calibrate()
 
 
 class BufferPool:
-    """One reusable buffer per pool (the last shape seen), handed out under the contract above."""
+    """Up to ``slots`` reusable buffers (most recently made last), handed out under the contract above."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int = 2) -> None:
+        if not isinstance(slots, int) or slots < 1:
+            raise ValueError("slots must be a positive int, got {!r}".format(slots))
+        self.slots = slots
         self._slot: List[Tensor] = []
         self._lock = threading.Lock()
         self.allocations = 0  # fresh buffers made: tests read it, the measurement script reports it
@@ -49,10 +55,13 @@ class BufferPool:
         The handout is created under the lock, so a concurrent call already sees the buffer as held.
         """
         with self._lock:
-            buf = self._slot[0] if self._slot else None
-            if buf is None or not self._reusable(buf, like):
+            buf = next((b for b in self._slot if self._reusable(b, like)), None)
+            if buf is None:
                 buf = torch.empty_like(like, memory_format=torch.contiguous_format)
-                self._slot[:] = [buf]
+                # a buffer of another shape is of no further use; of the rest keep the newest
+                self._slot = [b for b in self._slot if b.shape == like.shape and b.dtype == like.dtype
+                              and b.device == like.device][-(self.slots - 1):] if self.slots > 1 else []
+                self._slot.append(buf)
                 self.allocations += 1
             return buf, buf.detach()
 

@@ -29,7 +29,7 @@ class Selected:
             head += " (compiled paths were slower here: fell back to {})".format(self.baseline)
         if self.settings:
             head += " [compile = {}]".format(self.settings)
-        return head + "; " + ", ".join(parts)
+        return head + "; " + (", ".join(parts) if parts else "untimed (parity verifies the compiled path)")
 
     def __repr__(self) -> str:
         return "Selected({})".format(self.note)
