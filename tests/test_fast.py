@@ -392,6 +392,9 @@ def test_graph_cache_compiles_once_per_signature_and_hits_inductors_disk_cache(t
     GraphCache(fn)(torch.ones(3), torch.ones(3))
     assert counters["inductor"]["fxgraph_cache_hit"] == 1, dict(counters["inductor"])
     assert counters["inductor"]["fxgraph_cache_bypass"] == 0
+    from compile_losses.fast.graph import CACHE_BYPASSES
+
+    assert CACHE_BYPASSES == []
 
 
 @pytest.mark.compile

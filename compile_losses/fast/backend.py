@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from .fused import FusedLoss, FusedLossAndGrad
+from .fused import FusedLoss, FusedLossAndGrad, private_code
 from .graph import CompiledForward, Lazy
 from .select import Selected, pick_fastest
 from .train_step import CompiledTrainStep, eager_train_step
@@ -163,7 +163,12 @@ def _scripted(module: nn.Module, example_inputs: tuple) -> Callable[..., Any]:
 
 def _compiled_forward(module: nn.Module) -> CompiledForward:
     # a guard-free graph where no gradient is recorded; torch.compile (built at its first call) where one is
-    return CompiledForward(module, differentiable=Lazy(lambda: torch.compile(module)))
+    # (through a function with a code object of its own: dynamo keeps at most 8 graphs per code
+    # object, and every NetWithLoss shares one forward)
+    def call(*inputs: Tensor) -> Any:
+        return module(*inputs)
+
+    return CompiledForward(module, differentiable=Lazy(lambda: torch.compile(private_code(call))))
 
 
 def _onnx_step(net: nn.Module, loss: nn.Module, example_inputs: tuple, lr: float) -> Callable[..., Any]:
