@@ -466,3 +466,18 @@ def test_a_training_loop_that_holds_the_last_gradient_stops_allocating():
         assert_close(grad, eager_loss_and_grad(loss)(pred * (i + 2.0), target)[1])
     assert fused.pool.allocations == 2  # two buffers, alternating
     assert fused.pool.held_bytes == 2 * grad.numel() * grad.element_size()
+
+
+@pytest.mark.compile
+def test_parity_mode_verifies_the_guard_free_forward_graph():
+    from compile_losses.backends import BACKENDS
+    from compile_losses.nets import NetWithLoss
+
+    torch.manual_seed(0)
+    module = NetWithLoss(SeedNet().eval(), MSELoss())
+    x, y = torch.randn(7, 32), torch.randn(7, 1)
+    with BACKENDS["compile"].parity_mode():
+        forced = BACKENDS["compile"].prepare(module, (x, y))
+    out = forced(x, y)  # grad mode is on and the net's parameters require grad ...
+    assert not out.requires_grad  # ... yet the no-grad graph ran, not torch.compile's autograd path
+    assert_close(out, module(x, y).detach())

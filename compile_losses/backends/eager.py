@@ -100,7 +100,12 @@ class CompileBackend(Backend):
             from ..fast import CompiledForward, Lazy
 
             # torch.compile only once a call needs autograd (a no-grad user never pays for it)
-            compiled = CompiledForward(module, differentiable=Lazy(lambda: self._build_forward(module, example_inputs)[0]))
+            compiled: Callable[..., Any] = CompiledForward(
+                module, differentiable=Lazy(lambda: self._build_forward(module, example_inputs)[0]))
+            if forced:
+                # parity compares forward values: verify the guard-free graph, which only this
+                # backend runs (its autograd path is compile-dynamo's, verified under that name)
+                compiled = _without_grad(compiled)
             return _keep_faster({"eager": lambda: module, "compile": lambda: compiled}, example_inputs,
                                 "forward: guard-free inductor graph without autograd, torch.compile with it",
                                 forced), None
@@ -198,6 +203,14 @@ class CompileBackend(Backend):
 
 
 _EAGER = EagerBackend("eager")  # the fallback: exactly what the eager backend runs
+
+
+def _without_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        with torch.no_grad():
+            return fn(*args)
+
+    return call
 
 
 def _reduces_to_scalar(loss: nn.Module) -> bool:
