@@ -51,6 +51,11 @@ Combo = Tuple[int, str, torch.dtype]
 # Found by the slow run (torch 2.13, onnxruntime 1.32; minimal examples in the reasons), not fixed
 # yet: expected failures with the finding, never counted as passes, and not shrunk again (minutes).
 KNOWN_FAILURES: Dict[Tuple[str, str], str] = {
+    ("info_nce", "onnx"): "finding: embeddings of scale 1e-6 (norms ~3e-6, gradients ~8e3 from 1/||x||), float32 mean: "
+                          "onnxruntime's d/dpred is 0.030 from float64 where eager happened to be 0.0033 (clause 2 wants "
+                          "<= 2x eager + 4 ulps). Not the export: the traced graph run by torch matches eager bit for "
+                          "bit, and over 20 random inputs of that scale eager's worst error is 0.039 and onnxruntime's "
+                          "0.033 (float32 noise of an ill-conditioned point; the parity rule is strict where eager is lucky)",
     ("triplet_margin", "script"): "finding: late in the whole slow run torch.jit.script raises \"Can't redefine method: "
                                   "forward on class TripletMarginLoss\" (passes alone): TorchScript type-cache clash",
 }
