@@ -160,20 +160,28 @@ class Backend:
             return build()
         owners = (module,) if owners is None else owners
         key = (self.name, kind) + structure_key(module, example_inputs)
-        hit = _CACHE.get(key)
         # Autograd backends read the modules' live parameters: reuse only for the same modules.
-        if hit is not None and (not self.supports_autograd or all(r() is m for r, m in zip(hit[0], owners))):
-            _CACHE.move_to_end(key)
-            return hit[1]
-        value = build()
-        _CACHE[key] = (tuple(weakref.ref(m) for m in owners), value)
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-        return value
+        return owned_lru(_CACHE, _CACHE_SIZE, key, owners, build, same_owners=self.supports_autograd)
 
 
 _CACHE_SIZE = 256
 _CACHE: "collections.OrderedDict[Tuple[Any, ...], Tuple[Any, Any]]" = collections.OrderedDict()
+
+
+def owned_lru(store: "collections.OrderedDict[Any, Tuple[Any, Any]]", size: int, key: Any,
+              owners: Tuple[nn.Module, ...], build: Callable[[], Any], same_owners: bool = True) -> Any:
+    """``store[key]``'s value, or ``build()`` stored under ``key`` (least recently used dropped past
+    ``size``). ``same_owners``: a hit counts only if it was built for these very modules (held by
+    weak reference), for values that read the modules' live parameters."""
+    hit = store.get(key)
+    if hit is not None and (not same_owners or all(r() is m for r, m in zip(hit[0], owners))):
+        store.move_to_end(key)
+        return hit[1]
+    value = build()
+    store[key] = (tuple(weakref.ref(m) for m in owners), value)
+    while len(store) > size:
+        store.popitem(last=False)
+    return value
 
 
 def clear_cache() -> None:

@@ -10,7 +10,6 @@ them by name like any other backend:
   says what was chosen and the timings behind it.
 """
 import collections
-import weakref
 from typing import Any, Callable, Dict, Tuple
 
 import torch
@@ -139,18 +138,10 @@ _SELECTIONS_SIZE = 64
 
 def _selection(kind: Any, key_module: nn.Module, owners: Tuple[nn.Module, ...], example_inputs: tuple,
                select: Callable[[], Selected]) -> Selected:
-    from ..backends.base import structure_key  # the backends package imports this module
+    from ..backends.base import owned_lru, structure_key  # the backends package imports this module
 
     key = (kind,) + structure_key(key_module, tuple(example_inputs))
-    hit = _SELECTIONS.get(key)
-    if hit is not None and all(ref() is m for ref, m in zip(hit[0], owners)):
-        _SELECTIONS.move_to_end(key)
-        return hit[1]
-    chosen = select()
-    _SELECTIONS[key] = (tuple(weakref.ref(m) for m in owners), chosen)
-    while len(_SELECTIONS) > _SELECTIONS_SIZE:
-        _SELECTIONS.popitem(last=False)
-    return chosen
+    return owned_lru(_SELECTIONS, _SELECTIONS_SIZE, key, owners, select)
 
 
 def _scripted(module: nn.Module, example_inputs: tuple) -> Callable[..., Any]:
