@@ -30,7 +30,7 @@ import copy
 import os
 import shutil
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -96,41 +96,31 @@ class CompileBackend(Backend):
         self._require()
         example_inputs = _as_tuple(example_inputs)
 
-        def build() -> Tuple[Any, None]:
+        def compiled(forced: bool) -> Callable[..., Any]:
             from ..fast import CompiledForward, Lazy
 
             # torch.compile only once a call needs autograd (a no-grad user never pays for it)
-            compiled: Callable[..., Any] = CompiledForward(
-                module, differentiable=Lazy(lambda: self._build_forward(module, example_inputs)[0]))
-            if forced:
-                # parity compares forward values: verify the guard-free graph, which only this
-                # backend runs (its autograd path is compile-dynamo's, verified under that name)
-                compiled = _without_grad(compiled)
-            return _keep_faster({"eager": lambda: module, "compile": lambda: compiled}, example_inputs,
-                                "forward: guard-free inductor graph without autograd, torch.compile with it",
-                                forced), None
+            fn = CompiledForward(module, differentiable=Lazy(lambda: self._build_forward(module, example_inputs)[0]))
+            # parity compares forward values: verify the guard-free graph, which only this backend
+            # runs (its autograd path is compile-dynamo's, verified under that name)
+            return _without_grad(fn) if forced else fn
 
-        forced = self._forced()
-        return self._cached(("forward", forced), module, example_inputs, build)[0]
+        return self._tuned(("forward",), module, example_inputs, lambda: module, compiled,
+                           "forward: guard-free inductor graph without autograd, torch.compile with it")
 
     def prepare_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
         if not self.tuned:
             return super().prepare_loss_and_grad(loss, example_inputs)
         self._require()
         example_inputs = _as_tuple(example_inputs)
-
-        def build() -> Tuple[Any, None]:
+        if _reduces_to_scalar(loss):
             from ..fast import FusedLossAndGrad
 
-            if _reduces_to_scalar(loss):
-                compiled, how = (lambda: FusedLossAndGrad(loss)), "joint forward+backward in one compiled pass"
-            else:
-                compiled, how = (lambda: self._autograd_loss_and_grad(loss, example_inputs)), "torch.compile + autograd"
-            return _keep_faster({"eager": lambda: _EAGER.prepare_loss_and_grad(loss, example_inputs), "compile": compiled}, example_inputs,
-                                how, forced), None
-
-        forced = self._forced()
-        return self._cached(("loss_and_grad", forced), loss, example_inputs, build)[0]
+            compiled, how = (lambda forced: FusedLossAndGrad(loss)), "joint forward+backward in one compiled pass"
+        else:
+            compiled, how = (lambda forced: self._autograd_loss_and_grad(loss, example_inputs)), "torch.compile + autograd"
+        return self._tuned(("loss_and_grad",), loss, example_inputs,
+                           lambda: _EAGER.prepare_loss_and_grad(loss, example_inputs), compiled, how)
 
     def prepare_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                            lr: float) -> Callable[..., Any]:
@@ -139,19 +129,27 @@ class CompileBackend(Backend):
         self._require()
         example_inputs = _as_tuple(example_inputs)
         wrapped = NetWithLoss(net, loss, n_targets=len(example_inputs) - 1)
-
-        def build() -> Tuple[Any, None]:
+        if _reduces_to_scalar(loss):
             from ..fast import CompiledTrainStep
 
-            if _reduces_to_scalar(loss):
-                compiled, how = (lambda: CompiledTrainStep(net, loss, lr, mode="graph")), "whole step as one guard-free graph"
-            else:
-                compiled, how = (lambda: self._autograd_train_step(wrapped, example_inputs, lr)), "torch.compile + autograd"
-            return _keep_faster({"eager": lambda: _EAGER.prepare_train_step(net, loss, example_inputs, lr), "compile": compiled}, example_inputs,
-                                how, forced), None
+            compiled, how = (lambda forced: CompiledTrainStep(net, loss, lr, mode="graph")), "whole step as one guard-free graph"
+        else:
+            compiled, how = (lambda forced: self._autograd_train_step(wrapped, example_inputs, lr)), "torch.compile + autograd"
+        return self._tuned(("train_step", float(lr)), wrapped, example_inputs,
+                           lambda: _EAGER.prepare_train_step(net, loss, example_inputs, lr), compiled, how,
+                           owners=(net, loss))
 
+    def _tuned(self, kind: Tuple[Any, ...], module: nn.Module, example_inputs: Tuple[Tensor, ...],
+               eager: Callable[[], Callable[..., Any]], compiled: Callable[[bool], Callable[..., Any]], how: str,
+               owners: Optional[Tuple[nn.Module, ...]] = None) -> Any:
+        """The cached choice between ``eager()`` and ``compiled(forced)`` for one case; forced (parity
+        mode) and timed choices are cached apart."""
         forced = self._forced()
-        return self._cached(("train_step", float(lr), forced), wrapped, example_inputs, build, owners=(net, loss))[0]
+
+        def build() -> Tuple[Any, None]:
+            return _keep_faster({"eager": eager, "compile": lambda: compiled(forced)}, example_inputs, how, forced), None
+
+        return self._cached(kind + (forced,), module, example_inputs, build, owners=owners)[0]
 
     @contextlib.contextmanager
     def parity_mode(self) -> Iterator[None]:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from .fused import FusedLoss, FusedLossAndGrad, private_code
+from .fused import FusedLoss, FusedLossAndGrad
 from .graph import CompiledForward, Lazy
 from .select import Selected, pick_fastest
 from .train_step import CompiledTrainStep, eager_train_step
@@ -153,13 +153,12 @@ def _scripted(module: nn.Module, example_inputs: tuple) -> Callable[..., Any]:
 
 
 def _compiled_forward(module: nn.Module) -> CompiledForward:
-    # a guard-free graph where no gradient is recorded; torch.compile (built at its first call) where one is
-    # (through a function with a code object of its own: dynamo keeps at most 8 graphs per code
+    # a guard-free graph where no gradient is recorded; torch.compile (built at its first call) where
+    # one is, of a function with a code object of its own (dynamo keeps at most 8 graphs per code
     # object, and every NetWithLoss shares one forward)
-    def call(*inputs: Tensor) -> Any:
-        return module(*inputs)
+    from ..backends.eager import _own_code  # the backends package imports this module
 
-    return CompiledForward(module, differentiable=Lazy(lambda: torch.compile(private_code(call))))
+    return CompiledForward(module, differentiable=Lazy(lambda: torch.compile(_own_code(module))))
 
 
 def _onnx_step(net: nn.Module, loss: nn.Module, example_inputs: tuple, lr: float) -> Callable[..., Any]:
