@@ -411,8 +411,7 @@ def test_compile_backend_chooses_per_case_says_what_and_matches_eager(kind):
         got = compile_.prepare_train_step(net, loss, (x, y), 0.1)
         want = eager.prepare_train_step(net, loss, (x, y), 0.1)
     elif kind == "loss_and_grad":
-        pred = net(x).detach()
-        x, y = pred, y
+        x = net(x).detach()  # the prediction
         got, want = compile_.prepare_loss_and_grad(loss, (x, y)), eager.prepare_loss_and_grad(loss, (x, y))
     else:
         module = NetWithLoss(net, loss)

@@ -38,6 +38,10 @@ def _calibrate() -> Optional[int]:
 _ALONE = _calibrate()
 
 
+def _same_kind(buf: Tensor, like: Tensor) -> bool:
+    return buf.shape == like.shape and buf.dtype == like.dtype and buf.device == like.device
+
+
 class BufferPool:
     """Up to ``slots`` reusable buffers (most recently made last), handed out under the contract above."""
 
@@ -59,19 +63,14 @@ class BufferPool:
             if buf is None:
                 buf = torch.empty_like(like, memory_format=torch.contiguous_format)
                 # a buffer of another shape is of no further use; of the rest keep the newest
-                self._slot = [b for b in self._slot if b.shape == like.shape and b.dtype == like.dtype
-                              and b.device == like.device][-(self.slots - 1):] if self.slots > 1 else []
-                self._slot.append(buf)
+                kept = [b for b in self._slot if _same_kind(b, like)]
+                self._slot = kept[max(0, len(kept) - (self.slots - 1)):] + [buf]
                 self.allocations += 1
             return buf, buf.detach()
 
     @staticmethod
     def _reusable(buf: Tensor, like: Tensor) -> bool:
-        if _ALONE is None:
-            return False
-        if buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
-            return False
-        return _storage_refs(buf) == _ALONE
+        return _ALONE is not None and _same_kind(buf, like) and _storage_refs(buf) == _ALONE
 
     @property
     def held_bytes(self) -> int:

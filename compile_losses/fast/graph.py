@@ -105,14 +105,18 @@ class CompiledForward:
         self.module = module
         self.differentiable = differentiable
         self._modules = list(module.modules())
-        # (owner, kind, name, tensor) for every parameter and buffer: read per call without walking
-        # the module tree (that walk alone costs a third of a batch-10 SeedNet forward)
-        self.names, self._slots = [], []
-        for kind, named in (("_parameters", module.named_parameters()), ("_buffers", module.named_buffers())):
+        self._bind()
+
+    def _bind(self) -> None:
+        """Record (owner, kind, name, tensor) for every parameter and buffer, read per call without
+        walking the module tree (that walk alone costs a third of a batch-10 SeedNet forward)."""
+        self.names: List[str] = []
+        self._slots: List[Tuple[torch.nn.Module, str, str, Tensor]] = []
+        for kind, named in (("_parameters", self.module.named_parameters()), ("_buffers", self.module.named_buffers())):
             for full_name, t in named:
                 prefix, _, name = full_name.rpartition(".")
                 self.names.append(full_name)
-                self._slots.append((module.get_submodule(prefix), kind, name, t))
+                self._slots.append((self.module.get_submodule(prefix), kind, name, t))
         self._graphs: dict = {}  # train/eval flags of every submodule -> GraphCache
 
     def _flat(self, *args: Tensor) -> Any:
@@ -121,11 +125,10 @@ class CompiledForward:
 
     def _state(self) -> List[Tensor]:
         state = []
-        for owner, kind, name, t in self._slots:
-            now = getattr(owner, kind).get(name)
-            if now is not t:  # replaced since wrapping (module.weight = nn.Parameter(...)): read afresh
-                self.__init__(self.module, self.differentiable)  # type: ignore[misc]
-                return self._state()
+        for owner, kind, name, t in self._slots:  # one pass: this is the per-call hot path
+            if getattr(owner, kind).get(name) is not t:
+                self._bind()  # a tensor replaced since (module.weight = nn.Parameter(...)): read afresh
+                return [slot[3] for slot in self._slots]
             state.append(t)
         return state
 

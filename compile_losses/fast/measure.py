@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 ELEMENTWISE_POLY = ("mse", "l1", "huber", "smooth_l1", "quantile", "charbonnier")
+FLOOR_SLICE = 1 << 20  # elements per cache-resident slice of the arithmetic floor (4 MB of float32)
 
 
 def _spread(samples: Sequence[float]) -> Dict[str, float]:
@@ -101,9 +102,6 @@ def loss_paths(loss: torch.nn.Module, pred: torch.Tensor, targets: tuple) -> Dic
 
         paths["fused-cache-floor"] = floor
     return paths
-
-
-FLOOR_SLICE = 1 << 20
 
 
 def measure_losses(names: Sequence[str], numel: int, rounds: int, log: Callable[[str], None],
