@@ -142,24 +142,24 @@ def resolve_net(name_or_path: str, init_kwargs: Optional[Dict[str, Any]] = None)
     """A registry net (``seed``, ``mlp``, ...) or ``package.module:Class`` built with ``init_kwargs``."""
     from .registry import NETS
 
-    kwargs = dict(init_kwargs or {})
-    if name_or_path in NETS:
-        return _build(NETS[name_or_path].build, kwargs, "net", name_or_path)
-    if ":" not in name_or_path:
-        raise UsageError("net must be one of {} or package.module:Class, got {!r}".format(", ".join(NETS), name_or_path))
-    return _build(_import(name_or_path, "net"), kwargs, "net", name_or_path)
+    return _resolve("net", NETS, name_or_path, init_kwargs)
 
 
 def resolve_loss(name_or_path: str, init_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
     """A registry loss (``mse``, ...) or ``package.module:Class`` built with ``init_kwargs``."""
     from .registry import LOSSES
 
+    return _resolve("loss", LOSSES, name_or_path, init_kwargs)
+
+
+def _resolve(what: str, table: Dict[str, Any], name_or_path: str, init_kwargs: Optional[Dict[str, Any]]) -> nn.Module:
     kwargs = dict(init_kwargs or {})
-    if name_or_path in LOSSES:
-        return _build(LOSSES[name_or_path].build, kwargs, "loss", name_or_path)
+    if name_or_path in table:
+        return _build(table[name_or_path].build, kwargs, what, name_or_path)
     if ":" not in name_or_path:
-        raise UsageError("loss must be one of {} or package.module:Class, got {!r}".format(", ".join(LOSSES), name_or_path))
-    return _build(_import(name_or_path, "loss"), kwargs, "loss", name_or_path)
+        raise UsageError("{} must be one of {} or package.module:Class, got {!r}".format(
+            what, ", ".join(table), name_or_path))
+    return _build(_import(name_or_path, what), kwargs, what, name_or_path)
 
 
 @dataclass

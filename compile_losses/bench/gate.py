@@ -32,13 +32,11 @@ A rule with ``"gate": false`` (and no threshold) keeps matching rows in the repo
 any useful threshold.
 """
 import fnmatch
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UsageError
-from .results import Run, median_of_runs
+from .results import Run, median_of_runs, read_json
 
 DEFAULT_THRESHOLD = 1.5
 
@@ -83,12 +81,7 @@ class Thresholds:
     def load(cls, path: Optional[str]) -> "Thresholds":
         if path is None:
             return cls()
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise UsageError("cannot read thresholds {}: {}".format(path, exc.strerror or exc))
-        except json.JSONDecodeError as exc:
-            raise UsageError("thresholds {} is not JSON: {}".format(path, exc))
+        data = read_json(path, "cannot read thresholds {}", "thresholds {} is not JSON")
         return cls.from_dict(data, str(path))
 
 

@@ -97,16 +97,22 @@ def _result(bench: Dict[str, Any], source: str) -> Result:
     return Result(extra["workload"], extra["case"], extra["device"], extra["backend"], stats, extra)
 
 
+def read_json(path: Any, cannot_read: str, not_json: str) -> Any:
+    """``path`` parsed as JSON; a missing file or bad JSON is a UsageError whose message starts
+    with ``cannot_read`` or ``not_json`` (each formatted with the path)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError("{}: {}".format(cannot_read.format(path), exc.strerror or exc))
+    except json.JSONDecodeError as exc:
+        raise UsageError("{}: {}".format(not_json.format(path), exc))
+
+
 def load(paths: Iterable[str]) -> Run:
     """Read one or more pytest-benchmark JSON files into one run (later files win on a clash)."""
     run = Run({})
     for path in paths:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise UsageError("cannot read benchmark results {}: {}".format(path, exc.strerror or exc))
-        except json.JSONDecodeError as exc:
-            raise UsageError("{} is not pytest-benchmark JSON: {}".format(path, exc))
+        data = read_json(path, "cannot read benchmark results {}", "{} is not pytest-benchmark JSON")
         if not isinstance(data, dict) or "benchmarks" not in data:
             raise UsageError("{} is not pytest-benchmark JSON: no 'benchmarks' list".format(path))
         for bench in data["benchmarks"]:
