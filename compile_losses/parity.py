@@ -17,7 +17,6 @@ here, a registry skip, or a gradient a backend cannot give yet is a row that say
     report = verify(net, loss, inputs, target)        # one case, every backend
     report.ok, report.rows, report.summary(), report.to_json(), print(report)
 """
-import contextlib
 import copy
 import json
 import math
@@ -29,11 +28,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Text
 import torch
 from torch import Tensor, nn
 
-from .backends import BACKENDS, Backend, TrainStepResult, Unsupported, get_backends
+from .backends import BACKENDS, Backend, Unsupported, get_backends, reference_for
 from .backends.base import to_cpu
 from .nets import NetWithLoss
 
-__all__ = ["Row", "ParityReport", "verify", "verify_registry", "compile_audit", "judge", "ULPS", "FAILING"]
+__all__ = ["Row", "ParityReport", "verify", "verify_registry", "compile_audit", "audited", "judge", "ULPS", "FAILING"]
 
 ULPS = 4  # the floor of clause 2, in ulps of the float64 reference's largest magnitude
 PASS, FAIL, ERROR, NONFINITE, NONDET = "pass", "fail", "error", "non-finite", "nondeterministic"
@@ -398,7 +397,7 @@ class _References:
                 pred = net(*inputs)
         self.lg_args = (pred.detach(),) + targets
         self.train = net is not None and any(p.requires_grad for p in net.parameters())
-        eager = BACKENDS["eager"]
+        eager = reference_for("cpu")
         self.first = _run_all(eager, self, self.case_module, loss, net, self.case_args, self.lg_args)
         self.second = _run_all(eager, self, self.case_module, loss, net, self.case_args, self.lg_args)
         self.nondeterministic = {k for k in self.first if k in self.second and not isinstance(self.first[k], Exception)
@@ -447,12 +446,12 @@ def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any) -> 
     if not ok:
         return [Row(label, name, "*", UNAVAILABLE, detail=reason)]
     tolerance = (getattr(spec, "tolerances", {}) or {}).get(name)
-    # eager's rows: its second run judged against its first
-    if name == "eager":
+    # the reference's rows: its second run judged against its first
+    if backend is reference_for("cpu"):
         got = ref.second
     else:
         # a backend that chooses between its own compiled code and eager verifies the compiled code
-        with getattr(backend, "parity_mode", contextlib.nullcontext)():
+        with backend.parity_mode():
             got = _run_all(backend, ref, ref.case_module, ref.loss, ref.net, ref.case_args, ref.lg_args)
     rows: List[Row] = []
     for output, value in got.items():
@@ -488,20 +487,31 @@ def _one_line(exc: BaseException) -> str:
 # torch.compile audit
 # ---------------------------------------------------------------------------------------------
 AUDIT_BATCHES = (1, 7, 64, 4096)
-# Choosing either torch.compile backend runs the audit (both compile through dynamo: ``compile``
-# for a forward that records autograd and for reduction="none" losses).
-AUDITED = frozenset({"compile", "compile-dynamo"})
+
+
+def audited(chosen: Sequence[Backend]) -> Optional[Backend]:
+    """The backend whose compilations the audit counts, when any chosen backend is ``audited``
+    (both torch.compile backends compile through dynamo: ``compile`` for a forward that records
+    autograd and for reduction="none" losses); None when none is."""
+    for b in chosen:
+        if b.audited:
+            return b
+    return None
 
 
 def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ...]], label: str = "",
-                  batches: Sequence[int] = AUDIT_BATCHES, backend: str = "compile") -> Dict[str, Any]:
+                  batches: Sequence[int] = AUDIT_BATCHES, backend: Optional[str] = None) -> Dict[str, Any]:
     """Graph breaks (must be 0) and recompilations of a fresh ``torch.compile`` over ``batches``
     (none after the first compile with a dynamic batch: the second batch size's), forward and
-    backward through the first argument (and any parameters)."""
-    from .backends.eager import graph_breaks
+    backward through the first argument (and any parameters). ``backend``: an audited backend's
+    name (default: the first registered one)."""
+    from .backends.compile import graph_breaks
 
-    b = BACKENDS[backend]
-    entry: Dict[str, Any] = {"case": label or type(module).__name__, "backend": backend, "batches": list(batches)}
+    b = BACKENDS[backend] if backend is not None else audited(list(BACKENDS.values()))
+    if b is None or not b.audited:
+        raise ValueError("backend must name an audited backend ({}), got {!r}".format(
+            ", ".join(n for n, x in BACKENDS.items() if x.audited), backend))
+    entry: Dict[str, Any] = {"case": label or type(module).__name__, "backend": b.name, "batches": list(batches)}
     ok, reason = b.available()
     if not ok:
         return dict(entry, status=UNAVAILABLE, detail=reason)
@@ -511,7 +521,7 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
         if breaks["graph_breaks"]:
             return dict(entry, status=FAIL, graph_breaks=breaks["graph_breaks"], detail="graph breaks {}: {}".format(
                 breaks["graph_breaks"], " | ".join(breaks["reasons"][:3])))
-        fn, _ = b._compile(module, first)
+        fn = b.audit_callable(module, first)
         counts = []
         for n in batches:
             args = list(make_args(n))
@@ -568,7 +578,8 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
             if net_spec.name != net:
                 plan += [(net_spec.name, net_spec.loss, dtype, list(batches)) for dtype in dtypes]
     chosen = get_backends(backends)
-    audits = [n for n in names if n in LOSSES] if audit and AUDITED & {b.name for b in chosen} else []
+    auditor = audited(chosen) if audit else None
+    audits = [n for n in names if n in LOSSES] if auditor is not None else []
     steps = sum(len(bs) for *_, bs in plan) * len(chosen) + len(audits)
     bar = progress if isinstance(progress, Progress) else (Progress(steps, None if progress is True else progress)
                                                            if progress else None)
@@ -585,7 +596,8 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
             if bar:
                 bar.step("compile audit {}".format(loss_name))
             case = make_case(None, loss_name, batch=1, dtype=torch.float32)
-            report.audits.append(compile_audit(case.loss, lambda n, c=case: _args(c.with_batch(n)), label=loss_name))
+            report.audits.append(compile_audit(case.loss, lambda n, c=case: _args(c.with_batch(n)), label=loss_name,
+                                               backend=auditor.name))
     finally:
         if bar and bar is not progress:
             bar.close()

@@ -12,6 +12,7 @@ import torch
 
 from bundle_helpers import PYTHON, ROOT, leftovers, manifest
 from compile_losses import export as ex
+from compile_losses.export import compose, install
 from compile_losses.runtime import load_bundle
 
 pytestmark = pytest.mark.onnx
@@ -21,6 +22,7 @@ _SCRIPT = r"""
 import os, sys
 import torch
 from compile_losses import export as ex
+from compile_losses.export import install
 from compile_losses.losses import MSELoss
 from compile_losses.nets import SeedNet
 out, name, seed, kill = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -30,7 +32,7 @@ def hook(label):
     if kill in (str(count[0]), label):
         os._exit(86)  # no cleanup, no finally: like a kill -9 or a power cut
     count[0] += 1
-ex._STEP_HOOK = hook
+install._STEP_HOOK = hook
 torch.manual_seed(seed)
 gen = torch.Generator().manual_seed(seed)
 x, y = torch.randn(8, 32, generator=gen), torch.randn(8, 1, generator=gen)
@@ -102,11 +104,11 @@ def step_labels(old_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("labels")
     shutil.copytree(old_bundle, out / "b")
     labels = []
-    ex._STEP_HOOK = labels.append
+    install._STEP_HOOK = labels.append
     try:
         _export_here(out, 2, torchscript=True)
     finally:
-        ex._STEP_HOOK = None
+        install._STEP_HOOK = None
     return labels
 
 
@@ -172,7 +174,7 @@ def test_failed_write_midway_leaves_old_and_no_temp(out, monkeypatch):
             fh.write(b"PK\x03\x04" + b"\0" * 100)
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(ex, "write_npz", half_then_disk_full)
+    monkeypatch.setattr(compose, "write_npz", half_then_disk_full)
     with pytest.raises(OSError, match="No space left on device"):
         _export_here(out, 3)
     assert _digest(out / "b") == before and leftovers(out) == []
@@ -181,7 +183,7 @@ def test_failed_write_midway_leaves_old_and_no_temp(out, monkeypatch):
 
 def test_bundle_failing_its_own_check_is_not_installed(out, monkeypatch):
     before = _digest(out / "b")
-    real = ex._fixtures
+    real = compose._fixtures
 
     def off_by_a_lot(*args, **kw):
         fixtures = real(*args, **kw)
@@ -189,7 +191,7 @@ def test_bundle_failing_its_own_check_is_not_installed(out, monkeypatch):
         fixtures["forward/ref64/pred"] = fixtures["forward/ref64/pred"] + 1.0
         return fixtures
 
-    monkeypatch.setattr(ex, "_fixtures", off_by_a_lot)
+    monkeypatch.setattr(compose, "_fixtures", off_by_a_lot)
     with pytest.raises(ex.ExportError, match=r"fails its own fixtures(.|\n)*forward +pred"):
         _export_here(out, 3)
     assert _digest(out / "b") == before and leftovers(out) == []
@@ -201,7 +203,7 @@ def test_failed_install_leaves_old(out, monkeypatch):
     def broken(a, b):
         raise OSError(5, "Input/output error", str(b))
 
-    monkeypatch.setattr(ex, "_exchange", broken)
+    monkeypatch.setattr(install, "_exchange", broken)
     with pytest.raises(OSError, match="Input/output error"):
         _export_here(out, 3)
     assert _digest(out / "b") == before and leftovers(out) == []

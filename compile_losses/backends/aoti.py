@@ -15,8 +15,9 @@ from typing import Any, Callable, List, Tuple
 import torch
 from torch import Tensor, nn
 
+from .. import training
 from .base import Backend, TrainStepResult, export_example
-from .eager import _cxx_compiler
+from .compile import cxx_compiler
 
 __all__ = ["AotiBackend", "export_aoti"]
 
@@ -25,9 +26,13 @@ _DIRS: List[Any] = []  # package folders live as long as the process holds their
 
 class AotiBackend(Backend):
     cacheable = True
+    exported = True
+    cost = "minutes"
+    quick_bench = False  # ~20 s per package build
 
-    def __init__(self, name: str = "aoti", device: str = "cpu") -> None:
-        super().__init__(name)
+    def __init__(self, name: str = "aoti", device: str = "cpu", **facts: Any) -> None:
+        facts.setdefault("markers", ("aoti",) + (("gpu",) if device.startswith("cuda") else ()))
+        super().__init__(name, **facts)
         self.device = device
 
     def _available(self) -> Tuple[bool, str]:
@@ -39,7 +44,7 @@ class AotiBackend(Backend):
             return False, "this torch has no torch.export"
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             return False, "no CUDA device (torch.cuda.is_available() is False)"
-        if not _cxx_compiler():
+        if not cxx_compiler():
             return False, "AOTInductor needs a C++ compiler (set CXX or install g++)"
         return True, ""
 
@@ -53,16 +58,10 @@ class AotiBackend(Backend):
         return run, module
 
     def _exported_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
-        from .onnx import _training
-
-        training = _training("prepare_aoti_loss_and_grad")
         return training.prepare_aoti_loss_and_grad(loss, export_example(example_inputs))
 
     def _exported_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                              lr: float) -> Callable[..., TrainStepResult]:
-        from .onnx import _training
-
-        training = _training("prepare_aoti_train_step")
         return training.prepare_aoti_train_step(net, loss, export_example(example_inputs), lr)
 
 

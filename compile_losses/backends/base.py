@@ -2,37 +2,43 @@
 
 A backend turns a module into a callable that takes and returns torch tensors, so that no caller
 (parity, benchmarks, export) ever special-cases one. Autograd backends (eager, compile, script,
-trace) get their gradients generically from ``torch.autograd``; exporting backends get theirs from
-the training graphs of :mod:`compile_losses.training`.
+trace) get their gradients generically from ``torch.autograd`` (:mod:`compile_losses.programs`);
+exporting backends get theirs from the training graphs of :mod:`compile_losses.training`.
+
+Each adapter also declares facts that the layers above read instead of its name: ``device``,
+``supports_autograd``, ``exported``, ``cost`` (how long preparing takes), ``reference`` (the eager
+reference of its device), ``audited`` (parity's torch.compile audit runs when it is chosen),
+``not_benchmarked`` (the reason the benchmarks skip it), ``quick_bench`` and ``times_build`` (the
+quick benchmark mode runs it / times its preparation), ``markers`` (pytest markers of tests that
+run it) and ``checks_artifacts`` (bundle artifact kinds export re-runs through it).
 
 Preparation is cached per process, keyed on the module's structure and weights and on the inputs'
 dtypes and non-batch shapes (every backend takes a dynamic batch dimension), so one export or
 compile serves every batch size of a parity run.
 """
 import collections
+import contextlib
 import hashlib
 import weakref
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..nets import NetWithLoss
+from ..programs import autograd_loss_and_grad, autograd_train_step
+from ..signature import TrainStepResult
 
-__all__ = ["Backend", "Unsupported", "TrainStepResult", "structure_key", "export_example", "clear_cache"]
+__all__ = ["Backend", "Unsupported", "TrainStepResult", "structure_key", "export_example", "clear_cache",
+           "register_cache", "COSTS"]
+
+# Cost classes of ``prepare``: "none" (nothing built), "seconds" (a compile or an export),
+# "minutes" (an AOTInductor build, ~20-40 s on 2 cores, or several timed candidates).
+COSTS = ("none", "seconds", "minutes")
 
 
 class Unsupported(Exception):
-    """A backend cannot do this (yet); the message is the reason. Reported as a row, never a pass."""
-
-
-class TrainStepResult(NamedTuple):
-    """One SGD step: the loss at the current parameters, every parameter's gradient and the
-    parameters after ``p - lr * grad``; dicts keyed by ``net.named_parameters()`` names."""
-
-    loss: Tensor
-    grads: Dict[str, Tensor]
-    new_params: Dict[str, Tensor]
+    """A backend cannot do this; the message is the reason. Reported as a row, never a pass."""
 
 
 class Backend:
@@ -47,12 +53,52 @@ class Backend:
     device: str = "cpu"
     # Worth caching: building is slow (compile, export). Eager and TorchScript rebuild every time.
     cacheable: bool = False
+    # -- declared facts (see the module docstring) --
+    exported: bool = False
+    cost: str = "none"
+    reference: bool = False
+    audited: bool = False
+    not_benchmarked: str = ""
+    quick_bench: bool = True
+    times_build: bool = False
+    markers: Tuple[str, ...] = ()
+    checks_artifacts: Tuple[str, ...] = ()
 
-    def __init__(self, name: str) -> None:
+    _FACTS = ("exported", "cost", "reference", "audited", "not_benchmarked", "quick_bench", "times_build",
+              "markers", "checks_artifacts")
+
+    def __init__(self, name: str, **facts: Any) -> None:
         self.name = name
+        unknown = sorted(set(facts) - set(self._FACTS))
+        if unknown:
+            raise TypeError("unknown backend facts {} (known: {})".format(unknown, list(self._FACTS)))
+        for key, value in facts.items():
+            setattr(self, key, tuple(value) if key in ("markers", "checks_artifacts") else value)
 
     def __repr__(self) -> str:
         return "<{} backend {!r}>".format(type(self).__name__, self.name)
+
+    def facts(self) -> Dict[str, Any]:
+        """The declared facts, as ``list --json`` and the docs show them."""
+        return {"device": self.device, "autograd": self.supports_autograd, "exported": self.exported,
+                "cost": self.cost, "reference": self.reference, "audited": self.audited,
+                "benchmarked": not self.not_benchmarked, "markers": list(self.markers)}
+
+    @contextlib.contextmanager
+    def parity_mode(self) -> Iterator[None]:
+        """Entered while parity verifies this backend: a backend that may choose eager over its own
+        code (the tuned ``compile``) prepares its own code then, so that it is what gets verified."""
+        yield
+
+    def audit_callable(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Any]:
+        """A fresh compiled callable whose compilations :meth:`compile_count` counts (``audited``
+        backends only)."""
+        raise Unsupported("{} is not audited".format(self.name))
+
+    def compile_count(self, fn: Callable[..., Any]) -> int:
+        """How many graphs a callable prepared here has compiled so far (-1: not counted)."""
+        counter = getattr(fn, "compile_counter", None)
+        return -1 if counter is None else int(counter.frame_count)
 
     # -- availability ----------------------------------------------------------------------
     def available(self) -> Tuple[bool, str]:
@@ -123,13 +169,7 @@ class Backend:
     # -- generic autograd ------------------------------------------------------------------------
     def _autograd_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
         fn, _ = self._compile(loss, _with_grad_first(example_inputs))
-
-        def loss_and_grad(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
-            leaf = pred.detach().requires_grad_(True)
-            value = fn(leaf, *targets)
-            (dpred,) = torch.autograd.grad(value, leaf, grad_outputs=_seed_grad(value))
-            return value.detach(), dpred
-
+        loss_and_grad = autograd_loss_and_grad(fn)
         _keep_counter(loss_and_grad, fn)
         self._warm_up(loss_and_grad, example_inputs)
         return loss_and_grad
@@ -137,17 +177,7 @@ class Backend:
     def _autograd_train_step(self, wrapped: nn.Module, example_inputs: Tuple[Tensor, ...],
                              lr: float) -> Callable[..., TrainStepResult]:
         fn, used = self._compile(wrapped, example_inputs)
-        named = [(n, p) for n, p in used.net.named_parameters() if p.requires_grad]
-        names = [n for n, _ in named]
-        params = [p for _, p in named]
-
-        def train_step(x: Tensor, *targets: Tensor) -> TrainStepResult:
-            value = fn(x, *targets)
-            grads = torch.autograd.grad(value, params, grad_outputs=_seed_grad(value), allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-            return TrainStepResult(value.detach(), dict(zip(names, grads)),
-                                   {n: p.detach() - lr * g for n, p, g in zip(names, params, grads)})
-
+        train_step = autograd_train_step(fn, [(n, p) for n, p in used.net.named_parameters() if p.requires_grad], lr)
         _keep_counter(train_step, fn)
         self._warm_up(train_step, example_inputs)
         return train_step
@@ -184,12 +214,20 @@ def owned_lru(store: "collections.OrderedDict[Any, Tuple[Any, Any]]", size: int,
     return value
 
 
+# Every per-process store of prepared callables (adapters with caches of their own register them).
+_STORES: List[Any] = [_CACHE]
+
+
+def register_cache(store: Any) -> Any:
+    """Have :func:`clear_cache` clear ``store`` too; returns it."""
+    _STORES.append(store)
+    return store
+
+
 def clear_cache() -> None:
     """Forget every prepared callable (tests that need a fresh build call this)."""
-    _CACHE.clear()
-    from ..fast import backend as fast  # the "fast" backend's per-case selections
-
-    fast._SELECTIONS.clear()
+    for store in _STORES:
+        store.clear()
 
 
 # Flags torch sets on a module it has compiled (torch.compile marks it "_is_torch_compile"): not
@@ -248,11 +286,6 @@ def _keep_counter(outer: Any, inner: Any) -> None:
     # torch.compile's prepared forward counts its compilations; the wrappers expose the count.
     if hasattr(inner, "compile_counter"):
         outer.compile_counter = inner.compile_counter
-
-
-def _seed_grad(value: Tensor) -> Optional[Tensor]:
-    # A reduction="none" loss: the gradient of its sum, as .backward(ones) gives.
-    return None if value.dim() == 0 else torch.ones_like(value)
 
 
 def to_cpu(value: Any) -> Any:

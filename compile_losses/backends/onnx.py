@@ -9,9 +9,8 @@
   2^24 elements is off from float64 by ~1e-3 relative (eager: ~1e-8). :func:`faithful_cost`
   measures what that costs.
 - The batch dimension (dim 0 of every input) is dynamic; the export runs on a small example.
-- onnxruntime sessions use one intra-op thread (and one inter-op thread): a parity result must not
-  depend on how many cores the machine has, nor compete for this machine's two shared cores.
-  Benchmarks that want more build their own ``SessionOptions`` from :func:`ort_session`'s.
+- onnxruntime sessions come from :mod:`compile_losses.sessions` (one intra-op thread), the same
+  factory the training graphs and the benchmarks use.
 
 Gradient rows come from the training graphs (:mod:`compile_losses.training`), exported with the
 torch.export-based exporter only.
@@ -29,24 +28,26 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
+from .. import training
 from .._reduction import ONNX_OPTIMIZE, faithful_reductions
+from ..sessions import INTRA_OP_THREADS, ort_session
+from ..signature import OPSET
 from .base import Backend, TrainStepResult, Unsupported, export_example, structure_key
 
 __all__ = ["OnnxBackend", "OPSET", "INTRA_OP_THREADS", "export_onnx", "ort_session", "faithful_cost"]
-
-# The opset the training graphs use too, so every graph of a bundle reads the same.
-OPSET = 18
-INTRA_OP_THREADS = 1
 
 _EXPORTS: Dict[Tuple[Any, ...], bytes] = {}
 
 
 class OnnxBackend(Backend):
     cacheable = True
+    exported = True
+    cost = "seconds"
 
     def __init__(self, name: str, exporter: str = "dynamo", runner: str = "ort",
-                 provider: str = "CPUExecutionProvider") -> None:
-        super().__init__(name)
+                 provider: str = "CPUExecutionProvider", **facts: Any) -> None:
+        facts.setdefault("markers", ("onnx",) + (("gpu",) if provider.startswith("CUDA") else ()))
+        super().__init__(name, **facts)
         if exporter not in ("dynamo", "legacy"):
             raise ValueError("exporter must be 'dynamo' or 'legacy', got {!r}".format(exporter))
         if runner not in ("ort", "ref"):
@@ -117,7 +118,6 @@ class OnnxBackend(Backend):
 
     # -- gradients through the training graphs -------------------------------------------------
     def _exported_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
-        training = _training("prepare_onnx_loss_and_grad", "export_loss_and_grad_onnx")
         self._training_exporter()
         example = export_example(example_inputs)
         if self.runner == "ref":
@@ -128,7 +128,6 @@ class OnnxBackend(Backend):
 
     def _exported_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                              lr: float) -> Callable[..., TrainStepResult]:
-        training = _training("prepare_onnx_train_step", "export_train_step_onnx")
         self._training_exporter()
         example = export_example(example_inputs)
         if self.runner == "ref":
@@ -163,30 +162,15 @@ class OnnxBackend(Backend):
 
             return loss_and_grad
         net, lr = params
-        state = dict(net.named_parameters())
-        spec = info["params"]
+        signature = training.signature_of(info)
 
         def train_step(x: Tensor, *targets: Tensor) -> TrainStepResult:
-            current = tuple(state[p["name"]] for p in spec)
-            rate = torch.tensor(lr, dtype=current[0].dtype)
-            outs = [_tensor(o) for o in evaluator.run(None, _feeds(names, current + (x,) + targets + (rate,)))]
-            n = len(spec)
-            return TrainStepResult(outs[0], {p["name"]: g for p, g in zip(spec, outs[1:1 + n])},
-                                   {p["name"]: w for p, w in zip(spec, outs[1 + n:])})
+            state = dict(net.named_parameters())  # the net's parameters now, not at prepare time
+            rate = torch.tensor(lr, dtype=state[signature.params[0]].dtype)
+            feeds = _feeds(names, signature.flat_inputs(state, x, targets, rate))
+            return signature.result([_tensor(o) for o in evaluator.run(None, feeds)])
 
         return train_step
-
-
-def _training(*names: str) -> Any:
-    """The training-graph module, or Unsupported when it (or what we call in it) is not built yet."""
-    try:
-        from .. import training
-    except ImportError:
-        raise Unsupported("gradients through training graphs: not built yet") from None
-    missing = [n for n in names if not hasattr(training, n)]
-    if missing:
-        raise Unsupported("gradients through training graphs: not built yet (no {})".format(", ".join(missing)))
-    return training
 
 
 def _feeds(names: Sequence[str], inputs: Sequence[Tensor]) -> Dict[str, Any]:
@@ -291,17 +275,6 @@ def _quiet_export() -> Iterator[None]:
             yield
     finally:
         log.setLevel(level)
-
-
-def ort_session(model: bytes, provider: str = "CPUExecutionProvider", threads: int = INTRA_OP_THREADS) -> Any:
-    """An onnxruntime session with the project's settings (see the module docstring)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=[provider])
 
 
 def faithful_cost(elements: int = 2 ** 24, repeats: int = 20, dtype: torch.dtype = torch.float32) -> Dict[str, Any]:

@@ -10,14 +10,15 @@ the trace.
 """
 import contextlib
 import warnings
-from typing import Any, Callable, Iterator, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .base import Backend, export_example
 
-__all__ = ["ScriptBackend", "TraceBackend"]
+__all__ = ["ScriptBackend", "TraceBackend", "save_torchscript", "load_torchscript"]
 
 
 def _jit_available() -> Tuple[bool, str]:
@@ -41,6 +42,7 @@ class ScriptBackend(Backend):
     """``torch.jit.script(module)``."""
 
     supports_autograd = True
+    markers = ("script",)
 
     def _available(self) -> Tuple[bool, str]:
         return _jit_available()
@@ -55,6 +57,7 @@ class TraceBackend(Backend):
     """``torch.jit.trace(module, example)`` at a small example batch."""
 
     supports_autograd = True
+    markers = ("script",)
 
     def _available(self) -> Tuple[bool, str]:
         return _jit_available()
@@ -64,3 +67,23 @@ class TraceBackend(Backend):
         with _quiet_jit():
             traced = torch.jit.trace(module, example, check_trace=False)
         return traced, module  # shares the parameters, like script
+
+
+def save_torchscript(module: nn.Module, example: Tuple[Tensor, ...], path: Path) -> Dict[str, Any]:
+    """Write ``module`` as a TorchScript archive the way the ``script`` backend makes it (as the
+    ``trace`` backend does, for a module that does not script); returns ``{"method": ...}`` saying
+    which, for the manifest."""
+    with _quiet_jit():
+        try:
+            scripted, method = torch.jit.script(module), "script"
+        except Exception as exc:  # TorchScript's frontend raises many types for unsupported Python
+            scripted = torch.jit.trace(module, export_example(example), check_trace=False)
+            method = "trace (script failed: {})".format((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200])
+        scripted.save(str(path))
+    return {"method": method}
+
+
+def load_torchscript(source: Any) -> Any:
+    """Load a TorchScript archive from a path or a file object (runs code: trusted files only)."""
+    with _quiet_jit():
+        return torch.jit.load(source)

@@ -45,8 +45,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = build_parser(words[0] if words and words[0] in VERBS else None).parse_args(argv)
         return int(args._run(args))
     except UsageError as exc:
-        print("compile-losses: error: {}".format(exc), file=sys.stderr)
+        print("compile-losses: error: {}".format(_as_flag(exc)), file=sys.stderr)
         return 2
+
+
+# Library arguments as the CLI spells them, for errors raised below the CLI (UsageError.argument).
+FLAGS = {"out_dir": "--out", "name": "--name", "lr": "--lr", "backends": "--backends"}
+
+
+def _as_flag(exc: UsageError) -> str:
+    text, arg = str(exc), getattr(exc, "argument", None)
+    if arg in FLAGS and text.startswith(arg):
+        return FLAGS[arg] + text[len(arg):]
+    return text
 
 
 def console_main() -> None:

@@ -16,7 +16,12 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import UsageError
 
-SKIPPABLE = ("aoti", "torchscript", "training", "parity")
+
+
+def _parts() -> tuple:
+    from ..export import PARTS  # the bundle format's optional parts, named after their artifacts
+
+    return PARTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,10 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and example data (default: 0)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD rate in the train-step fixtures (default: 0.01)")
     parser.add_argument("--skip", default="", metavar="PARTS",
-                        help="comma list of parts to leave out: " + ", ".join(SKIPPABLE))
-    parser.add_argument("--no-aoti", action="store_true", help="same as --skip aoti (saves ~20-40 s)")
+                        help="comma list of parts to leave out: " + ", ".join(_parts()))
+    parser.add_argument("--no-aoti", action="store_true",
+                        help="leave out the AOTInductor package, forward.pt2 (saves ~20-40 s)")
     parser.add_argument("--backends", default=None, metavar="A,B",
                         help="backends for the embedded parity report (default: those the bundle holds)")
+    parser.add_argument("--install-failing", action="store_true",
+                        help="install a bundle that fails parity at <out>/<name> all the same (default: it goes "
+                             "to <name>.failed beside it, and a good bundle there stays)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -56,12 +65,14 @@ def _json_object(text: Optional[str], flag: str) -> Optional[Dict[str, Any]]:
 
 
 def _skips(args: argparse.Namespace) -> List[str]:
+    from ..export import part_of
+
     skips = [s.strip() for s in args.skip.split(",") if s.strip()]
-    bad = [s for s in skips if s not in SKIPPABLE]
+    bad = [s for s in skips if s not in _parts()]
     if bad:
-        raise UsageError("--skip takes a comma list of {}, got {!r}".format(", ".join(SKIPPABLE), ",".join(bad)))
+        raise UsageError("--skip takes a comma list of {}, got {!r}".format(", ".join(_parts()), ",".join(bad)))
     if args.no_aoti:
-        skips.append("aoti")
+        skips.append(part_of("aoti_forward"))
     return skips
 
 
@@ -100,7 +111,7 @@ def _info(kind: str, name: str, module: Any, kwargs: Optional[Dict[str, Any]], d
     from ..export import describe_module
 
     info = describe_module(module)
-    from ..export import _jsonable
+    from ..export.manifest import _jsonable
 
     if ":" not in name:
         info["registry_name"] = name
@@ -141,43 +152,38 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or "{}-{}".format(_short(args.net), _short(loss_name))
     try:
         path = ex.export_bundle(
-            case.net, case.loss, case.inputs, case.targets, args.out, name=name,
-            aoti="aoti" not in skips, torchscript="torchscript" not in skips, training="training" not in skips,
-            lr=args.lr, parity=parity, progress=say,
+            case.net, case.loss, case.inputs, case.targets, args.out, name=name, lr=args.lr, parity=parity,
+            progress=say, install_failing=args.install_failing,
             net_info=_info("net", args.net, case.net, _json_object(args.net_args, "--net-args"), case.description),
-            loss_info=_info("loss", loss_name, case.loss, _json_object(args.loss_args, "--loss-args"), case.description))
+            loss_info=_info("loss", loss_name, case.loss, _json_object(args.loss_args, "--loss-args"), case.description),
+            **{part: part not in skips for part in ex.PARTS if part != "parity"})
     except ex.ExportError as exc:
         print("compile-losses: export failed: {}".format(exc), file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
-    with open(path / "manifest.json") as fh:
-        manifest = json.load(fh)
-    report = ex.last_parity_report() if parity is not False else None
+    manifest, report = path.manifest, path.report
     if report is not None:
         print(report)
-    parity_ok = bool(manifest["parity"].get("ok", True)) if isinstance(manifest.get("parity"), dict) else True
-    bad_artifacts = [a["path"] for a in manifest["artifacts"] if a.get("check", {}).get("status", "pass") != "pass"]
-    for rel in bad_artifacts:
-        print("  {} FAILS its check against eager: {}".format(rel, manifest_entry(manifest, rel)["check"]))
-    parity_ok = parity_ok and not bad_artifacts
+    for a in manifest["artifacts"]:
+        if a.get("check", {}).get("status", "pass") != "pass":
+            print("  {} FAILS its check against eager: {}".format(a["path"], a["check"]))
     print("bundle {}: {} artifacts, export {:.1f} s; parity {}".format(
         path, len(manifest["artifacts"]), seconds,
-        "ok" if parity_ok and report is not None else ("FAILED" if not parity_ok else manifest["parity"].get("status", "?"))))
+        "ok" if path.ok and report is not None else ("FAILED" if not path.ok else manifest["parity"].get("status", "?"))))
+    if not path.ok and path.name != name:
+        print("  the failing bundle was NOT installed at {}: it is at {} (--install-failing installs it all the same)"
+              .format(path.parent / name, path))
     for row in manifest.get("unavailable", []):
         print("  unavailable: {}: {}".format(row["kind"], row["reason"]))
     if args.json:
-        result = {"bundle": str(path), "seconds": round(seconds, 3), "ok": parity_ok, "manifest": manifest,
-                  "parity": json.loads(report.to_json()) if report is not None else None}
+        result = {"bundle": str(path), "seconds": round(seconds, 3), "ok": path.ok, "failures": path.failures,
+                  "manifest": manifest, "parity": json.loads(report.to_json()) if report is not None else None}
         try:
             with open(args.json, "w") as fh:
                 json.dump(result, fh, indent=2)
         except OSError as exc:
             raise UsageError("--json: cannot write {}: {}".format(args.json, exc.strerror)) from None
-    return 0 if parity_ok else 1
-
-
-def manifest_entry(manifest: Dict[str, Any], rel: str) -> Dict[str, Any]:
-    return next(a for a in manifest["artifacts"] if a["path"] == rel)
+    return 0 if path.ok else 1
 
 
 def _short(name: str) -> str:

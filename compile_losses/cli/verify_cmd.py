@@ -64,7 +64,7 @@ def _dtypes(text: str) -> List[torch.dtype]:
 
 def run(args: argparse.Namespace) -> int:
     from ..backends import get_backends
-    from ..parity import AUDITED, ParityReport, Progress, compile_audit, verify, verify_registry
+    from ..parity import ParityReport, Progress, audited, compile_audit, verify, verify_registry
     from ..registry import DEFAULT_LOSS, LOSSES
     from ..resolve import make_case, parse_kwargs
 
@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
                     sizes.append(max(1, args.large // int(torch.tensor(spec.feature_shape).prod())))
                 cases += [case if n == batches[0] else case.with_batch(n) for n in sizes]
         n_backends = len(get_backends(backends))
-        audit = not args.no_audit and (backends is None or bool(AUDITED & set(backends)))
+        auditor = None if args.no_audit else audited(get_backends(backends))
+        audit = auditor is not None
         bar = Progress(len(cases) * n_backends + int(audit), progress) if progress else None
         report = ParityReport()
         for case in cases:
@@ -119,12 +120,13 @@ def run(args: argparse.Namespace) -> int:
             # per loss: the loss alone when there is such a case, else the whole (net, loss) case
             first = next((c for c in cases if c.net is None), cases[0])
             module = first.loss if first.net is None else _case_module(first)
-            entry = compile_audit(module, lambda n: _args(first.with_batch(n)), label=first.description["name"])
+            entry = compile_audit(module, lambda n: _args(first.with_batch(n)), label=first.description["name"],
+                                  backend=auditor.name)
             report.audits.append(entry)
             if entry["status"] != "pass":
                 from ..parity import Row
 
-                report.rows.append(Row(entry["case"] + " (audit)", "compile", "audit", entry["status"],
+                report.rows.append(Row(entry["case"] + " (audit)", entry["backend"], "audit", entry["status"],
                                        detail=entry["detail"]))
         if bar:
             bar.close()

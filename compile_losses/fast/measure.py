@@ -59,7 +59,7 @@ def interleaved(paths: Dict[str, Callable[[], Any]], rounds: int, calls: Optiona
 # loss paths (each returns a zero-argument callable doing one forward+backward)
 # ---------------------------------------------------------------------------------------------
 def loss_paths(loss: torch.nn.Module, pred: torch.Tensor, targets: tuple) -> Dict[str, Callable[[], Any]]:
-    from .backend import eager_loss_and_grad
+    from ..programs import eager_loss_and_grad
     from .fused import FusedLoss, FusedLossAndGrad
 
     eager = eager_loss_and_grad(loss)
@@ -150,7 +150,8 @@ def train_paths(batch: int, lr: float = 0.01) -> Dict[str, Callable[[], Any]]:
     from ..losses import MSELoss
     from ..nets import SeedNet
     from ..registry import NETS
-    from .train_step import CompiledTrainStep, eager_train_step
+    from ..programs import eager_train_step
+    from .train_step import CompiledTrainStep
 
     torch.manual_seed(0)
     net, loss = SeedNet().eval(), MSELoss()

@@ -18,9 +18,8 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..training import TrainStepResult
+from ..signature import TrainStepResult, TrainStepSignature
 from ..training import train_step as _eager_step
-from ..training._trace import trainable_names
 from .fused import private_code
 from .graph import GraphCache
 
@@ -46,7 +45,8 @@ class CompiledTrainStep:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool):
             raise TypeError("lr must be a Python float, got {}".format(type(lr).__name__))
         self.net, self.loss, self.lr, self.mode = net, loss, float(lr), mode
-        self.names: List[str] = trainable_names(net)
+        self.signature = TrainStepSignature.of(net, loss, 0)
+        self.names: List[str] = list(self.signature.params)
         self._step = _eager_step(net, loss, self.lr)
         self._graphs = GraphCache(self._flat)
         self._dynamo: Optional[Callable[..., Any]] = None
@@ -70,25 +70,4 @@ class CompiledTrainStep:
             outs = self._dynamo(*args)
         else:
             outs = self._flat(*args)
-        k = len(self.names)
-        return TrainStepResult(outs[0], dict(zip(self.names, outs[1:1 + k])), dict(zip(self.names, outs[1 + k:])))
-
-
-def eager_train_step(net: nn.Module, loss: nn.Module, lr: float) -> Callable[..., TrainStepResult]:
-    """The eager baseline the compiled steps are chosen against: autograd over ``functional_call``
-    (plain autograd; eager ``torch.func`` is ~2x slower than this at batch 10)."""
-    names = trainable_names(net)
-    lr = float(lr)
-
-    def step(x: Tensor, *targets: Tensor) -> TrainStepResult:
-        state = dict(net.named_parameters())
-        params = {n: state[n].detach().requires_grad_(True) for n in names}
-        fixed = {n: p.detach() for n, p in state.items() if n not in params}
-        value = loss(torch.func.functional_call(net, {**fixed, **params}, (x,)), *targets)
-        grads = torch.autograd.grad(value, list(params.values()))
-        g = dict(zip(names, grads))
-        with torch.no_grad():
-            new = {n: params[n] - lr * g[n] for n in names}
-        return TrainStepResult(value.detach(), g, new)
-
-    return step
+        return self.signature.result(outs)

@@ -21,16 +21,18 @@ Functions::
     prepare_onnx_loss_and_grad / prepare_onnx_train_step / prepare_aoti_*      # callables, torch out
 """
 from ._aoti import aoti_package, prepare_aoti_loss_and_grad, prepare_aoti_train_step
-from ._onnx import (OPSET, export_loss_and_grad_onnx, export_train_step_onnx, prepare_onnx_loss_and_grad,
-                    prepare_onnx_train_step)
-from ._trace import (ExportUnsupportedError, TracedGraph, TrainStepResult, faithful_graph, loss_and_grad,
-                     onnx_safe_name, trace_loss_and_grad, trace_train_step, train_step)
+from ..signature import OPSET, TrainStepResult, TrainStepSignature, onnx_safe_name
+from ._onnx import (export_loss_and_grad_onnx, export_train_step_onnx, prepare_onnx_loss_and_grad,
+                    prepare_onnx_train_step, signature_of)
+from ._trace import (ExportUnsupportedError, TracedGraph, faithful_graph, loss_and_grad, trace_loss_and_grad,
+                     trace_train_step, train_step)
 
 __all__ = [
     "ExportUnsupportedError",
     "OPSET",
     "TracedGraph",
     "TrainStepResult",
+    "TrainStepSignature",
     "aoti_package",
     "export_loss_and_grad_onnx",
     "export_train_step_onnx",
@@ -41,6 +43,7 @@ __all__ = [
     "prepare_aoti_train_step",
     "prepare_onnx_loss_and_grad",
     "prepare_onnx_train_step",
+    "signature_of",
     "trace_loss_and_grad",
     "trace_train_step",
     "train_step",

@@ -9,8 +9,8 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from ._trace import (ExportUnsupportedError, TracedGraph, TrainStepResult, structure_key, trace_loss_and_grad,
-                     trace_train_step)
+from ..signature import TrainStepResult
+from ._trace import ExportUnsupportedError, TracedGraph, structure_key, trace_loss_and_grad, trace_train_step
 
 # A build takes ~20 s on 2 cores: one per graph structure per process (the batch is dynamic).
 _CACHE: Dict[Tuple[Any, ...], Tuple[Any, TracedGraph]] = {}
@@ -61,17 +61,13 @@ def prepare_aoti_train_step(net: nn.Module, loss: nn.Module, example_inputs: Tup
     the net's parameters at call time without changing the net."""
     key = structure_key("train_step", net, loss, example_inputs)
     runner, graph = _runner(key, lambda: trace_train_step(net, loss, example_inputs, target="aoti"))
-    params = graph.params
-    n = len(params)
+    signature = graph.signature
 
     def run(x: Tensor, *targets: Tensor) -> TrainStepResult:
-        _check(graph, 1 + len(targets), n)
-        state = dict(net.named_parameters())  # the net's parameters now, not at prepare time
-        current = [state[p["name"]].detach().contiguous() for p in params]
-        rate = torch.tensor(lr, dtype=current[0].dtype, device=current[0].device)
-        outs = runner(*current, x.contiguous(), *[t.contiguous() for t in targets], rate)
-        return TrainStepResult(outs[0], {p["name"]: g for p, g in zip(params, outs[1:1 + n])},
-                               {p["name"]: w for p, w in zip(params, outs[1 + n:])})
+        state = {k: v.detach().contiguous() for k, v in net.named_parameters()}  # the parameters now
+        rate = torch.tensor(lr, dtype=state[signature.params[0]].dtype, device=x.device)
+        flat = signature.flat_inputs(state, x.contiguous(), [t.contiguous() for t in targets], rate)
+        return signature.result(runner(*flat))
 
     return run
 

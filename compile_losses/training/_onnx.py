@@ -19,12 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from .._reduction import ONNX_OPTIMIZE
-from ._trace import (ExportUnsupportedError, TracedGraph, TrainStepResult, faithful_graph, structure_key,
-                     trace_loss_and_grad, trace_train_step)
-
-# Pinned so a graph exported on torch 2.11 and 2.13 reads the same; torch's own ONNX functions
-# are written for 18, so no version conversion runs.
-OPSET = 18
+from ..sessions import ort_session
+from ..signature import OPSET, TrainStepResult, TrainStepSignature
+from ._trace import (ExportUnsupportedError, TracedGraph, faithful_graph, structure_key, trace_loss_and_grad,
+                     trace_train_step)
 
 
 def export_loss_and_grad_onnx(loss: nn.Module, example_inputs: Tuple[Tensor, ...], path: str) -> Dict[str, Any]:
@@ -167,16 +165,6 @@ def _exported(key: Tuple[Any, ...], export: Callable[[str], Dict[str, Any]]) -> 
         return _CACHE[key]
 
 
-def _session(model: bytes, provider: str) -> Any:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise ValueError("provider must be one of the onnxruntime providers available here {}, got {!r}".format(
-            available, provider))
-    return ort.InferenceSession(model, providers=[provider])
-
-
 def _feed(names: Sequence[str], tensors: Sequence[Tensor]) -> Dict[str, Any]:
     import numpy as np
 
@@ -189,7 +177,7 @@ def prepare_onnx_loss_and_grad(loss: nn.Module, example_inputs: Tuple[Tensor, ..
     onnxruntime, as torch tensors on the prediction's device."""
     key = structure_key("loss_and_grad", None, loss, example_inputs)
     model, info = _exported(key, lambda p: export_loss_and_grad_onnx(loss, example_inputs, p))
-    session = _session(model, provider)
+    session = ort_session(model, provider)
     names = [i["name"] for i in info["inputs"]]
 
     def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
@@ -207,24 +195,24 @@ def prepare_onnx_train_step(net: nn.Module, loss: nn.Module, example_inputs: Tup
     the net's parameters at call time; the net itself is never changed."""
     key = structure_key("train_step", net, loss, example_inputs)
     model, info = _exported(key, lambda p: export_train_step_onnx(net, loss, example_inputs, p))
-    session = _session(model, provider)
+    session = ort_session(model, provider)
     names = [i["name"] for i in info["inputs"]]
-    params = info["params"]
-    dtype = dict(net.named_parameters())[params[0]["name"]].dtype
+    signature = signature_of(info)
 
     def run(x: Tensor, *targets: Tensor) -> TrainStepResult:
         state = dict(net.named_parameters())  # the net's parameters now, not at prepare time
-        current = [state[p["name"]] for p in params]
-        rate = torch.tensor(lr, dtype=dtype)
-        _check_arity(names[len(params):-1], 1 + len(targets))
-        outs = [torch.from_numpy(o).to(x.device)
-                for o in session.run(None, _feed(names, tuple(current) + (x,) + targets + (rate,)))]
-        n = len(params)
-        return TrainStepResult(outs[0], {p["name"]: g for p, g in zip(params, outs[1:1 + n])},
-                               {p["name"]: w for p, w in zip(params, outs[1 + n:])})
+        rate = torch.tensor(lr, dtype=state[signature.params[0]].dtype)
+        feeds = _feed(names, signature.flat_inputs(state, x, targets, rate))
+        return signature.result([torch.from_numpy(o).to(x.device) for o in session.run(None, feeds)])
 
     run.graph_info = info  # type: ignore[attr-defined]
     return run
+
+
+def signature_of(info: Dict[str, Any]) -> TrainStepSignature:
+    """The train step's signature from an exported graph's info (or a manifest entry)."""
+    return TrainStepSignature(tuple(p["name"] for p in info["params"]),
+                              tuple(i["name"] for i in info["inputs"] if i.get("role") == "target"))
 
 
 def _check_arity(names: Sequence[str], given: int) -> None:
@@ -232,5 +220,5 @@ def _check_arity(names: Sequence[str], given: int) -> None:
         raise TypeError("the graph takes ({}), got {} tensors".format(", ".join(names), given))
 
 
-__all__ = ["OPSET", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
+__all__ = ["OPSET", "signature_of", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
            "prepare_onnx_train_step"]

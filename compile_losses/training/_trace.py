@@ -8,7 +8,6 @@ Traced graphs are flat: ``(pred, *targets) -> (loss, grad_pred)`` and
 positional tensors and the names in :class:`TracedGraph` line up one to one.
 """
 import hashlib
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -17,6 +16,8 @@ from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._reduction import faithful_reductions
+from ..programs import sgd_update
+from ..signature import TrainStepResult, TrainStepSignature, onnx_safe_name, target_names
 from ._decomp import LinearAs2D, export_decompositions
 
 BATCH = "batch"
@@ -33,15 +34,6 @@ class ExportUnsupportedError(ValueError):
         super().__init__(message)
         self.op = op
         self.loss = loss
-
-
-class TrainStepResult(NamedTuple):
-    """One SGD step: the loss at the current parameters, the gradient of every parameter and the
-    parameters after ``p - lr * grad``. Dicts are keyed by ``net.named_parameters()`` names."""
-
-    loss: Tensor
-    grads: Dict[str, Tensor]
-    new_params: Dict[str, Tensor]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,8 +63,7 @@ def train_step(net: nn.Module, loss: nn.Module, lr: float) -> Callable[..., Trai
             return _scalar_loss(loss, targets)(torch.func.functional_call(net, {**fixed, **p}, (x,)))
 
         grads, value = torch.func.grad_and_value(compute)(dict(params))
-        new = {n: params[n] - lr * grads[n] for n in names}
-        return TrainStepResult(value, grads, new)
+        return TrainStepResult(value, grads, sgd_update(dict(params), grads, lr))
 
     return run
 
@@ -118,6 +109,12 @@ class TracedGraph:
     params: List[Dict[str, str]]   # {"name", "input", "grad", "new"} per trained parameter
     loss_label: str
 
+    @property
+    def signature(self) -> TrainStepSignature:
+        """A train step's signature (names and order of its inputs and outputs)."""
+        return TrainStepSignature(tuple(p["name"] for p in self.params),
+                                  tuple(n for n, r in zip(self.input_names, self.input_roles) if r == "target"))
+
     def dynamic_shapes(self) -> Tuple[Optional[Dict[int, Any]], ...]:
         batch = torch.export.Dim(BATCH)
         return tuple({0: batch} if b else None for b in self.batched)
@@ -126,25 +123,6 @@ class TracedGraph:
 def loss_label(loss: nn.Module) -> str:
     cls = type(loss)
     return "{}.{}".format(cls.__module__, cls.__qualname__)
-
-
-def onnx_safe_name(name: str) -> str:
-    """``fc1.weight`` -> ``fc1_weight``: parameter names as graph input names."""
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-
-
-def target_names(loss: nn.Module, count: int) -> List[str]:
-    """Names of the targets from the loss's forward signature (``target``, ``var``, ...)."""
-    try:
-        params = list(inspect.signature(loss.forward).parameters.values())[1:]
-    except (TypeError, ValueError):
-        params = []
-    names: List[str] = []
-    for p in params:
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and len(names) < count:
-            names.append(onnx_safe_name(p.name))
-    names += ["target{}".format(i) for i in range(len(names), count)]
-    return names
 
 
 def trace_loss_and_grad(loss: nn.Module, example_inputs: Sequence[Tensor], target: str = "onnx") -> TracedGraph:
@@ -166,10 +144,8 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
     """``make_fx`` (symbolic) of ``(*params, x, *targets, lr) -> (loss, *grads, *new_params)``,
     with the op rewrites ``target`` (``"onnx"`` or ``"aoti"``) needs."""
     x, targets = _split_pred(example_inputs, "example_inputs", "(x, *targets)")
-    names = trainable_names(net)
-    if not names:
-        raise ValueError("net must have at least one parameter with requires_grad=True, got none in {}".format(
-            type(net).__name__))
+    signature = TrainStepSignature.of(net, loss, len(targets))
+    names = list(signature.params)
     state = dict(net.named_parameters())
     params = [state[n].detach() for n in names]
     lr = torch.tensor(0.01, dtype=params[0].dtype if params[0].is_floating_point() else torch.float32)
@@ -184,18 +160,13 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
             return _scalar_loss(loss, ts)(torch.func.functional_call(net, {**fixed, **q}, (xs,)))
 
         grads, value = torch.func.grad_and_value(compute)(p)
-        return (value,) + tuple(grads[k] for k in names) + tuple(p[k] - rate * grads[k] for k in names)
+        new = sgd_update(p, grads, rate)
+        return (value,) + tuple(grads[k] for k in names) + tuple(new[k] for k in names)
 
-    safe = [onnx_safe_name(k) for k in names]
-    input_names = safe + ["x"] + target_names(loss, len(targets)) + ["lr"]
-    output_names = ["loss"] + ["grad_" + s for s in safe] + ["new_" + s for s in safe]
-    _check_unique(input_names + output_names, loss)
     batched = [False] * n + [True] + [_has_batch(t, x.shape[0]) for t in targets] + [False]
     graph = _make_fx(step, tuple(params) + (x,) + tuple(targets) + (lr,), batched, loss, target)
-    return TracedGraph("train_step", graph.module, graph.example, input_names,
-                       ["param"] * n + ["input"] + ["target"] * len(targets) + ["lr"], output_names, batched,
-                       [{"name": k, "input": s, "grad": "grad_" + s, "new": "new_" + s} for k, s in zip(names, safe)],
-                       loss_label(loss))
+    return TracedGraph("train_step", graph.module, graph.example, signature.input_names, signature.input_roles,
+                       signature.output_names, batched, signature.param_table, loss_label(loss))
 
 
 class _Traced(NamedTuple):

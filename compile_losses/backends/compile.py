@@ -1,0 +1,95 @@
+"""``torch.compile(fullgraph=True)`` with torch's own dynamic-shape policy (``compile-dynamo``,
+``compile-aot_eager``, ``compile-cuda``).
+
+The first call compiles for its shapes, a second batch size compiles one graph with a symbolic
+batch dimension, and that graph serves every later batch (the audit in :mod:`compile_losses.parity`
+checks it). Preparation makes the first call, so compiling stays outside any timer. Each prepared
+callable compiles its own code object, so preparations never share (or exhaust) dynamo's
+per-function recompile budget, and each keeps a count of its compilations for the audit.
+"""
+import copy
+import os
+import shutil
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .base import Backend, move
+from .eager import cuda_available
+
+__all__ = ["CompileBackend", "graph_breaks", "own_code", "cxx_compiler"]
+
+
+class CompileBackend(Backend):
+    """``torch.compile(fullgraph=True)``, dynamic batch; ``compiler`` is a dynamo backend name
+    (``"inductor"``, or ``"aot_eager"`` to tell a dynamo/autograd problem from an inductor one)."""
+
+    supports_autograd = True
+    cacheable = True
+    cost = "seconds"
+
+    def __init__(self, name: str = "compile-dynamo", compiler: str = "inductor", device: str = "cpu",
+                 **facts: Any) -> None:
+        facts.setdefault("markers", ("compile",) + (("gpu",) if device.startswith("cuda") else ()))
+        super().__init__(name, **facts)
+        self.compiler = compiler
+        self.device = device
+
+    def _available(self) -> Tuple[bool, str]:
+        if not hasattr(torch, "compile"):
+            return False, "this torch has no torch.compile"
+        if self.device.startswith("cuda"):
+            return cuda_available()
+        if self.compiler == "inductor" and not cxx_compiler():
+            return False, "inductor on the CPU needs a C++ compiler (set CXX or install g++)"
+        return True, ""
+
+    def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        from torch._dynamo.testing import CompileCounterWithBackend
+
+        used = module if self.device == "cpu" else copy.deepcopy(module).to(self.device)
+        counter = CompileCounterWithBackend(self.compiler)
+        compiled = torch.compile(own_code(used), backend=counter, fullgraph=True)
+        device = self.device
+
+        def run(*inputs: Tensor) -> Any:
+            if device != "cpu":
+                inputs = tuple(move(inputs, device))
+            return compiled(*inputs)
+
+        run.compile_counter = counter  # type: ignore[attr-defined]
+        return run, used
+
+    def _warm_up(self, fn: Callable[..., Any], example_inputs: Tuple[Tensor, ...]) -> None:
+        fn(*example_inputs)  # compile now, outside any timer; other batch sizes recompile once
+
+    def audit_callable(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Any]:
+        self._require()
+        return self._compile(module, example_inputs)[0]
+
+
+def own_code(module: nn.Module) -> Callable[..., Any]:
+    """``module(*inputs)`` as a function with a code object of its own (dynamo caches compiled
+    graphs per code object, and limits recompilations per code object)."""
+
+    def call(*inputs: Tensor) -> Any:
+        return module(*inputs)
+
+    call.__code__ = call.__code__.replace(co_name="compiled_{}_{}".format(type(module).__name__, id(call)))
+    return call
+
+
+def cxx_compiler() -> bool:
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
+
+
+def graph_breaks(module: nn.Module, inputs: Sequence[Tensor]) -> Dict[str, Any]:
+    """Graph breaks of ``module(*inputs)`` under dynamo (``torch._dynamo.explain``): count and
+    one line per break reason."""
+    explanation = torch._dynamo.explain(own_code(module))(*inputs)
+    reasons: List[str] = []
+    for br in explanation.break_reasons:
+        reasons.append(str(getattr(br, "reason", br)).strip().splitlines()[0])
+    return {"graph_breaks": int(explanation.graph_break_count), "graphs": int(explanation.graph_count),
+            "reasons": reasons}

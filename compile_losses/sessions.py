@@ -1,0 +1,48 @@
+"""The one place onnxruntime sessions are made (providers, threads, optimization level), for the
+onnx backends, the training graphs and the benchmarks alike, so that parity and benchmark figures
+of every kind of graph are taken under the same settings. Imports only onnxruntime.
+
+One intra-op thread (and one inter-op thread) by default: a parity result must not depend on how
+many cores the machine has, nor compete for a shared machine's cores. ``threads=0`` is
+onnxruntime's own default (all cores).
+"""
+from typing import Any, Optional
+
+__all__ = ["INTRA_OP_THREADS", "OPT_LEVELS", "session_options", "ort_session"]
+
+INTRA_OP_THREADS = 1
+OPT_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+def session_options(threads: int = INTRA_OP_THREADS, opt_level: Optional[str] = None) -> Any:
+    """``onnxruntime.SessionOptions`` with the project's settings; ``opt_level`` one of
+    :data:`OPT_LEVELS` (default: onnxruntime's, ``all``)."""
+    import onnxruntime as ort
+
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise ValueError("threads must be an integer >= 0 (0: all cores), got {!r}".format(threads))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if opt_level is not None:
+        levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        if opt_level not in levels:
+            raise ValueError("opt_level must be one of {}, got {!r}".format(list(OPT_LEVELS), opt_level))
+        options.graph_optimization_level = levels[opt_level]
+    return options
+
+
+def ort_session(model: bytes, provider: str = "CPUExecutionProvider", threads: int = INTRA_OP_THREADS,
+                opt_level: Optional[str] = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` over serialized ``model`` bytes with :func:`session_options`."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ValueError("provider must be one of the onnxruntime providers available here {}, got {!r}".format(
+            available, provider))
+    return ort.InferenceSession(model, session_options(threads, opt_level), providers=[provider])
