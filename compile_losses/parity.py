@@ -507,10 +507,10 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
     name (default: the first registered one)."""
     from .backends.compile import graph_breaks
 
-    b = BACKENDS[backend] if backend is not None else audited(list(BACKENDS.values()))
-    if b is None or not b.audited:
-        raise ValueError("backend must name an audited backend ({}), got {!r}".format(
-            ", ".join(n for n, x in BACKENDS.items() if x.audited), backend))
+    b = BACKENDS.get(backend) if backend is not None else audited(list(BACKENDS.values()))
+    if b is None:
+        raise ValueError("backend must name a registered backend that compiles through dynamo (audited ones: {}), "
+                         "got {!r}".format(", ".join(n for n, x in BACKENDS.items() if x.audited), backend))
     entry: Dict[str, Any] = {"case": label or type(module).__name__, "backend": b.name, "batches": list(batches)}
     ok, reason = b.available()
     if not ok:

@@ -6,10 +6,14 @@ import pytest
 
 from compile_losses.backends import BACKENDS, Backend
 
+# Seconds per preparation from which a backend's generic tests run only with --run-slow (CI), and
+# from which its cases beyond the representative ones are exhaustive: inductor builds (~10 s).
+SLOW_COST = 5.0
+
 
 def backend_marks(backend: Backend) -> List[Any]:
     marks = [getattr(pytest.mark, m) for m in backend.markers]
-    if backend.cost == "minutes" or backend.audited:  # AOTInductor builds and inductor compiles: CI runs them
+    if backend.cost >= SLOW_COST:  # inductor and AOTInductor builds: CI runs them
         marks.append(pytest.mark.slow)
     return marks
 

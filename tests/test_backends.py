@@ -4,7 +4,7 @@ import torch
 
 from compile_losses import losses as L
 from backend_params import backend_params
-from compile_losses.backends import BACKENDS, COSTS, Backend, Unsupported, export_example, get_backends, structure_key
+from compile_losses.backends import BACKENDS, Backend, Unsupported, export_example, get_backends, structure_key
 from compile_losses.errors import UsageError
 from compile_losses.nets import NetWithLoss, SeedNet
 
@@ -23,7 +23,7 @@ def test_the_table_has_every_backend_and_each_says_whether_it_runs() -> None:
     assert REQUIRED <= set(BACKENDS)
     for name, backend in BACKENDS.items():
         assert isinstance(backend, Backend) and backend.name == name and isinstance(backend.supports_autograd, bool)
-        assert backend.cost in COSTS and isinstance(backend.markers, tuple)
+        assert backend.cost >= 0 and isinstance(backend.markers, tuple)
         for method in ("available", "prepare", "prepare_loss_and_grad", "prepare_train_step"):
             assert callable(getattr(backend, method)), (name, method)
         ok, reason = backend.available()

@@ -239,3 +239,11 @@ def test_planted_2x_in_the_pairs_is_caught(tmp_path):
     result = gate.compare_ratios(slow, base, gate.Thresholds())
     assert sorted(r.key for r in result.failures if r.metric == "vs_eager") == [
         "loss-fwdbwd mse-1048576x1 cpu onnx", "seed-train seed+mse-b10 cpu onnx"]
+
+
+@pytest.mark.parametrize("change, status", [(1.5, "ok"), (1.5 * (1 + 1e-9), "SLOWER"), (1 / 1.5, "ok"),
+                                            (1 / 1.5 * (1 - 1e-9), "faster")])
+def test_a_change_exactly_at_the_threshold_passes_and_just_beyond_it_does_not(change, status):
+    # the threshold is the largest allowed change: `>` against it, not `>=`
+    row = gate.Row("seed-train seed+mse-b10 cpu compile vs_eager", "vs_eager", 1.0, change, 1.5, "")
+    assert row.status == status

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from backend_params import SLOW_COST
 from compile_losses import losses as L
 from compile_losses.backends import BACKENDS, Backend, Unsupported
 from compile_losses.backends.eager import EagerBackend
@@ -218,37 +219,42 @@ def test_compile_audit_counts_graph_breaks_and_recompiles() -> None:
 # ---------------------------------------------------------------------------------------------
 # the matrix
 # ---------------------------------------------------------------------------------------------
-# Every loss runs through these by default; the others only for the losses listed.
-_CHEAP = {"eager", "script", "trace", "onnx-legacy"}
-_DEFAULT_FOR = {"onnx": {"mse", "cross_entropy", "gaussian_nll"}, "onnx-ref": {"mse"},
-                "compile-aot_eager": {"mse", "cross_entropy"}, "compile": {"mse"}, "compile-dynamo": {"mse"}}
-_FAMILY = {"compile": pytest.mark.compile, "compile-dynamo": pytest.mark.compile, "compile-aot_eager": pytest.mark.compile, "script": pytest.mark.script,
-           "trace": pytest.mark.script, "onnx": pytest.mark.onnx, "onnx-legacy": pytest.mark.onnx,
-           "onnx-ref": pytest.mark.onnx, "onnx-cuda": pytest.mark.onnx, "aoti": pytest.mark.aoti}
-
-
-# Builds that cost 5-40 s per case on 2 cores: beyond their default cases they are exhaustive
-# (not in CI's 30-minute budget; `compile-losses verify --all` runs them all).
-_EXHAUSTIVE = {"compile", "compile-dynamo", "aoti", "fast", "fused"}
+# Which cases each backend runs by default, from its declared cost (seconds per preparation): the
+# cheap ones (TorchScript, eager) every loss; exports and aot_eager (~1 s) the representative
+# losses, the rest under --run-slow (CI); inductor and AOTInductor builds (5-40 s per case) MSE
+# only (AOTInductor: alone), the rest exhaustive (`compile-losses verify --all` runs them all).
+_REPRESENTATIVE = {"mse", "cross_entropy", "gaussian_nll"}
 # The large shapes (2^20 elements, where reduction order matters) run in CI for the loss alone on
-# these; the rest of the full-shape product is exhaustive.
-_LARGE_IN_CI = {"eager", "onnx"}
+# the reference and one exported backend; the rest of the full-shape product is exhaustive.
+_CHEAP_COST = 0.5
+
+
+def _default(backend: Backend, loss: str, alone: bool) -> bool:
+    if backend.cost <= _CHEAP_COST or backend.device != "cpu":
+        return True
+    if backend.cost < SLOW_COST:
+        return loss in _REPRESENTATIVE
+    return loss == "mse" and (alone or backend.cost < 20.0)  # AOTInductor and fast: the loss alone
 
 
 def _matrix(cases):  # type: ignore[no-untyped-def]
     params = []
     for net, loss, alone in cases:
-        for backend in BACKENDS:
-            marks = [_FAMILY[backend]] if backend in _FAMILY else []
-            if "cuda" in backend:
-                marks.append(pytest.mark.gpu)
-            default = backend in _CHEAP or "cuda" in backend or loss in _DEFAULT_FOR.get(backend, ()) or (
-                backend == "aoti" and alone and loss == "mse")
-            if not default:
-                marks.append(pytest.mark.exhaustive if backend in _EXHAUSTIVE else pytest.mark.slow)
-            params.append(pytest.param(net, loss, backend, marks=marks,
-                                       id="{}-{}-{}".format(net or "alone", loss, backend)))
+        for name, backend in BACKENDS.items():
+            marks = [getattr(pytest.mark, m) for m in backend.markers]
+            if not _default(backend, loss, alone):
+                marks.append(pytest.mark.exhaustive if backend.cost >= SLOW_COST else pytest.mark.slow)
+            params.append(pytest.param(net, loss, name, marks=marks,
+                                       id="{}-{}-{}".format(net or "alone", loss, name)))
     return params
+
+
+def _large_in_ci(backend: Backend) -> bool:
+    return backend.reference or (backend.exported and backend.cost < SLOW_COST and backend is _first_exported())
+
+
+def _first_exported() -> Backend:
+    return next(b for b in BACKENDS.values() if b.exported and b.device == "cpu")
 
 
 _CASES = [("seed", name, False) for name in LOSSES] + [(None, name, True) for name in LOSSES] + [
@@ -281,9 +287,9 @@ def _full_shape_params():  # type: ignore[no-untyped-def]
     params = []
     for p in _matrix([c for c in _CASES if c[0] in (None, "seed")]):
         net, loss, backend = p.values
-        if "cuda" in backend:
+        if BACKENDS[backend].device != "cpu":
             continue
-        in_ci = net is None and backend in _LARGE_IN_CI
+        in_ci = net is None and _large_in_ci(BACKENDS[backend]) and BACKENDS[backend].device == "cpu"
         marks = [m for m in p.marks if m.name not in ("slow", "exhaustive")]
         marks.append(pytest.mark.slow if in_ci else pytest.mark.exhaustive)
         params.append(pytest.param(net, loss, backend, marks=marks, id=p.id))
@@ -302,13 +308,6 @@ def test_matrix_full_shapes(net: str, loss: str, backend: str, dtype: torch.dtyp
         _check(verify(c.net, c.loss, c.inputs, c.targets, [backend], label=c.label), backend)
 
 
-def test_every_registry_loss_and_backend_is_in_the_matrix() -> None:
-    ids = {p.id for p in _matrix(_CASES)}
-    for name in LOSSES:
-        for backend in BACKENDS:
-            assert "seed-{}-{}".format(name, backend) in ids and "alone-{}-{}".format(name, backend) in ids
-
-
 @pytest.mark.onnx
 def test_one_backend_cannot_leave_the_net_in_training_mode_for_the_next() -> None:
     # verify's NetWithLoss wrapper was created in training mode; the TorchScript-based exporter
@@ -322,3 +321,68 @@ def test_one_backend_cannot_leave_the_net_in_training_mode_for_the_next() -> Non
     rows = {(r.backend, r.output): r.status for r in report.rows}
     assert rows[("onnx-ref", "loss")] == "pass" and rows[("onnx-ref", "step.loss")] == "pass"
     assert report.ok, str(report)
+
+
+# ---------------------------------------------------------------------------------------------
+# the rule's numbers, pinned (a changed factor, floor or reference dtype must fail here)
+# ---------------------------------------------------------------------------------------------
+def _judged(ratio: float) -> dict:
+    """A float32 output whose eager error against float64 is ~1e-4 and the backend's ``ratio``
+    times that, far outside assert_close's float32 tolerance of eager."""
+    reference = torch.tensor([1.0], dtype=torch.float64)
+    expected = torch.tensor([1.0001], dtype=torch.float32)
+    err_eager = float(expected.double() - reference)
+    actual = torch.tensor([1.0 + ratio * err_eager], dtype=torch.float32)
+    return judge(actual, expected, reference)
+
+
+@pytest.mark.parametrize("ratio, status, clause", [(0.0, "pass", 2), (1.5, "pass", 2), (1.99, "pass", 2),
+                                                   (2.01, "fail", None), (2.5, "fail", None), (19.0, "fail", None)])
+def test_clause_two_allows_twice_eagers_error_and_no_more(ratio: float, status: str, clause: object) -> None:
+    out = _judged(ratio)
+    assert out["status"] == status and out.get("clause") == clause, out
+    if status == "pass":
+        assert out["ratio"] == pytest.approx(ratio, abs=0.01)
+
+
+def test_clause_two_floor_is_a_few_ulps_of_the_reference() -> None:
+    reference = torch.tensor([1000.0], dtype=torch.float64)
+    expected = torch.tensor([1000.0], dtype=torch.float32)  # eager exact: clause 2 has only its floor
+    ulp = torch.finfo(torch.float32).eps * 1000.0
+    inside = judge(torch.tensor([1000.0 + 3 * ulp]), expected, reference, tolerance=Tolerance(0.0, 0.0, "test"))
+    outside = judge(torch.tensor([1000.0 + 6 * ulp]), expected, reference, tolerance=Tolerance(0.0, 0.0, "test"))
+    assert inside["status"] == "pass" and inside["clause"] == 2
+    assert outside["status"] == "fail"
+
+
+def test_verify_builds_its_reference_in_float64() -> None:
+    # err64 of eager's own rows is eager float32 against an independent float64 computation from
+    # the same inputs: a reference built in float32 would give 0 here (or another number)
+    gen = torch.Generator().manual_seed(3)
+    pred, target = torch.randn(4096, 1, generator=gen), torch.randn(4096, 1, generator=gen)
+    report = verify(None, L.MSELoss(), pred, target, ["eager"])
+    rows = {r.output: r for r in report.rows}
+    exact = torch.nn.functional.mse_loss(pred.double(), target.double())
+    own = torch.nn.functional.mse_loss(pred, target).double()
+    assert float((own - exact).abs()) > 0
+    assert rows["loss"].err_eager64 == pytest.approx(float((own - exact).abs()), rel=1e-9)
+    grad64 = 2 * (pred.double() - target.double()) / pred.numel()
+    grad32 = (2 * (pred - target) / pred.numel()).double()
+    assert rows["dpred"].err_eager64 == pytest.approx(float((grad32 - grad64).abs().max()), rel=1e-6, abs=1e-15)
+
+
+def test_verify_train_step_uses_the_given_lr() -> None:
+    torch.manual_seed(0)
+    net = nn.Linear(3, 1)
+    x, t = torch.randn(5, 3), torch.randn(5, 1)
+    report = verify(net, L.MSELoss(), x, t, ["eager", "script"], lr=0.37)
+    assert report.ok, str(report)
+    net.zero_grad()
+    L.MSELoss()(net(x), t).backward()
+    ref = verify(net, L.MSELoss(), x, t, ["eager"], lr=0.37)
+    assert report.cases[0]["lr"] == ref.cases[0]["lr"] == 0.37
+    # the eager reference's updated weight is w - 0.37 * grad, computed independently here
+    from compile_losses.backends import reference_for
+
+    step = reference_for("cpu").prepare_train_step(net, L.MSELoss(), (x, t), 0.37)(x, t)
+    torch.testing.assert_close(step.new_params["weight"], net.weight.detach() - 0.37 * net.weight.grad)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 from ..errors import UsageError
 from .aoti import AotiBackend
-from .base import COSTS, Backend, TrainStepResult, Unsupported, clear_cache, export_example, structure_key
+from .base import Backend, TrainStepResult, Unsupported, clear_cache, export_example, structure_key
 from .compile import CompileBackend
 from .eager import EagerBackend
 from .fast import FastBackend
@@ -26,7 +26,7 @@ from .torchscript import ScriptBackend, TraceBackend
 from .tuned import TunedCompileBackend
 
 __all__ = ["Backend", "Unsupported", "TrainStepResult", "BACKENDS", "get_backends", "register", "unregister",
-           "reference_for", "clear_cache", "export_example", "structure_key", "COSTS"]
+           "reference_for", "clear_cache", "export_example", "structure_key"]
 
 _DYNAMO_NOTE = ("torch.compile's default settings, kept for parity and the graph-break audit; "
                 "`compile` times its own settings against eager per case and notes the choice")
@@ -37,7 +37,7 @@ BACKENDS: Dict[str, Backend] = {
         EagerBackend("eager"),
         TunedCompileBackend("compile", audited=True, times_build=True),
         CompileBackend("compile-dynamo", compiler="inductor", audited=True, not_benchmarked=_DYNAMO_NOTE),
-        CompileBackend("compile-aot_eager", compiler="aot_eager", quick_bench=False),
+        CompileBackend("compile-aot_eager", compiler="aot_eager", quick_bench=False, cost=1.0),
         ScriptBackend("script", checks_artifacts=("torchscript_forward",)),
         TraceBackend("trace"),
         OnnxBackend("onnx", exporter="dynamo", checks_artifacts=("forward",)),
@@ -62,8 +62,8 @@ def register(backend: Backend, replace: bool = False) -> Backend:
         raise TypeError("backend must be a compile_losses.backends.Backend, got {}".format(type(backend).__name__))
     if not backend.name:
         raise ValueError("backend.name must be a non-empty string, got {!r}".format(backend.name))
-    if backend.cost not in COSTS:
-        raise ValueError("backend.cost must be one of {}, got {!r}".format(list(COSTS), backend.cost))
+    if isinstance(backend.cost, bool) or not isinstance(backend.cost, (int, float)) or not backend.cost >= 0:
+        raise ValueError("backend.cost must be a number of seconds >= 0, got {!r}".format(backend.cost))
     if backend.name in BACKENDS and not replace:
         raise ValueError("a backend named {!r} is registered already (pass replace=True)".format(backend.name))
     BACKENDS[backend.name] = backend

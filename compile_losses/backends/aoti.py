@@ -27,7 +27,7 @@ _DIRS: List[Any] = []  # package folders live as long as the process holds their
 class AotiBackend(Backend):
     cacheable = True
     exported = True
-    cost = "minutes"
+    cost = 30.0  # an AOTInductor package build on 2 cores
     quick_bench = False  # ~20 s per package build
 
     def __init__(self, name: str = "aoti", device: str = "cpu", **facts: Any) -> None:

@@ -27,7 +27,7 @@ class CompileBackend(Backend):
 
     supports_autograd = True
     cacheable = True
-    cost = "seconds"
+    cost = 10.0  # an inductor build (aot_eager: ~1 s; see __init__)
 
     def __init__(self, name: str = "compile-dynamo", compiler: str = "inductor", device: str = "cpu",
                  **facts: Any) -> None:

@@ -31,7 +31,7 @@ _SELECTIONS_SIZE = 64
 
 class FastBackend(Backend):
     supports_autograd = True
-    cost = "minutes"
+    cost = 60.0  # every candidate built and timed
     markers = ("compile", "onnx")
 
     def prepare(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Selected:

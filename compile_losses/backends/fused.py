@@ -14,7 +14,7 @@ __all__ = ["FusedBackend", "check_scalar", "split_case"]
 
 class FusedBackend(Backend):
     supports_autograd = True
-    cost = "seconds"
+    cost = 10.0  # an inductor build
     markers = ("compile",)
 
     def _available(self) -> Tuple[bool, str]:

@@ -42,7 +42,7 @@ _EXPORTS: Dict[Tuple[Any, ...], bytes] = {}
 class OnnxBackend(Backend):
     cacheable = True
     exported = True
-    cost = "seconds"
+    cost = 1.0  # an export
 
     def __init__(self, name: str, exporter: str = "dynamo", runner: str = "ort",
                  provider: str = "CPUExecutionProvider", **facts: Any) -> None:

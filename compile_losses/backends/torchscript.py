@@ -42,6 +42,7 @@ class ScriptBackend(Backend):
     """``torch.jit.script(module)``."""
 
     supports_autograd = True
+    cost = 0.2
     markers = ("script",)
 
     def _available(self) -> Tuple[bool, str]:
@@ -57,6 +58,7 @@ class TraceBackend(Backend):
     """``torch.jit.trace(module, example)`` at a small example batch."""
 
     supports_autograd = True
+    cost = 0.2
     markers = ("script",)
 
     def _available(self) -> Tuple[bool, str]:

@@ -15,14 +15,12 @@ def run(args: argparse.Namespace) -> int:
               for s in registry.LOSSES.values()]
     nets = [{"name": s.name, "class": s.factory.__name__, "input": list(s.input_shape), "loss": s.loss}
             for s in registry.NETS.values()]
+    from ..backends import BACKENDS
+
     backends = []
-    try:
-        from ..backends import BACKENDS
-    except ImportError:
-        BACKENDS = {}
     for name, backend in BACKENDS.items():
         ok, reason = backend.available()
-        backends.append({"name": name, "available": ok, "reason": reason})
+        backends.append(dict({"name": name, "available": ok, "reason": reason}, **backend.facts()))
     print("losses ({}):".format(len(losses)))
     for row in losses:
         print("  {:<18} {:<15} {:<22} checked against {}".format(row["name"], row["family"], row["module"], row["reference"]))
@@ -32,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
             row["name"], row["class"], ", ".join(map(str, row["input"])), row["loss"]))
     print("backends ({}):".format(len(backends)))
     for row in backends:
-        print("  {:<18} {}".format(row["name"], "available" if row["available"] else "unavailable: " + row["reason"]))
+        kind = ", ".join([w for w, on in (("reference", row["reference"]), ("autograd", row["autograd"]),
+                                          ("exported", row["exported"])) if on] + ["~{:g} s to prepare".format(row["cost"])])
+        print("  {:<18} {:<44} {}".format(row["name"], kind, "available" if row["available"] else
+                                          "unavailable: " + row["reason"]))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"losses": losses, "nets": nets, "backends": backends}, fh, indent=2)

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from compile_losses import registry
-from compile_losses.backends import BACKENDS, Unsupported
+from compile_losses.backends import BACKENDS, Unsupported, reference_for
 
 MODE = os.environ.get("COMPILE_LOSSES_BENCH_MODE", "full")
 if MODE not in ("full", "quick", "smoke", "smoke-all"):
@@ -174,36 +174,27 @@ def triad_numels() -> List[int]:
 # backends: which ones each test runs, with markers; skipped (never passed) when unavailable
 # ---------------------------------------------------------------------------------------------
 def backend_device(name: str) -> str:
-    backend = BACKENDS[name]
-    return getattr(backend, "device", "cuda" if name.endswith("-cuda") else "cpu")
+    return BACKENDS[name].device
 
 
 def reference_backend(device: str) -> str:
-    return "eager" if device == "cpu" else "eager-" + device
+    return reference_for(device).name
 
 
 _AVAILABLE: Dict[str, Tuple[bool, str]] = {}
-# Backends that exist for diagnosis, not speed: listed as skipped with the reason, never timed.
-NOT_BENCHMARKED = {"onnx-ref": "numpy reference interpreter, for telling an exporter bug from a runtime bug; "
-                               "not a path anyone runs for speed",
-                   "compile-dynamo": "torch.compile's default settings, kept for parity and the graph-break audit; "
-                                     "`compile` times its own settings against eager per case and notes the choice"}
 
 
 def _marks(name: str) -> List[Any]:
+    """From the adapter's declared facts: unavailable or not benchmarked (both skipped with the
+    reason, never timed), and its test markers."""
+    backend = BACKENDS[name]
     if name not in _AVAILABLE:
-        _AVAILABLE[name] = BACKENDS[name].available()
+        _AVAILABLE[name] = backend.available()
     ok, reason = _AVAILABLE[name]
     marks = [] if ok else [pytest.mark.skip(reason="unavailable: {}".format(reason))]
-    if name in NOT_BENCHMARKED:
-        marks = [pytest.mark.skip(reason="not benchmarked: {}".format(NOT_BENCHMARKED[name]))]
-    if backend_device(name) != "cpu":
-        marks.append(pytest.mark.gpu)
-    for prefix, mark in (("compile", pytest.mark.compile), ("script", pytest.mark.script),
-                         ("trace", pytest.mark.script), ("onnx", pytest.mark.onnx), ("aoti", pytest.mark.aoti)):
-        if name.startswith(prefix):
-            marks.append(mark)
-    return marks
+    if backend.not_benchmarked:
+        marks = [pytest.mark.skip(reason="not benchmarked: {}".format(backend.not_benchmarked))]
+    return marks + [getattr(pytest.mark, m) for m in backend.markers]
 
 
 # smoke (the default test run): every case with the eager reference, every other backend only on
@@ -213,19 +204,19 @@ _SMOKE_ALL_BACKENDS = ("test_loss_forward_backward", "test_seed_train_step", "te
 
 def _backends_for(test: str, first_case: bool, only: Optional[Callable[[str], bool]] = None) -> List[str]:
     names = [n for n in BACKENDS if only is None or only(n)]
-    if MODE == "quick":  # aoti: ~20 s per package build; aot_eager: a debugging backend
-        names = [n for n in names if not n.startswith("aoti") and n != "compile-aot_eager"]
+    if MODE == "quick":  # backends that say they are not for the quick run (AOTI builds, aot_eager)
+        names = [n for n in names if BACKENDS[n].quick_bench]
     if MODE == "smoke" and not (first_case and test in _SMOKE_ALL_BACKENDS):
-        names = [n for n in names if n == reference_backend(backend_device(n))]
+        names = [n for n in names if BACKENDS[n].reference]
     return names
 
 
 def _builds_something(name: str) -> bool:
-    """Backends whose preparation time is worth timing: all but eager in full mode (exports and
-    fast paths included); torch.compile alone in quick and smoke mode."""
+    """Backends whose preparation time is worth timing: all but the references in full mode
+    (exports and fast paths included); those that say so (torch.compile) in quick and smoke mode."""
     if MODE in ("full", "smoke-all"):
-        return name != reference_backend(backend_device(name))
-    return name in ("compile", "compile-cuda")
+        return not BACKENDS[name].reference
+    return BACKENDS[name].times_build
 
 
 _TABLES: Dict[str, Callable[[], list]] = {

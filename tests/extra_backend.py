@@ -1,0 +1,11 @@
+"""A pytest plugin (``-p extra_backend``) that registers one more backend adapter before collection:
+``torch.compile`` with dynamo's ``aot_eager_decomp_partition`` backend (autograd traced, decomposed
+and partitioned, no inductor). tests/test_add_backend.py runs the generic suites with it to show
+that a new adapter needs no edit anywhere else."""
+from compile_losses.backends import BACKENDS, register
+from compile_losses.backends.compile import CompileBackend
+
+NAME = "compile-decomp"
+
+if NAME not in BACKENDS:
+    register(CompileBackend(NAME, compiler="aot_eager_decomp_partition", cost=1.0))
