@@ -90,10 +90,10 @@ class _Unavailable(Backend):
 
 class _NoGradients(EagerBackend):
     def prepare_loss_and_grad(self, loss, example_inputs):  # type: ignore[no-untyped-def]
-        raise Unsupported("gradients through training graphs: not built yet")
+        raise Unsupported("this backend gives no gradients")
 
     def prepare_train_step(self, net, loss, example_inputs, lr):  # type: ignore[no-untyped-def]
-        raise Unsupported("gradients through training graphs: not built yet")
+        raise Unsupported("this backend gives no gradients")
 
 
 @pytest.fixture
