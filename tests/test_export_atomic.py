@@ -253,3 +253,41 @@ def test_two_concurrent_exports(out):
 @pytest.mark.slow
 def test_four_concurrent_exports(out):
     _concurrent(out, [30, 31, 32, 33])
+
+
+class _WrongForward:
+    """A planted backend whose forward is off by 1 %: parity fails for it."""
+
+    @staticmethod
+    def make():  # type: ignore[no-untyped-def]
+        from compile_losses.backends.eager import EagerBackend
+
+        class Wrong(EagerBackend):
+            def prepare(self, module, example_inputs):  # type: ignore[no-untyped-def]
+                inner = super().prepare(module, example_inputs)
+                return lambda *a: inner(*a) * 1.01
+
+        return Wrong("wrong-forward")
+
+
+def test_a_bundle_that_fails_parity_never_replaces_a_good_one(out, monkeypatch, capsys):
+    from compile_losses.backends import BACKENDS
+    from compile_losses.cli import main
+
+    before = _digest(out / "b")
+    monkeypatch.setitem(BACKENDS, "wrong-forward", _WrongForward.make())
+    path = _export_here(out, 3, parity=["wrong-forward"])
+    assert not path.ok and path.failures and path.name == "b" + ex.FAILED_SUFFIX
+    assert path.report is not None and not path.report.ok
+    # the good bundle is untouched and still the seed-1 net; the failing one is complete, beside it
+    assert _digest(out / "b") == before and _which_seed(out / "b", [1, 3]) == 1
+    assert _which_seed(path, [1, 3]) == 3 and leftovers(out) == []
+    # the CLI exits 1 and says where the failing bundle went
+    argv = ["export", "--out", str(out), "--name", "b", "--skip", "aoti,torchscript,training", "--quiet",
+            "--backends", "wrong-forward"]
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert "was NOT installed at {}".format(out / "b") in text and _digest(out / "b") == before
+    # installing it all the same takes an explicit flag
+    assert main(argv + ["--install-failing"]) == 1
+    assert _digest(out / "b") != before and load_bundle(out / "b").check().ok  # complete; only its parity failed
