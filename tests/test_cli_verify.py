@@ -64,6 +64,10 @@ def test_bad_usage_exits_2(args, match, capsys) -> None:  # type: ignore[no-unty
 def test_list_shows_every_backend_with_availability(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["list"]) == 0
     out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[out.splitlines().index("backends ({}):".format(
+        len(BACKENDS))) + 1:]}
+    assert set(lines) == set(BACKENDS)
     for name, backend in BACKENDS.items():
         ok, reason = backend.available()
-        assert "  {:<18} {}".format(name, "available" if ok else "unavailable: " + reason) in out
+        assert lines[name].endswith("available" if ok else "unavailable: " + reason), lines[name]
+        assert ("exported" in lines[name]) == backend.exported and ("reference" in lines[name]) == backend.reference

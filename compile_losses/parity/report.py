@@ -1,0 +1,192 @@
+"""Rows and the report: one judged output per row, tables for the terminal, JSON for machines."""
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .rule import FAIL, FAILING, PASS, SKIPPED, UNAVAILABLE, UNSUPPORTED, NONDET, ERROR, NONFINITE
+
+
+@dataclass
+class Row:
+    """One judged output of one backend on one case (or a note that it did not run, and why)."""
+
+    case: str
+    backend: str
+    output: str
+    status: str
+    clause: Optional[int] = None
+    max_abs: Optional[float] = None
+    max_rel: Optional[float] = None
+    cosine: Optional[float] = None
+    err_backend64: Optional[float] = None
+    err_eager64: Optional[float] = None
+    ratio: Optional[float] = None
+    tolerance: Optional[str] = None
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILING
+
+
+class ParityReport:
+    """Rows of a parity run (one or many cases), the compile audits, and how to show them."""
+
+    def __init__(self, rows: Optional[List[Row]] = None, cases: Optional[List[Dict[str, Any]]] = None,
+                 audits: Optional[List[Dict[str, Any]]] = None, seconds: float = 0.0) -> None:
+        self.rows: List[Row] = list(rows or [])
+        self.cases: List[Dict[str, Any]] = list(cases or [])
+        self.audits: List[Dict[str, Any]] = list(audits or [])
+        self.seconds = seconds
+
+    @property
+    def ok(self) -> bool:
+        """No failing row (fail, error, non-finite, nondeterministic). Unavailable, skipped and
+        unsupported rows do not fail a report, and are never counted as passes."""
+        return not any(r.failed for r in self.rows)
+
+    @property
+    def failures(self) -> List[Row]:
+        return [r for r in self.rows if r.failed]
+
+    def extend(self, other: "ParityReport") -> "ParityReport":
+        self.rows += other.rows
+        self.cases += other.cases
+        self.audits += other.audits
+        self.seconds += other.seconds
+        return self
+
+    def summary(self) -> Dict[str, Any]:
+        """A small dict (embedded in bundles): ok, counts per backend, loosened tolerances."""
+        per: Dict[str, Dict[str, int]] = {}
+        for r in self.rows:
+            c = per.setdefault(r.backend, {"pass_clause1": 0, "pass_clause2": 0, "fail": 0, "unavailable": 0,
+                                           "skipped": 0, "unsupported": 0})
+            if r.status == PASS:
+                c["pass_clause1" if r.clause == 1 else "pass_clause2"] += 1
+            elif r.failed:
+                c["fail"] += 1
+            else:
+                c[r.status] += 1
+        loosened = sorted({"{}: {}".format(r.backend, r.tolerance) for r in self.rows if r.tolerance})
+        return {"ok": self.ok, "cases": len(self.cases), "rows": len(self.rows), "failures": len(self.failures),
+                "backends": per, "loosened": loosened, "audits_ok": all(a["status"] == PASS for a in self.audits),
+                "seconds": round(self.seconds, 1), "torch": torch.__version__}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"summary": self.summary(), "cases": self.cases, "audits": self.audits,
+                "rows": [asdict(r) for r in self.rows]}
+
+    def to_json(self, path: Optional[str] = None) -> str:
+        """The whole report as JSON text (non-finite numbers as strings); written to ``path`` if given."""
+        text = json.dumps(_json_safe(self.to_dict()), indent=1)
+        if path:
+            with open(path, "w") as fh:
+                fh.write(text + "\n")
+        return text
+
+    # -- text --------------------------------------------------------------------------------------
+    def table(self, detail: bool = False) -> str:
+        """One line per (case, backend) with its worst output, or every row with ``detail``."""
+        header = ["case", "backend", "output", "status", "clause", "max abs", "max rel", "cosine",
+                  "err64 backend", "err64 eager", "ratio"]
+        lines: List[List[str]] = []
+        for group in (self._groups() if not detail else [[r] for r in self.rows]):
+            r = _worst(group)
+            status = r.status if r.status != PASS else PASS
+            output = r.output if len(group) == 1 else "{} outputs (worst: {})".format(len(group), r.output)
+            clauses = sorted({g.clause for g in group if g.clause is not None})
+            lines.append([r.case, r.backend, output, status, ",".join(map(str, clauses)) or "-", _num(r.max_abs),
+                          _num(r.max_rel), _num(_min(g.cosine for g in group), 7), _num(r.err_backend64),
+                          _num(r.err_eager64), _num(r.ratio, 3)])
+        return _format(header, lines)
+
+    def __str__(self) -> str:
+        parts = [self.table()]
+        notes = [r for r in self.rows if r.status != PASS]
+        if notes:
+            parts.append("not passed:")
+            seen = set()
+            for r in notes:
+                key = (r.backend, r.status, r.detail) if r.status in (UNAVAILABLE, SKIPPED, UNSUPPORTED) else id(r)
+                if key in seen:
+                    continue
+                seen.add(key)
+                where = "every case" if r.status in (UNAVAILABLE, SKIPPED, UNSUPPORTED) else r.case
+                parts.append("  {} {} [{}] {}: {}".format(r.backend, r.output, where, r.status, r.detail))
+        loosened = self.summary()["loosened"]
+        if loosened:
+            parts.append("loosened tolerances (from the registry):")
+            parts += ["  " + t for t in loosened]
+        if self.audits:
+            parts.append("torch.compile audit:")
+            parts += ["  {:<28} {:<5} {}".format(a["case"], a["status"], a["detail"]) for a in self.audits]
+        parts.append(self.summary_table())
+        return "\n".join(parts)
+
+    def summary_table(self) -> str:
+        s = self.summary()
+        header = ["backend", "pass (1)", "pass (2)", "fail", "unavailable", "skipped", "unsupported"]
+        lines = [[name, str(c["pass_clause1"]), str(c["pass_clause2"]), str(c["fail"]), str(c["unavailable"]),
+                  str(c["skipped"]), str(c["unsupported"])] for name, c in s["backends"].items()]
+        verdict = "OK" if s["ok"] else "FAILED ({} failing rows)".format(s["failures"])
+        return "{}\n{}: {} cases, {} rows, {:.1f} s".format(_format(header, lines), verdict, s["cases"], s["rows"],
+                                                          self.seconds)
+
+    def _groups(self) -> List[List[Row]]:
+        groups: Dict[Tuple[str, str], List[Row]] = {}
+        for r in self.rows:
+            groups.setdefault((r.case, r.backend), []).append(r)
+        return list(groups.values())
+
+
+_RANK = {NONDET: 0, ERROR: 1, NONFINITE: 2, FAIL: 3, UNSUPPORTED: 4, UNAVAILABLE: 5, SKIPPED: 6, PASS: 7}
+
+
+def _worst(rows: List[Row]) -> Row:
+    return min(rows, key=lambda r: (_RANK.get(r.status, 0), -(r.clause or 0),
+                                    -(r.ratio if r.ratio is not None and not math.isnan(r.ratio) else 0.0)))
+
+
+def _min(values: Iterable[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return min(vals) if vals else None
+
+
+def _num(v: Optional[float], digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if v == 0:
+        return "0"
+    if math.isinf(v) or math.isnan(v):
+        return str(v)
+    return "{:.{}g}".format(v, digits + 1) if digits != 2 else "{:.2e}".format(v)
+
+
+def _format(header: List[str], lines: List[List[str]]) -> str:
+    widths = [max([len(h)] + [len(l[i]) for l in lines]) for i, h in enumerate(header)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*l) for l in lines])
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isinf(obj) or math.isnan(obj)):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    if isinstance(obj, torch.dtype):
+        return str(obj)
+    return obj
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return "{}: {}".format(type(exc).__name__, text[0] if text else "")[:300]

@@ -1,0 +1,232 @@
+"""``verify``: one case through backends, judged against eager and its float64 run; and the registry matrix."""
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..backends import Backend, Unsupported, get_backends, reference_for
+from ..backends.base import to_cpu
+from ..nets import NetWithLoss
+from .audit import audited, compile_audit
+from .progress import Progress
+from .report import ParityReport, Row, _one_line
+from .rule import ERROR, FAIL, NONDET, PASS, SKIPPED, UNAVAILABLE, UNSUPPORTED, _bitwise_equal, float64_case, judge
+
+
+def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
+           backends: Union[None, str, Sequence[str]] = None, **options: Any) -> ParityReport:
+    """Run one case through backends and judge every output against eager.
+
+    ``net`` None checks the loss alone (``inputs`` is then the prediction). ``inputs`` and
+    ``target`` are a tensor or a tuple of tensors (targets in the order the loss's forward takes
+    them). ``backends`` is a list or ``"a,b"`` (default: every backend; those that cannot run here
+    say so). Options: ``lr`` (0.01, the train step's), ``label`` (the case's name in rows),
+    ``spec`` (registry entry with ``tolerances``/``skips``; found by the loss's class if omitted),
+    ``progress`` (True, a stream, or a :class:`Progress`).
+    """
+    start = time.perf_counter()
+    chosen = get_backends(backends)
+    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    targets = (target,) if isinstance(target, Tensor) else tuple(target)
+    from ..validate import check_case
+
+    check_case(net, loss, inputs, targets)  # bad input: one named error before any backend runs
+    lr = float(options.get("lr", 0.01))
+    spec = options.get("spec") or _registry_spec(loss)
+    label = options.get("label") or _label(net, loss, inputs)
+    progress = options.get("progress")
+    own_progress = progress is True or (progress is not None and not isinstance(progress, (bool, Progress)))
+    if own_progress:
+        progress = Progress(len(chosen), None if progress is True else progress)
+    modes = [(m, m.training) for m in (net, loss) if m is not None]
+    for m, _ in modes:
+        m.eval()
+    try:
+        ref = _References(net, loss, inputs, targets, lr)
+        rows: List[Row] = []
+        for backend in chosen:
+            if progress:
+                progress.step("{:<18} {}".format(backend.name, label))
+            rows += _backend_rows(backend, ref, label, spec)
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+        if own_progress:
+            progress.close()
+    case = {"case": label, "net": type(net).__name__ if net is not None else None, "loss": type(loss).__name__,
+            "inputs": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in inputs],
+            "targets": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in targets], "lr": lr}
+    return ParityReport(rows, [case], [], time.perf_counter() - start)
+
+
+def _label(net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...]) -> str:
+    name = type(loss).__name__ if net is None else "{}+{}".format(type(net).__name__, type(loss).__name__)
+    return "{} {} batch={}".format(name, str(inputs[0].dtype).replace("torch.", ""), inputs[0].shape[0])
+
+
+def _registry_spec(loss: nn.Module) -> Any:
+    from ..registry import LOSSES
+
+    for spec in LOSSES.values():
+        if type(loss) is spec.module:
+            return spec
+    return None
+
+
+class _References:
+    """Eager results (run twice, compared bit for bit) and the float64 eager reference."""
+
+    def __init__(self, net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...],
+                 targets: Tuple[Tensor, ...], lr: float) -> None:
+        self.net, self.loss, self.inputs, self.targets, self.lr = net, loss, inputs, targets, lr
+        self.case_module: nn.Module = loss if net is None else NetWithLoss(net, loss, n_targets=len(targets))
+        # The wrapper in the net's mode: a fresh module is in training mode, and an exporter that
+        # restores "the model's mode" recursively would put the eval-mode net back in training.
+        self.case_module.train(net.training if net is not None else loss.training)
+        self.case_args = inputs + targets
+        if net is None:
+            pred = inputs[0]
+        else:
+            with torch.no_grad():
+                pred = net(*inputs)
+        self.lg_args = (pred.detach(),) + targets
+        self.train = net is not None and any(p.requires_grad for p in net.parameters())
+        eager = reference_for("cpu")
+        self.first = _run_all(eager, self, self.case_module, loss, net, self.case_args, self.lg_args)
+        self.second = _run_all(eager, self, self.case_module, loss, net, self.case_args, self.lg_args)
+        self.nondeterministic = {k for k in self.first if k in self.second and not isinstance(self.first[k], Exception)
+                                 and not _bitwise_equal(self.first[k], self.second[k])}
+        net64, loss64, args64, lg64 = float64_case(net, loss, self.case_args, self.lg_args)
+        case64 = loss64 if net64 is None else NetWithLoss(net64, loss64, n_targets=len(targets))
+        self.float64 = _run_all(eager, self, case64, loss64, net64, args64, lg64)
+
+
+def _run_all(backend: Backend, ref: _References, case_module: nn.Module, loss: nn.Module, net: Optional[nn.Module],
+             case_args: Tuple[Tensor, ...], lg_args: Tuple[Tensor, ...]) -> Dict[str, Any]:
+    """Every output of one backend, by name; a failure to prepare or run is stored as the exception."""
+    out: Dict[str, Any] = {}
+    try:
+        out["loss"] = to_cpu(backend.prepare(case_module, case_args)(*case_args))
+    except Exception as exc:  # reported as a row: the message, never a pass
+        out["loss"] = exc
+    try:
+        value, dpred = backend.prepare_loss_and_grad(loss, lg_args)(*lg_args)
+        out["lg.loss"], out["dpred"] = to_cpu(value), to_cpu(dpred)
+    except Exception as exc:
+        out["loss_and_grad"] = exc
+    if ref.train:
+        try:
+            step = backend.prepare_train_step(net, loss, case_args, ref.lr)(*case_args)
+            out["step.loss"] = to_cpu(step.loss)
+            for name, g in step.grads.items():
+                out["grad:" + name] = to_cpu(g)
+            for name, p in step.new_params.items():
+                out["new:" + name] = to_cpu(p)
+        except Exception as exc:
+            out["train_step"] = exc
+    return out
+
+
+def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any) -> List[Row]:
+    name = backend.name
+    skips = getattr(spec, "skips", {}) or {}
+    if name in skips:
+        return [Row(label, name, "*", SKIPPED, detail=skips[name])]
+    ok, reason = backend.available()
+    if not ok:
+        return [Row(label, name, "*", UNAVAILABLE, detail=reason)]
+    tolerance = (getattr(spec, "tolerances", {}) or {}).get(name)
+    # the reference's rows: its second run judged against its first
+    if backend is reference_for("cpu"):
+        got = ref.second
+    else:
+        # a backend that chooses between its own compiled code and eager verifies the compiled code
+        with backend.parity_mode():
+            got = _run_all(backend, ref, ref.case_module, ref.loss, ref.net, ref.case_args, ref.lg_args)
+    rows: List[Row] = []
+    for output, value in got.items():
+        if isinstance(value, Unsupported):
+            rows.append(Row(label, name, output, UNSUPPORTED, detail=str(value)))
+            continue
+        if isinstance(value, Exception):
+            rows.append(Row(label, name, output, ERROR, detail=_one_line(value)))
+            continue
+        expected = ref.first.get(output)
+        if isinstance(expected, Exception) or expected is None:
+            rows.append(Row(label, name, output, ERROR, detail="eager failed: {}".format(
+                _one_line(expected) if expected is not None else "no such output in eager")))
+            continue
+        if output in ref.nondeterministic:
+            rows.append(Row(label, name, output, NONDET, detail="eager run twice differs (bitwise)"))
+            continue
+        gradient = output.startswith(("dpred", "grad:"))
+        rows.append(Row(label, name, output, **judge(value, expected, ref.float64[output], gradient=gradient,
+                                                     tolerance=tolerance)))
+    missing = [k for k in ref.first if k not in got and not any(isinstance(v, Exception) for v in got.values())]
+    for output in missing:  # e.g. a train step that returns fewer gradients than the net has
+        rows.append(Row(label, name, output, FAIL, detail="backend did not return this output"))
+    return rows
+
+
+def _args(case: Any) -> Tuple[Tensor, ...]:
+    return tuple(case.inputs) + tuple(case.targets)
+
+
+def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] = "seed", alone: bool = True,
+                    net_cases: bool = True, batches: Sequence[int] = (1, 7, 64), large: int = 2 ** 20,
+                    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
+                    backends: Union[None, str, Sequence[str]] = None, audit: bool = True, lr: float = 0.01,
+                    progress: Any = None) -> ParityReport:
+    """Every registry loss (or ``losses``) with ``net`` and alone, at ``batches`` and, for the
+    elementwise losses alone, at ``large`` elements; in each of ``dtypes``; plus (``net_cases``)
+    each larger registry net with its representative loss. One module per (case, dtype) serves
+    every batch size, so each backend prepares once per case and runs every batch.
+    ``audit`` adds the torch.compile audit of each loss (float32)."""
+    from ..registry import LOSSES, NETS
+    from ..resolve import make_case
+
+    names = list(LOSSES) if losses is None else list(losses)
+    plan: List[Tuple[Optional[str], str, torch.dtype, List[int]]] = []
+    for loss_name in names:
+        spec = LOSSES.get(loss_name)
+        for case_net in ([net] if net not in (None, "none") else []) + ([None] if alone else []):
+            for dtype in dtypes:
+                bs = list(batches)
+                if case_net is None and spec is not None and spec.elementwise and large:
+                    per_sample = int(torch.tensor(spec.feature_shape).prod())
+                    bs.append(max(1, large // per_sample))
+                plan.append((case_net, loss_name, dtype, bs))
+    if net_cases and losses is None:
+        for net_spec in NETS.values():
+            if net_spec.name != net:
+                plan += [(net_spec.name, net_spec.loss, dtype, list(batches)) for dtype in dtypes]
+    chosen = get_backends(backends)
+    auditor = audited(chosen) if audit else None
+    audits = [n for n in names if n in LOSSES] if auditor is not None else []
+    steps = sum(len(bs) for *_, bs in plan) * len(chosen) + len(audits)
+    bar = progress if isinstance(progress, Progress) else (Progress(steps, None if progress is True else progress)
+                                                           if progress else None)
+    report = ParityReport()
+    start = time.perf_counter()
+    try:
+        for case_net, loss_name, dtype, bs in plan:
+            case = make_case(case_net, loss_name, batch=bs[0], dtype=dtype)
+            for n in bs:
+                c = case if n == bs[0] else case.with_batch(n)
+                report.extend(verify(c.net, c.loss, c.inputs, c.targets, [b.name for b in chosen], lr=lr,
+                                     label=c.label, progress=bar))
+        for loss_name in audits:
+            if bar:
+                bar.step("compile audit {}".format(loss_name))
+            case = make_case(None, loss_name, batch=1, dtype=torch.float32)
+            report.audits.append(compile_audit(case.loss, lambda n, c=case: _args(c.with_batch(n)), label=loss_name,
+                                               backend=auditor.name))
+    finally:
+        if bar and bar is not progress:
+            bar.close()
+    for a in report.audits:  # an audit that fails is a failing row too
+        if a["status"] != PASS:
+            report.rows.append(Row(a["case"] + " (audit)", a["backend"], "audit", a["status"], detail=a["detail"]))
+    report.seconds = time.perf_counter() - start
+    return report
