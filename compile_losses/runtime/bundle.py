@@ -40,7 +40,8 @@ def _lr(value: Any, dtype: np.dtype) -> np.ndarray:
         raise TypeError("train_step: lr must be a float, got {}{}".format(
             type(value).__name__, " of shape {}".format(value.shape) if isinstance(value, np.ndarray) else ""))
     given = float(value)
-    cast = np.asarray(given, dtype=dtype)
+    with np.errstate(over="ignore"):  # 1e300 -> inf in float32, refused just below
+        cast = np.asarray(given, dtype=dtype)
     if not math.isfinite(given) or given <= 0 or not np.isfinite(cast) or cast <= 0:
         raise BadArgumentError("train_step: lr must be a finite number > 0{}, got {!r}".format(
             " that {} can hold".format(dtype) if math.isfinite(given) and given > 0 else "", given))
