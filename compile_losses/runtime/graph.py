@@ -35,7 +35,9 @@ def _session(model: bytes, providers: Sequence[str], intra_op_threads: Optional[
     options.log_severity_level = _QUIET
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
-    session = ort.InferenceSession(model, options, providers=list(providers))
+    # enable_fallback=0: onnxruntime's Python wrapper would otherwise print an "EP Error" banner
+    # to stdout and build a refused graph a second time (kwarg present in 1.27 through 1.32)
+    session = ort.InferenceSession(model, options, providers=list(providers), enable_fallback=0)
     with _SESSIONS_LOCK:
         _SESSIONS[key] = session
         while len(_SESSIONS) > SESSION_CACHE_SIZE:
