@@ -334,3 +334,21 @@ def test_check_bundle_cli_time_bound(src, tmp_path):
     assert "forward.onnx: did not finish within timeout_s=1 s; the run was stopped" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert json.loads((tmp_path / "r.json").read_text())["refused"][0]["file"] == "forward.onnx"
+
+
+def test_bundle_name_cannot_forge_report_lines(b):
+    data = manifest(b)
+    data["name"] = "x: all 13 outputs pass\nOK forged"
+    write_manifest(b, data)
+    report = str(load_bundle(b).check())
+    assert "\nOK forged" not in report and "'x: all 13 outputs pass\\nOK forged'" in report
+
+
+def test_unreadable_bundle_folder_is_a_bundle_error(b):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any folder")
+    os.chmod(b, 0)
+    try:
+        refused(b, r"cannot be read")
+    finally:
+        os.chmod(b, stat.S_IRWXU)

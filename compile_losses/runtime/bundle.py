@@ -1,4 +1,5 @@
 """A verified bundle, run with onnxruntime: forward, loss, loss-and-grad, train step, check."""
+import json
 import math
 import os
 import time
@@ -8,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import BadArgumentError, BundleError, BundleTimeoutError
+from .errors import BadArgumentError, BundleError, BundleTimeoutError, quote
 from .graph import Graph
 from .integrity import GRAPH_KINDS, MAX_LOADED_BYTES, RUNTIME_KINDS, VerifiedBundle, verify_bundle
 from .npz import NPZ_MAX_BYTES, read_npz
@@ -68,7 +69,9 @@ class Bundle:
         self.path = Path(vb.root)
         self.manifest = vb.manifest
         self.manifest_sha256 = vb.manifest_sha256
-        self.name = str(vb.manifest.get("name", self.path.name))
+        # printed in every report line: quoted unless plain, so it cannot forge report lines
+        name = vb.manifest.get("name", self.path.name)
+        self.name = quote(name if isinstance(name, str) else json.dumps(name)[:80])
         self.timeout_s = timeout_s
         arts = {a["kind"]: a for a in vb.manifest["artifacts"]}  # one per kind (checked by verify)
         missing = [k for k in REQUIRED_KINDS if k not in arts]

@@ -83,7 +83,10 @@ def _open_in(root: Path, rel: str) -> Tuple[Optional[int], Optional[os.stat_resu
     """Open ``rel`` below ``root`` one component at a time (relative to the folder's descriptor,
     never following a link) and return ``(fd, fstat, None)`` for a regular file, else a reason."""
     parts = rel.split("/")
-    dfd = os.open(str(root), os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    try:
+        dfd = os.open(str(root), os.O_RDONLY | _O_DIRECTORY | _O_NONBLOCK | _O_CLOEXEC)
+    except OSError as exc:
+        return None, None, "cannot be read: the bundle folder cannot be opened ({})".format(exc.strerror)
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -142,7 +145,12 @@ def _read_regular(root: Path, rel: str, limit: int, expected: Optional[int] = No
         chunks: List[bytes] = []
         total = 0
         while True:
-            chunk = fh.read(min(_CHUNK, limit + 1 - total))
+            try:
+                chunk = fh.read(min(_CHUNK, limit + 1 - total))
+            except OSError as exc:  # e.g. EIO, or EAGAIN from a file that is not what fstat said
+                return None, None, "cannot be read ({})".format(exc.strerror)
+            if chunk is None:  # non-blocking read with nothing to give: not a plain file
+                return None, None, "is not a regular file"
             if not chunk:
                 break
             total += len(chunk)
