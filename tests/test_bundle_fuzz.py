@@ -53,6 +53,9 @@ class Workspace:
         self.original = {p.name: p.read_bytes() for p in root.iterdir()}
         self.peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.outcomes: dict = {}
+        # held for the whole test: the runtime shares sessions between live bundles, so the
+        # graphs an example leaves unchanged are not compiled again
+        self.pristine = load_bundle(root)
 
     def manifest(self) -> dict:
         return json.loads(self.original["manifest.json"])

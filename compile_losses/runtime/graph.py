@@ -2,7 +2,7 @@
 the manifest's signature checked on every call, and every run under a time bound."""
 import hashlib
 import threading
-from collections import OrderedDict
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -14,9 +14,10 @@ from .onnx_refs import ExternalRef, ProtobufError, inline_external
 from .signature import Signature, SignatureError, parse_signature
 from .timeouts import WATCHDOG
 
-_SESSIONS: "OrderedDict[Tuple[Any, ...], ort.InferenceSession]" = OrderedDict()
+# Bundles loaded twice in one process (check, then serve; tests) share their sessions; weakly held,
+# so a session lives exactly as long as a Bundle that uses it (a large model is never kept around).
+_SESSIONS: "weakref.WeakValueDictionary[Tuple[Any, ...], ort.InferenceSession]" = weakref.WeakValueDictionary()
 _SESSIONS_LOCK = threading.Lock()
-SESSION_CACHE_SIZE = 16  # loading one bundle twice in a process (tests, check then serve) reuses sessions
 _QUIET = 4               # onnxruntime log level "fatal": its errors come back as our named errors
 
 
@@ -28,9 +29,9 @@ def _first_line(exc: BaseException) -> str:
 def _session(model: bytes, providers: Sequence[str], intra_op_threads: Optional[int]) -> ort.InferenceSession:
     key = (hashlib.sha256(model).hexdigest(), tuple(providers), intra_op_threads)
     with _SESSIONS_LOCK:
-        if key in _SESSIONS:
-            _SESSIONS.move_to_end(key)
-            return _SESSIONS[key]
+        session = _SESSIONS.get(key)
+    if session is not None:
+        return session
     options = ort.SessionOptions()
     options.log_severity_level = _QUIET
     if intra_op_threads is not None:
@@ -40,8 +41,6 @@ def _session(model: bytes, providers: Sequence[str], intra_op_threads: Optional[
     session = ort.InferenceSession(model, options, providers=list(providers), enable_fallback=0)
     with _SESSIONS_LOCK:
         _SESSIONS[key] = session
-        while len(_SESSIONS) > SESSION_CACHE_SIZE:
-            _SESSIONS.popitem(last=False)
     return session
 
 
