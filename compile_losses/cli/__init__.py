@@ -2,6 +2,8 @@
 
 Exit codes: 0 all good; 1 a parity or check failure; 2 bad usage or bad input (one line on stderr).
 Each verb lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``.
+Where only numpy and onnxruntime are installed, ``--help`` and ``check-bundle`` work and the other
+verbs say in one line (exit 2) that they need torch.
 """
 import argparse
 import importlib
@@ -17,6 +19,31 @@ VERBS = {
     "check-bundle": ("check_bundle_cmd", "check a bundle with the runtime alone: checksums, paths, fixtures"),
     "bench": ("bench_cmd", "throughput benchmarks, plot, summary and regression gate"),
 }
+RUNTIME_VERBS = ("check-bundle",)
+# the torch side of the project; a missing one of these is "this verb needs torch", not a bug
+TORCH_SIDE = ("torch", "onnx", "onnxscript", "functorch", "sympy")
+
+
+def _missing_torch_side(exc: ImportError) -> bool:
+    name = getattr(exc, "name", None) or ""
+    return isinstance(exc, ModuleNotFoundError) and name.split(".")[0] in TORCH_SIDE
+
+
+def _needs_torch(verb: str, exc: ImportError) -> UsageError:
+    return UsageError("{} needs torch, which is not importable here ({}); only {} runs with numpy and "
+                      "onnxruntime alone".format(verb, exc, ", ".join(RUNTIME_VERBS)))
+
+
+def _torch_missing() -> Optional[ImportError]:
+    """Why torch cannot be imported here, or None. Imported up front for the torch-side verbs
+    (they all import it anyway) so that none starts work, e.g. a benchmark subprocess, first."""
+    try:
+        importlib.import_module("torch")
+    except ImportError as exc:
+        if _missing_torch_side(exc):
+            return exc
+        raise
+    return None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +60,12 @@ def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
     for name, (module, help_text) in VERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if verb is None or name == verb:
-            mod = importlib.import_module("." + module, __name__)
+            try:
+                mod = importlib.import_module("." + module, __name__)
+            except ImportError as exc:  # listed in --help all the same; main() refuses to run it
+                if not _missing_torch_side(exc):
+                    raise
+                continue
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
     return parser
@@ -41,9 +73,18 @@ def build_parser(verb: Optional[str] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
+    verb = words[0] if words and words[0] in VERBS else None
     try:
-        args = build_parser(words[0] if words and words[0] in VERBS else None).parse_args(argv)
-        return int(args._run(args))
+        missing = _torch_missing() if verb is not None and verb not in RUNTIME_VERBS else None
+        if missing is not None:
+            raise _needs_torch(verb, missing)
+        args = build_parser(verb).parse_args(argv)
+        try:
+            return int(args._run(args))
+        except ImportError as exc:  # a verb's lazy import of the torch side, where torch is absent
+            if not _missing_torch_side(exc):
+                raise
+            raise _needs_torch(args.verb, exc) from None
     except UsageError as exc:
         print("compile-losses: error: {}".format(_as_flag(exc)), file=sys.stderr)
         return 2

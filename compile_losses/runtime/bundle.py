@@ -1,24 +1,25 @@
 """A verified bundle, run with onnxruntime: forward, loss, loss-and-grad, train step, check."""
-import io
+import json
+import math
 import os
-import zipfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import onnxruntime as ort
 
-from .errors import BundleError
-from .integrity import VerifiedBundle, verify_bundle
-from .onnx_refs import external_refs
+from .errors import BadArgumentError, BundleError, BundleTimeoutError, quote
+from .graph import Graph
+from .integrity import GRAPH_KINDS, MAX_LOADED_BYTES, RUNTIME_KINDS, VerifiedBundle, verify_bundle
+from .npz import NPZ_MAX_BYTES, read_npz
 from .parity import CheckReport, Row, compare
+from .signature import Roles, SignatureError, parse_roles
+from .timeouts import DEFAULT_CHECK_TIMEOUT_S, DEFAULT_RUN_TIMEOUT_S, check_timeout
 
-GRAPH_KINDS = ("forward", "loss", "loss_and_grad", "train_step")
 REQUIRED_KINDS = ("forward", "loss", "fixtures")
-FIXTURES_MAX_BYTES = 1 << 30  # uncompressed, summed over the arrays in fixtures.npz / params.npz
-_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "int64": np.int64,
-           "int32": np.int32, "bool": np.bool_}
+FIXTURES_MAX_BYTES = NPZ_MAX_BYTES  # uncompressed, summed over the arrays in fixtures.npz / params.npz
+_BUNDLE_DEFAULT = object()          # a call's timeout_s: the one given to load_bundle
 
 
 @dataclass(frozen=True)
@@ -31,83 +32,21 @@ class TrainStepResult:
     new_params: Dict[str, np.ndarray]
 
 
-def _npz(rel: str, data: bytes) -> Dict[str, np.ndarray]:
-    """Arrays of an npz held in memory; no pickles, and a cap on the unpacked size."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            total = sum(i.file_size for i in zf.infolist())
-        if total > FIXTURES_MAX_BYTES:
-            raise ValueError("unpacks to {} bytes, over the {}-byte limit".format(total, FIXTURES_MAX_BYTES))
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise BundleError("", [(rel, "is not a readable npz of plain arrays ({})".format(exc))]) from None
-
-
-class _Graph:
-    """One ONNX graph of the bundle and its signature from the manifest."""
-
-    def __init__(self, vb: VerifiedBundle, art: Dict[str, Any], options: ort.SessionOptions,
-                 providers: Sequence[str]) -> None:
-        rel = art["path"]
-        self.kind, self.path = art["kind"], rel
-        try:
-            self.inputs = [(s["name"], np.dtype(_DTYPES[s["dtype"]]), tuple(s["shape"])) for s in art["inputs"]]
-            # class-index targets: the range recorded at export (an index outside it reads garbage)
-            self.classes = {s["name"]: (int(s["classes"]), int(s.get("ignore_index", -100)))
-                            for s in art["inputs"] if "classes" in s}
-            self.outputs = [s["name"] for s in art["outputs"]]
-        except (KeyError, TypeError) as exc:
-            raise BundleError(str(vb.root), [(rel, "manifest entry lacks a valid inputs/outputs signature ({!r})".format(exc))]) from None
-        data = vb.files[rel]
-        try:
-            # Self-contained models are parsed from the verified bytes; a model with (verified)
-            # external data is opened by path so onnxruntime can find its data files.
-            source = str(vb.root / rel) if external_refs(data) else data
-            self.session = ort.InferenceSession(source, options, providers=list(providers))
-        except Exception as exc:  # onnxruntime raises its own pybind exception types
-            raise BundleError(str(vb.root), [(rel, "onnxruntime refused the graph: {}".format(
-                str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__))]) from None
-        names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
-        if names != ([n for n, _, _ in self.inputs], self.outputs):
-            raise BundleError(str(vb.root), [(rel, "graph inputs/outputs {} do not match the manifest's {}".format(
-                names, ([n for n, _, _ in self.inputs], self.outputs)))])
-
-    def feed(self, args: Sequence[Any]) -> Dict[str, np.ndarray]:
-        """Check arity, dtype and shape against the signature; ``N`` must be one size throughout."""
-        if len(args) != len(self.inputs):
-            raise TypeError("{} takes {} inputs ({}), got {}".format(
-                self.kind, len(self.inputs), ", ".join(n for n, _, _ in self.inputs), len(args)))
-        sizes: Dict[str, Tuple[str, int]] = {}
-        feed = {}
-        for (name, dtype, shape), value in zip(self.inputs, args):
-            arr = np.asarray(value)
-            if arr.dtype != dtype:
-                raise TypeError("{}: {} must have dtype {}, got {}".format(self.kind, name, dtype, arr.dtype))
-            want = "({})".format(", ".join(str(d) for d in shape))
-            if arr.ndim != len(shape) or any(isinstance(d, int) and d != g for d, g in zip(shape, arr.shape)):
-                raise ValueError("{}: {} must have shape {}, got {}".format(self.kind, name, want, tuple(arr.shape)))
-            for d, g in zip(shape, arr.shape):
-                if isinstance(d, str):
-                    seen = sizes.setdefault(d, (name, g))
-                    if seen[1] != g:
-                        raise ValueError("{}: {} has {}={}, but {} has {}={}".format(self.kind, name, d, g, seen[0], d, seen[1]))
-            if name in self.classes:
-                _check_classes(self.kind, name, arr, *self.classes[name])
-            feed[name] = np.ascontiguousarray(arr)
-        return feed
-
-    def run(self, args: Sequence[Any]) -> List[np.ndarray]:
-        return self.session.run(self.outputs, self.feed(args))
-
-
-def _check_classes(kind: str, name: str, arr: np.ndarray, classes: int, ignore_index: int) -> None:
-    bad = ~(((arr >= 0) & (arr < classes)) | (arr == ignore_index))
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError("{}: {} must hold class indices 0 <= {} < {} or ignore_index {}, got {} at position {} "
-                         "({} bad value{})".format(kind, name, name, classes, ignore_index, arr[where], where,
-                                                   int(bad.sum()), "" if int(bad.sum()) == 1 else "s"))
+def _lr(value: Any, dtype: np.dtype) -> np.ndarray:
+    """``lr`` as the graph's 0-d array: a Python or numpy real scalar (or 0-d array), finite and
+    > 0 also after rounding to the graph's dtype (NaN or 0 would silently wreck the weights)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError("train_step: lr must be a float, got {}{}".format(
+            type(value).__name__, " of shape {}".format(value.shape) if isinstance(value, np.ndarray) else ""))
+    given = float(value)
+    with np.errstate(over="ignore"):  # 1e300 -> inf in float32, refused just below
+        cast = np.asarray(given, dtype=dtype)
+    if not math.isfinite(given) or given <= 0 or not np.isfinite(cast) or cast <= 0:
+        raise BadArgumentError("train_step: lr must be a finite number > 0{}, got {!r}".format(
+            " that {} can hold".format(dtype) if math.isfinite(given) and given > 0 else "", given))
+    return cast
 
 
 class Bundle:
@@ -120,29 +59,61 @@ class Bundle:
         params = b.params
         for x, y in batches:
             params = b.train_step(x, y, lr=0.01, params=params).new_params
+
+    Every call that runs a graph takes ``timeout_s`` (default: the one given to ``load_bundle``;
+    ``None`` for no bound) and raises :class:`BundleTimeoutError` when a run passes it.
     """
 
-    def __init__(self, vb: VerifiedBundle, providers: Sequence[str], intra_op_threads: Optional[int]) -> None:
+    def __init__(self, vb: VerifiedBundle, providers: Sequence[str], intra_op_threads: Optional[int],
+                 timeout_s: Optional[float] = DEFAULT_RUN_TIMEOUT_S) -> None:
         self.path = Path(vb.root)
         self.manifest = vb.manifest
         self.manifest_sha256 = vb.manifest_sha256
-        self.name = str(vb.manifest.get("name", self.path.name))
-        arts = {a["kind"]: a for a in vb.manifest["artifacts"]}
+        # printed in every report line: quoted unless plain, so it cannot forge report lines
+        name = vb.manifest.get("name", self.path.name)
+        self.name = quote(name if isinstance(name, str) else json.dumps(name)[:80])
+        self.timeout_s = timeout_s
+        arts = {a["kind"]: a for a in vb.manifest["artifacts"]}  # one per kind (checked by verify)
         missing = [k for k in REQUIRED_KINDS if k not in arts]
         if missing:
             raise BundleError(str(vb.root), [("manifest.json", "lists no {} artifact".format(", ".join(missing)))])
-        options = ort.SessionOptions()
-        if intra_op_threads is not None:
-            options.intra_op_num_threads = intra_op_threads
-        self._graphs = {k: _Graph(vb, arts[k], options, providers) for k in GRAPH_KINDS if k in arts}
-        self._fixtures = _npz(arts["fixtures"]["path"], vb.files[arts["fixtures"]["path"]])
+        if "train_step" in arts and "params" not in arts:
+            raise BundleError(str(vb.root), [("manifest.json", "lists a train_step graph but no params artifact (its weights)")])
+        # the cheap parses first: a broken npz is refused before any graph is compiled
+        self._fixtures = read_npz(arts["fixtures"]["path"], vb.files[arts["fixtures"]["path"]])
         self._params: Dict[str, np.ndarray] = {}
-        self._roles = arts["train_step"].get("roles") if "train_step" in arts else None
         if "params" in arts:
-            self._params = _npz(arts["params"]["path"], vb.files[arts["params"]["path"]])
+            self._params = read_npz(arts["params"]["path"], vb.files[arts["params"]["path"]])
             for a in self._params.values():
                 a.setflags(write=False)
+        self._roles: Optional[Roles] = None
+        self._graphs: Dict[str, Graph] = {}
+        for kind in GRAPH_KINDS:
+            if kind in arts:
+                self._graphs[kind] = Graph(vb, arts[kind], providers, intra_op_threads)
+        if "train_step" in self._graphs:
+            self._roles = self._check_roles(arts["train_step"], arts["params"]["path"])
         self.trusted_only = [a["path"] for a in vb.manifest["artifacts"] if a.get("trusted_only")]
+
+    def _check_roles(self, art: Dict[str, Any], params_path: str) -> Roles:
+        graph = self._graphs["train_step"]
+        try:
+            roles = parse_roles(art.get("roles"), graph.signature)
+        except SignatureError as exc:
+            raise BundleError(str(self.path), [(art["path"], str(exc))]) from None
+        faults = []
+        specs = {n: (d, s) for n, d, s in graph.inputs}
+        for p in roles.params:
+            arr = self._params.get(p["name"])
+            dtype, shape = specs[p["input"]]
+            if arr is None:
+                faults.append((params_path, "lacks {!r}, a parameter of the train step".format(p["name"])))
+            elif arr.dtype != dtype or arr.ndim != len(shape) or any(isinstance(d, int) and d != g for d, g in zip(shape, arr.shape)):
+                faults.append((params_path, "{!r} is {} {}, the train step takes {} {}".format(
+                    p["name"], arr.dtype, arr.shape, dtype, shape)))
+        if faults:
+            raise BundleError(str(self.path), faults)
+        return roles
 
     @property
     def graphs(self) -> Tuple[str, ...]:
@@ -153,73 +124,89 @@ class Bundle:
         """The exported parameters (read-only arrays), keyed by the net's parameter names."""
         return dict(self._params)
 
-    def _graph(self, kind: str) -> _Graph:
+    def _graph(self, kind: str) -> Graph:
         if kind not in self._graphs:
             raise NotImplementedError("bundle {} has no {} graph (it holds {})".format(self.name, kind, ", ".join(self._graphs)))
         return self._graphs[kind]
 
-    def forward(self, *inputs: Any) -> np.ndarray:
-        """The net's prediction for ``inputs`` (usually one array ``x``)."""
-        return self._graph("forward").run(inputs)[0]
+    def _timeout(self, timeout_s: Any) -> Optional[float]:
+        return self.timeout_s if timeout_s is _BUNDLE_DEFAULT else check_timeout("timeout_s", timeout_s)
 
-    def _targets(self, graph: _Graph, targets: Sequence[Any]) -> None:
+    def forward(self, *inputs: Any, timeout_s: Any = _BUNDLE_DEFAULT) -> np.ndarray:
+        """The net's prediction for ``inputs`` (usually one array ``x``)."""
+        return self._graph("forward").run(inputs, self._timeout(timeout_s))[0]
+
+    def _targets(self, graph: Graph, targets: Sequence[Any]) -> None:
         names = [n for n, _, _ in graph.inputs[1:]]
         if len(targets) != len(names):
             loss = str((self.manifest.get("loss") or {}).get("import_path", "?")).rsplit(":", 1)[-1]
             raise TypeError("{}: loss {} takes {} target{} ({}), got {}".format(
-                graph.kind, loss, len(names), "" if len(names) == 1 else "s", ", ".join(names), len(targets)))
+                graph.kind, ascii(loss)[1:-1], len(names), "" if len(names) == 1 else "s", ", ".join(names), len(targets)))
 
-    def loss(self, pred: Any, *targets: Any) -> np.ndarray:
+    def loss(self, pred: Any, *targets: Any, timeout_s: Any = _BUNDLE_DEFAULT) -> np.ndarray:
         """The loss of ``pred`` against ``targets``, in the loss's own reduction."""
         graph = self._graph("loss")
         self._targets(graph, targets)
-        return graph.run((pred,) + targets)[0]
+        return graph.run((pred,) + targets, self._timeout(timeout_s))[0]
 
-    def loss_and_grad(self, pred: Any, *targets: Any) -> Tuple[np.ndarray, np.ndarray]:
+    def loss_and_grad(self, pred: Any, *targets: Any, timeout_s: Any = _BUNDLE_DEFAULT) -> Tuple[np.ndarray, np.ndarray]:
         """The loss and its gradient with respect to ``pred``."""
         graph = self._graph("loss_and_grad")
         self._targets(graph, targets)
-        out = graph.run((pred,) + targets)
+        out = graph.run((pred,) + targets, self._timeout(timeout_s))
         return out[0], out[1]
 
-    def train_step(self, *data: Any, lr: float = 0.01, params: Optional[Dict[str, Any]] = None) -> TrainStepResult:
+    def train_step(self, *data: Any, lr: Any = 0.01, params: Optional[Dict[str, Any]] = None,
+                   timeout_s: Any = _BUNDLE_DEFAULT) -> TrainStepResult:
         """One SGD step on ``(x, *targets)`` from ``params`` (default: the exported weights)."""
         graph = self._graph("train_step")
         roles = self._roles
         params = self._params if params is None else params
-        missing = [p["name"] for p in roles["params"] if p["name"] not in params]
+        missing = [p["name"] for p in roles.params if p["name"] not in params]
         if missing:
             raise KeyError("train_step: params lacks {}".format(", ".join(missing)))
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool):
-            raise TypeError("train_step: lr must be a float, got {}".format(type(lr).__name__))
-        lr_dtype = dict((n, d) for n, d, _ in graph.inputs)[roles["lr"]]
-        args = [params[p["name"]] for p in roles["params"]] + list(data) + [np.asarray(lr, dtype=lr_dtype)]
-        if len(args) != len(graph.inputs):
+        lr_value = _lr(lr, dict((n, d) for n, d, _ in graph.inputs)[roles.lr])
+        if len(data) != len(roles.data):
             raise TypeError("train_step takes {} data inputs ({}), got {}".format(
-                len(roles["data"]), ", ".join(roles["data"]), len(data)))
-        out = dict(zip(graph.outputs, graph.run(args)))
-        return TrainStepResult(out[roles["loss"]], {p["name"]: out[p["grad"]] for p in roles["params"]},
-                               {p["name"]: out[p["new"]] for p in roles["params"]})
+                len(roles.data), ", ".join(roles.data), len(data)))
+        args = [params[p["name"]] for p in roles.params] + list(data) + [lr_value]
+        out = dict(zip(graph.outputs, graph.run(args, self._timeout(timeout_s))))
+        return TrainStepResult(out[roles.loss], {p["name"]: out[p["grad"]] for p in roles.params},
+                               {p["name"]: out[p["new"]] for p in roles.params})
 
-    def check(self) -> CheckReport:
+    def _fixture_args(self, kind: str, graph: Graph) -> List[Any]:
+        """The inputs a graph's fixtures were computed from; the train step's parameters come from
+        the shipped params.npz, so weights swapped there (and re-signed) fail the check."""
+        shipped = {p["input"]: self._params[p["name"]] for p in self._roles.params} if kind == "train_step" else {}
+        return [shipped[name] if name in shipped else self._fixtures[kind + "/in/" + name] for name, _, _ in graph.inputs]
+
+    def check(self, *, timeout_s: Any = DEFAULT_CHECK_TIMEOUT_S) -> CheckReport:
         """Re-run every graph on the fixtures stored at export and judge each output by the
-        parity rule against the eager float32 results and the float64 references."""
+        parity rule against the eager float32 results and the float64 references. ``timeout_s``
+        bounds the whole check (default 60 s); past it, :class:`BundleTimeoutError`."""
+        budget = check_timeout("timeout_s", timeout_s)
+        deadline = None if budget is None else time.monotonic() + budget
         rows = []
         for kind, graph in self._graphs.items():
             prefix = kind + "/"
             try:
-                args = [self._fixtures[prefix + "in/" + name] for name, _, _ in graph.inputs]
+                args = self._fixture_args(kind, graph)
                 expected = [(self._fixtures[prefix + "eager/" + o], self._fixtures[prefix + "ref64/" + o]) for o in graph.outputs]
             except KeyError as exc:
                 nan = float("nan")
                 rows.append(Row(kind, "-", False, "fail: fixtures.npz lacks {}".format(exc), nan, nan, nan, nan, None, None))
                 continue
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise BundleTimeoutError(str(self.path), graph.path, budget)
             try:
-                got = graph.run(args)
+                got = graph.run(args, left)
+            except BundleTimeoutError:
+                raise BundleTimeoutError(str(self.path), graph.path, budget) from None
             except Exception as exc:  # a graph that loads but cannot run its own fixtures
                 nan = float("nan")
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                rows.append(Row(kind, "-", False, "fail: {} did not run: {}".format(graph.path, first),
+                rows.append(Row(kind, "-", False, "fail: {} did not run: {}".format(graph.path, ascii(first)[1:-1]),
                                 nan, nan, nan, nan, None, None))
                 continue
             for i, (name, g, (eager, ref64)) in enumerate(zip(graph.outputs, got, expected)):
@@ -230,18 +217,24 @@ class Bundle:
 
 def load_bundle(path: "os.PathLike[str] | str", *, manifest_sha256: Optional[str] = None,
                 providers: Sequence[str] = ("CPUExecutionProvider",),
-                intra_op_threads: Optional[int] = None) -> Bundle:
+                intra_op_threads: Optional[int] = None,
+                timeout_s: Optional[float] = DEFAULT_RUN_TIMEOUT_S,
+                max_bytes: int = MAX_LOADED_BYTES) -> Bundle:
     """Verify a bundle folder, then load its ONNX graphs into onnxruntime.
 
-    Before anything is parsed: the manifest's size (at most 1 MiB) and JSON; for every listed
-    file a relative path inside the folder, no symlink or hard link, its size and sha256; no
-    unlisted file; then every external-data location inside the (checksummed) ONNX files held to
-    the same rules. ``manifest_sha256`` pins the manifest itself (checksums only prove the files
-    match the manifest, not who wrote it). Raises :class:`BundleError` naming each file and fault.
+    Before anything is parsed: the manifest's size (at most 1 MiB), JSON and fields; for every
+    listed file a plain relative path inside the folder, no symlink, hard link or special file, its
+    size and sha256; no unlisted file; then every external-data location inside each graph (by
+    its kind, whatever its file name) held to the same rules. Graphs are handed to onnxruntime as
+    verified bytes with their external data inlined. ``manifest_sha256`` pins the manifest itself
+    (checksums only prove the files match the manifest, not who wrote it). ``timeout_s`` is the
+    default time bound of every graph run (``None``: unbounded); ``max_bytes`` caps what is read
+    into memory. Raises :class:`BundleError` naming each file and fault.
     """
-    vb = verify_bundle(path, manifest_sha256)
+    timeout_s = check_timeout("timeout_s", timeout_s)
+    vb = verify_bundle(path, manifest_sha256, keep=RUNTIME_KINDS, max_bytes=max_bytes)
     try:
-        return Bundle(vb, providers, intra_op_threads)
+        return Bundle(vb, providers, intra_op_threads, timeout_s)
     except BundleError as exc:
         if exc.bundle == "":
             raise BundleError(str(path), exc.faults) from None
