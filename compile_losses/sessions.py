@@ -14,9 +14,10 @@ INTRA_OP_THREADS = 1
 OPT_LEVELS = ("disabled", "basic", "extended", "all")
 
 
-def session_options(threads: int = INTRA_OP_THREADS, opt_level: Optional[str] = None) -> Any:
+def session_options(threads: int = INTRA_OP_THREADS, opt_level: Optional[str] = None, log_level: int = 3) -> Any:
     """``onnxruntime.SessionOptions`` with the project's settings; ``opt_level`` one of
-    :data:`OPT_LEVELS` (default: onnxruntime's, ``all``)."""
+    :data:`OPT_LEVELS` (default: onnxruntime's, ``all``); ``log_level`` onnxruntime's severity
+    (3 errors, 4 fatal only)."""
     import onnxruntime as ort
 
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
@@ -24,7 +25,7 @@ def session_options(threads: int = INTRA_OP_THREADS, opt_level: Optional[str] = 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = log_level
     if opt_level is not None:
         levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -19,7 +19,7 @@ from ..errors import UsageError
 
 
 def _parts() -> tuple:
-    from ..export import PARTS  # the bundle format's optional parts, named after their artifacts
+    from ..bundle_format import PARTS  # the bundle format's optional parts, named after their artifacts
 
     return PARTS
 
@@ -65,7 +65,7 @@ def _json_object(text: Optional[str], flag: str) -> Optional[Dict[str, Any]]:
 
 
 def _skips(args: argparse.Namespace) -> List[str]:
-    from ..export import part_of
+    from ..bundle_format import part_of
 
     skips = [s.strip() for s in args.skip.split(",") if s.strip()]
     bad = [s for s in skips if s not in _parts()]

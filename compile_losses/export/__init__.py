@@ -20,9 +20,10 @@ The jobs live apart: :mod:`.writers` (one function per artifact), :mod:`.fixture
 :mod:`.trusted` (loading the trusted-only artifacts back with torch).
 """
 from ..errors import ExportError
-from .compose import FAILED_SUFFIX, BundlePath, export_bundle, failing_parts, validate_bundle
+from .compose import BundlePath, export_bundle, failing_parts, validate_bundle
 from .install import recover
-from .manifest import FORMAT_VERSION, PARTS, TRUSTED_KINDS, describe_module, part_of, write_manifest
+from ..bundle_format import FAILED_SUFFIX, FORMAT_VERSION, PARTS, TRUSTED_KINDS, part_of
+from .manifest import describe_module, write_manifest
 from .trusted import UntrustedArtifactError, load_trusted_artifact
 from .writers import (write_aoti, write_forward_onnx, write_loss_and_grad_onnx, write_loss_onnx, write_npz,
                       write_torchscript, write_train_step_onnx)

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from ..errors import ExportError, UsageError
 from .fixtures import _double, _fixtures, _np
-from .install import FAILED_SUFFIX, _NAME, _install, _out_dir, _step, recover
-from .manifest import FORMAT_VERSION, _versions, describe_module, write_manifest
+from ..bundle_format import FAILED_SUFFIX, FORMAT_VERSION
+from .install import _NAME, _install, _out_dir, _step, recover
+from .manifest import _versions, describe_module, write_manifest
 from .writers import (write_aoti, write_forward_onnx, write_loss_and_grad_onnx, write_loss_onnx, write_npz,
                       write_torchscript, write_train_step_onnx)
 

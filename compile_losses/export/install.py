@@ -182,4 +182,3 @@ def _out_dir(out_dir: Union[str, Path]) -> Path:
     return out
 
 
-FAILED_SUFFIX = ".failed"

@@ -14,20 +14,6 @@ from .. import __version__
 from .install import _fsync, _sha256, _step
 
 
-FORMAT_VERSION = 1
-
-
-TRUSTED_KINDS = {"torchscript_forward": ".pt", "torchscript_loss": ".pt", "aoti_forward": ".pt2"}
-
-
-def part_of(kind: str) -> str:
-    """The optional part of a bundle an artifact kind belongs to (``torchscript_loss`` ->
-    ``torchscript``): what ``export_bundle(<part>=False)`` and ``--skip <part>`` leave out."""
-    return kind.split("_")[0]
-
-
-# Optional parts: the trusted-only families, then the training graphs and the parity run.
-PARTS = tuple(sorted({part_of(k) for k in TRUSTED_KINDS}, reverse=True)) + ("training", "parity")
 
 
 def _jsonable(value: Any) -> Any:

@@ -5,7 +5,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .manifest import TRUSTED_KINDS
+from ..bundle_format import TRUSTED_KINDS
 
 
 class UntrustedArtifactError(PermissionError):

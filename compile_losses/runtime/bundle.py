@@ -14,7 +14,7 @@ from .graph import Graph
 from .integrity import GRAPH_KINDS, MAX_LOADED_BYTES, RUNTIME_KINDS, VerifiedBundle, verify_bundle
 from .npz import NPZ_MAX_BYTES, read_npz
 from .parity import CheckReport, Row, compare
-from .signature import Roles, SignatureError, parse_roles
+from .specs import Roles, SignatureError, parse_roles
 from .timeouts import DEFAULT_CHECK_TIMEOUT_S, DEFAULT_RUN_TIMEOUT_S, check_timeout
 
 REQUIRED_KINDS = ("forward", "loss", "fixtures")

@@ -8,10 +8,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
+from ..sessions import session_options
 from .errors import BundleError, BundleTimeoutError, quote
 from .integrity import VerifiedBundle
 from .onnx_refs import ExternalRef, ProtobufError, inline_external
-from .signature import Signature, SignatureError, parse_signature
+from .specs import Signature, SignatureError, parse_signature
 from .timeouts import WATCHDOG
 
 # Bundles loaded twice in one process (check, then serve; tests) share their sessions; weakly held,
@@ -32,10 +33,9 @@ def _session(model: bytes, providers: Sequence[str], intra_op_threads: Optional[
         session = _SESSIONS.get(key)
     if session is not None:
         return session
-    options = ort.SessionOptions()
-    options.log_severity_level = _QUIET
-    if intra_op_threads is not None:
-        options.intra_op_num_threads = intra_op_threads
+    # the project's one set of session options (compile_losses.sessions: imports onnxruntime only);
+    # threads None is onnxruntime's default, all cores
+    options = session_options(0 if intra_op_threads is None else intra_op_threads, log_level=_QUIET)
     # enable_fallback=0: onnxruntime's Python wrapper would otherwise print an "EP Error" banner
     # to stdout and build a refused graph a second time (kwarg present in 1.27 through 1.32)
     session = ort.InferenceSession(model, options, providers=list(providers), enable_fallback=0)

@@ -27,7 +27,7 @@ MANIFEST_MAX_DEPTH = 32            # JSON nesting; the exporter writes 5 levels
 MAX_ARTIFACTS = 256
 MAX_FILE_BYTES = 8 << 30
 MAX_LOADED_BYTES = 2 << 30         # default cap on the bytes held in memory for one bundle
-FORMAT_VERSION = 1
+from ..bundle_format import FORMAT_VERSION  # noqa: E402
 EXTERNAL_DATA_KIND = "onnx_external_data"
 GRAPH_KINDS = ("forward", "loss", "loss_and_grad", "train_step")
 # what the runtime itself parses (the rest, e.g. TorchScript, is checksummed while streaming)
