@@ -15,3 +15,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
     echo "$want" > "$stamp"
 fi
+# Under CI, a second environment with only numpy and the lowest onnxruntime pyproject.toml allows:
+# the runtime's attack tests (marker ort_floor) run there too.
+if [ "${CI:-}" = "true" ]; then
+    floor=$(sed -n 's/.*"onnxruntime>=\([0-9.]*\)".*/\1/p' pyproject.toml | head -n 1)
+    if [ -n "$floor" ] && ! .venv-ort-floor/bin/python -c "import onnxruntime as o, sys; sys.exit(o.__version__ != '$floor')" 2>/dev/null; then
+        "$PY" -m venv .venv-ort-floor
+        .venv-ort-floor/bin/python -m pip install -q numpy "onnxruntime==$floor" || echo "setup: could not install onnxruntime $floor for the floor tests" >&2
+    fi
+fi

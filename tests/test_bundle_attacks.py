@@ -20,7 +20,10 @@ from bundle_helpers import PYTHON, ROOT, default_bundle
 
 pytestmark = pytest.mark.onnx
 PROBE = ROOT / "tests" / "runtime_probe.py"
-FLOOR_PYTHON = os.environ.get("COMPILE_LOSSES_ORT_FLOOR_PYTHON", "/tmp/ort-floor/bin/python")
+# scripts/setup.sh builds .venv-ort-floor under CI; elsewhere /tmp/ort-floor or the variable
+FLOOR_PYTHON = os.environ.get("COMPILE_LOSSES_ORT_FLOOR_PYTHON") or next(
+    (str(p) for p in (ROOT / ".venv-ort-floor" / "bin" / "python",) if p.exists()),
+    "/tmp/ort-floor/bin/python")
 
 
 def _floor_version() -> str:
