@@ -22,8 +22,21 @@ from torch import Tensor, nn
 
 from .signature import TrainStepResult, TrainStepSignature
 
-__all__ = ["TrainStepResult", "TrainStepSignature", "autograd_loss_and_grad", "autograd_train_step",
+__all__ = ["TrainStepResult", "TrainStepSignature", "autograd_loss_and_grad", "autograd_train_step", "check_lr",
            "eager_loss_and_grad", "eager_train_step", "sgd_update", "seed_grad", "trainable"]
+
+
+def check_lr(lr: object, name: str = "lr") -> float:
+    """A learning rate as a float: a real number (Python or numpy scalar), finite and > 0."""
+    import math
+    import numbers
+
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError("{} must be a real number, got {}".format(name, type(lr).__name__))
+    value = float(lr)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("{} must be a finite number > 0, got {!r}".format(name, value))
+    return value
 
 
 def seed_grad(value: Tensor) -> Optional[Tensor]:

@@ -7,14 +7,22 @@ come first (every backend takes a dynamic batch dimension). Every bad input rais
 :class:`~compile_losses.errors.UsageError` with one line saying what was expected and given.
 """
 import importlib
+import math
 import re
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .diagnose import user_frame
 from .errors import UsageError
+
+# Bounds of a tensor spec: a dimension larger than this, or one example tensor larger than
+# MAX_SPEC_BYTES, is refused by name before anything is allocated.
+MAX_DIM = 2 ** 31 - 1
+MAX_SPEC_BYTES = 4 * 2 ** 30
 
 __all__ = ["TensorSpec", "Case", "resolve_net", "resolve_loss", "parse_tensor_spec", "parse_kwargs", "make_case"]
 
@@ -37,6 +45,10 @@ class TensorSpec:
     def make(self, batch: int, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
         dt = self.dtype or dtype
         shape = tuple(batch if d == "N" else d for d in self.shape)
+        size = math.prod(shape) * (torch.finfo(dt).bits if dt.is_floating_point else torch.iinfo(dt).bits) // 8
+        if size > MAX_SPEC_BYTES:
+            raise UsageError("tensor spec {!r} at batch {} is {:.3g} GiB, more than the {} GiB an example tensor may "
+                             "take".format(self.text, batch, size / 2 ** 30, MAX_SPEC_BYTES // 2 ** 30))
         if self.range is None:
             return torch.randn(shape, generator=gen, dtype=dt)
         kind, lo, hi = self.range
@@ -59,10 +71,11 @@ def parse_tensor_spec(text: str) -> TensorSpec:
     for d in (x.strip() for x in m.group("dims").split(",")):
         if d == "N":
             dims.append("N")
-        elif d.isdigit() and int(d) > 0:
+        elif d.isdigit() and 0 < int(d) <= MAX_DIM:
             dims.append(int(d))
         else:
-            raise UsageError("tensor spec dimensions must be N or positive integers, got {!r} in {!r}".format(d, text))
+            raise UsageError("tensor spec dimensions must be N or integers from 1 to {}, got {!r} in {!r}".format(
+                MAX_DIM, d, text))
     if not dims or dims[0] != "N":
         raise UsageError("tensor spec must start with the batch dimension N, got {!r}".format(text))
     rng = _parse_range(m.group("range"), text)
@@ -120,6 +133,11 @@ def _import(path: str, what: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError("{} {!r}: cannot import {!r} ({})".format(what, path, module_name, exc)) from None
+    except Exception as exc:  # the user's module itself fails: a syntax error, an error at import time
+        where = user_frame(traceback.format_exc())
+        raise UsageError("{} {!r}: importing {!r} failed: {}: {}{}".format(
+            what, path, module_name, type(exc).__name__, _first_line(exc), " (at {})".format(where) if where else "")
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -128,11 +146,21 @@ def _import(path: str, what: str) -> Any:
     return obj
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def _build(factory: Callable[..., Any], kwargs: Dict[str, Any], what: str, name: str) -> nn.Module:
     try:
         module = factory(**kwargs)
     except (TypeError, ValueError) as exc:
         raise UsageError("{} {!r} with {}: {}".format(what, name, kwargs or "no arguments", exc)) from None
+    except Exception as exc:  # the user's __init__ raised: their error, in one line, with their line
+        where = user_frame(traceback.format_exc())
+        raise UsageError("{} {!r} raised in __init__ with {}: {}: {}{}".format(
+            what, name, kwargs or "no arguments", type(exc).__name__, _first_line(exc),
+            " (at {})".format(where) if where else "")) from None
     if not isinstance(module, nn.Module):
         raise UsageError("{} {!r} must build a torch.nn.Module, got {}".format(what, name, type(module).__name__))
     return module

@@ -287,3 +287,95 @@ def test_runtime_empty_batch_follows_torch(ce_bundle) -> None:
     assert np.isnan(b.loss(np.zeros((0, 5), np.float32), y[:0])) and torch.isnan(expected)
     value, grad = b.loss_and_grad(np.zeros((0, 5), np.float32), y[:0])
     assert np.isnan(value) and grad.shape == (0, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# a user's broken code and absurd arguments: one named line, exit 2, never a traceback
+# ---------------------------------------------------------------------------------------------
+_BROKEN = {
+    "syntax_err.py": "class Net(:\n    pass\n",
+    "user_nets.py": (
+        "import torch\n"
+        "class Raises(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        raise RuntimeError('boom in init')\n"
+        "class Lin(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.l = torch.nn.Linear(3, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.l(x)\n"
+        "class MedianLoss(torch.nn.Module):\n"
+        "    def forward(self, input, target):\n"
+        "        return (input - target).abs().median()\n"
+        "class BranchLoss(torch.nn.Module):\n"
+        "    def forward(self, input, target):\n"
+        "        d = input - target\n"
+        "        if d.sum() > 0:\n"
+        "            return d.pow(2).mean()\n"
+        "        return d.abs().mean()\n"),
+}
+
+
+@pytest.fixture
+def broken_pkg(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    for name, text in _BROKEN.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["verify", "--net", "syntax_err:Net", "--input", "float32[N,3]"],
+     r"net 'syntax_err:Net': importing 'syntax_err' failed: SyntaxError: invalid syntax \(syntax_err.py, line 1\)"),
+    (["export", "--net", "user_nets:Raises", "--input", "float32[N,3]"],
+     r"net 'user_nets:Raises' raised in __init__ with no arguments: RuntimeError: boom in init \(at .*user_nets.py:5: "),
+    (["verify", "--net", "user_nets:Lin", "--input", "float32[N,100000000000]"],
+     r"tensor spec dimensions must be N or integers from 1 to 2147483647, got '100000000000'"),
+    (["verify", "--net", "user_nets:Lin", "--input", "float32[N,100000,100000]"],
+     r"tensor spec 'float32\[N,100000,100000\]' at batch \d+ is 37.3 GiB, more than the 4 GiB"),
+    (["export", "--lr", "nan"], r"--lr must be a finite number > 0, got nan"),
+    (["export", "--lr", "inf"], r"--lr must be a finite number > 0, got inf"),
+    (["verify", "--lr", "0"], r"--lr must be a finite number > 0, got 0.0"),
+    (["verify", "--lr", "fast"], r"--lr must be a number, got 'fast'"),
+])
+def test_broken_user_code_and_absurd_arguments_exit_2_in_one_line(broken_pkg, argv, message, capsys, tmp_path):
+    from compile_losses.cli import main
+
+    argv = argv + (["--out", str(tmp_path / "m"), "--quiet"] if argv[0] == "export" else ["--quiet"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("loss, message", [
+    ("MedianLoss", r"user_nets.MedianLoss cannot be exported \(.*\): it uses aten.median.default at "
+                   r".*user_nets.py:14: return \(input - target\).abs\(\).median\(\), which has no ONNX form"),
+    ("BranchLoss", r"user_nets.BranchLoss cannot be exported \(.*\): Python control flow or a shape that depends "
+                   r"on a tensor's values at .*user_nets.py:18: if d.sum\(\) > 0:"),
+])
+def test_export_of_unsupported_user_code_names_the_op_the_class_and_the_line(broken_pkg, loss, message, capfd):
+    import importlib
+
+    from compile_losses.backends.onnx import export_onnx
+    from compile_losses.errors import ExportUnsupportedError
+
+    module = getattr(importlib.import_module("user_nets"), loss)()
+    with pytest.raises(ExportUnsupportedError) as info:
+        export_onnx(module, (torch.randn(4, 1), torch.randn(4, 1)))
+    assert re.search(message, str(info.value)) and len(str(info.value).splitlines()) == 1, str(info.value)
+    assert info.value.source is not None and "user_nets.py" in info.value.source
+    assert "def forward" not in capfd.readouterr().err  # torch's graph dumps of the failed attempt are held back
+
+
+def test_library_lr_is_checked_once_by_name():
+    from compile_losses.programs import check_lr
+
+    assert check_lr(np.float32(0.5)) == 0.5 and check_lr(1) == 1.0
+    for bad, err in ((float("nan"), ValueError), (0.0, ValueError), (-1e-3, ValueError), (True, TypeError),
+                     ("0.1", TypeError)):
+        with pytest.raises(err, match="lr must be"):
+            check_lr(bad)

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 
 from .. import training
 from .._reduction import ONNX_OPTIMIZE, faithful_reductions
+from ..diagnose import quiet_failure, unsupported
+from ..errors import UsageError
 from ..sessions import INTRA_OP_THREADS, ort_session
 from ..signature import OPSET
 from .base import Backend, TrainStepResult, Unsupported, export_example, structure_key
@@ -194,12 +196,28 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[Tensor], exporter: s
     (``"batch"``); inputs named after ``module.forward``'s parameters, the output ``"output"``.
 
     ``faithful=False`` exists to show what the faithful reductions fix; do not ship its graphs.
+    An export that fails raises :class:`~compile_losses.errors.ExportUnsupportedError` naming the
+    op, the module's class and the user's source line where they can be found.
     """
-    import onnx
-
+    if exporter not in ("dynamo", "legacy"):
+        raise ValueError("exporter must be 'dynamo' or 'legacy', got {!r}".format(exporter))
     example = export_example(example_inputs)
     names = input_names(module, len(example))
     reductions = faithful_reductions() if faithful else _plain_reductions()
+    try:
+        with quiet_failure():
+            return _export(module, example, names, exporter, opset, reductions)
+    except (UsageError, TypeError):
+        raise
+    except Exception as exc:  # the exporters raise many unrelated types: one line naming op, class and line
+        raise unsupported(exc, module, "{} exporter, to ONNX".format(
+            "torch.export-based" if exporter == "dynamo" else "TorchScript-based"), example, opset=opset) from None
+
+
+def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], exporter: str, opset: int,
+            reductions: Any) -> Any:
+    import onnx
+
     with _quiet_export(), reductions, _keep_modes(module):
         if exporter == "dynamo":
             batch = torch.export.Dim("batch")
@@ -207,13 +225,11 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[Tensor], exporter: s
                                         dynamic_shapes=tuple({0: batch} for _ in example),
                                         opset_version=opset, optimize=ONNX_OPTIMIZE, verbose=False)
             model = program.model_proto
-        elif exporter == "legacy":
+        else:
             buffer = io.BytesIO()
             torch.onnx.export(module, example, buffer, dynamo=False, input_names=names, output_names=["output"],
                               dynamic_axes={n: {0: "batch"} for n in names}, opset_version=opset)
             model = onnx.load_from_string(buffer.getvalue())
-        else:
-            raise ValueError("exporter must be 'dynamo' or 'legacy', got {!r}".format(exporter))
     onnx.checker.check_model(model)
     return model
 

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target spec in the loss's order, repeatable, e.g. int64[N]{0..9}")
     parser.add_argument("--batch", type=int, default=8, help="example batch size (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and example data (default: 0)")
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD rate in the train-step fixtures (default: 0.01)")
+    parser.add_argument("--lr", type=_lr, default=0.01, help="SGD rate in the train-step fixtures (default: 0.01)")
     parser.add_argument("--skip", default="", metavar="PARTS",
                         help="comma list of parts to leave out: " + ", ".join(_parts()))
     parser.add_argument("--no-aoti", action="store_true",
@@ -190,3 +190,16 @@ def _short(name: str) -> str:
     """A folder-friendly name: the registry name, or the class name of an import path."""
     return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1].lower() if ":" in name else name
 
+
+def _lr(text: str) -> float:
+    """``--lr``: a finite number > 0 (argparse reports the message on one line, exit 2)."""
+    from ..programs import check_lr
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--lr must be a number, got {!r}".format(text)) from None
+    try:
+        return check_lr(value, "--lr")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

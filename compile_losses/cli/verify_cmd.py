@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="net input (or the prediction with --net none) spec, e.g. 'float32[N,32]' (repeatable)")
     parser.add_argument("--target", action="append", default=[], metavar="SPEC",
                         help="target spec, e.g. 'int64[N]{0..9}' or 'float32[N,1]{0.1:2}' (repeatable)")
-    parser.add_argument("--lr", type=float, default=0.01, help="learning rate of the checked train step (default 0.01)")
+    parser.add_argument("--lr", type=_lr, default=0.01, help="learning rate of the checked train step (default 0.01)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
     parser.add_argument("--detail", action="store_true", help="print every row, not one line per case and backend")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -146,3 +146,17 @@ def _case_module(case):  # type: ignore[no-untyped-def]
 
 def _args(case):  # type: ignore[no-untyped-def]
     return tuple(case.inputs) + tuple(case.targets)
+
+
+def _lr(text: str) -> float:
+    """``--lr``: a finite number > 0 (argparse reports the message on one line, exit 2)."""
+    from ..programs import check_lr
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--lr must be a number, got {!r}".format(text)) from None
+    try:
+        return check_lr(value, "--lr")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

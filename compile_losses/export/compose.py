@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..errors import ExportError, UsageError
 from .fixtures import _double, _fixtures, _np
 from ..bundle_format import FAILED_SUFFIX, FORMAT_VERSION
+from ..programs import check_lr
 from .install import _NAME, _install, _out_dir, _step, recover
 from .manifest import _versions, describe_module, write_manifest
 from .writers import (write_aoti, write_forward_onnx, write_loss_and_grad_onnx, write_loss_onnx, write_npz,
@@ -84,6 +85,7 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
     if not isinstance(net, nn.Module) or not isinstance(loss, nn.Module):
         raise TypeError("net and loss must be torch.nn.Module instances, got {} and {}".format(
             type(net).__name__, type(loss).__name__))
+    lr = check_lr(lr)
     inputs_t, targets_t = _as_tuple(inputs, "inputs"), _as_tuple(target, "target")
     from ..validate import check_case
 

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from ..backends import Backend, Unsupported, get_backends, reference_for
 from ..backends.base import to_cpu
 from ..nets import NetWithLoss
+from ..programs import check_lr
 from .audit import audited, compile_audit
 from .progress import Progress
 from .report import ParityReport, Row, _one_line
@@ -32,7 +33,7 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     from ..validate import check_case
 
     check_case(net, loss, inputs, targets)  # bad input: one named error before any backend runs
-    lr = float(options.get("lr", 0.01))
+    lr = check_lr(options.get("lr", 0.01))
     spec = options.get("spec") or _registry_spec(loss)
     label = options.get("label") or _label(net, loss, inputs)
     progress = options.get("progress")

@@ -24,7 +24,8 @@ from ._aoti import aoti_package, prepare_aoti_loss_and_grad, prepare_aoti_train_
 from ..signature import OPSET, TrainStepResult, TrainStepSignature, onnx_safe_name
 from ._onnx import (export_loss_and_grad_onnx, export_train_step_onnx, prepare_onnx_loss_and_grad,
                     prepare_onnx_train_step, signature_of)
-from ._trace import (ExportUnsupportedError, TracedGraph, faithful_graph, loss_and_grad, trace_loss_and_grad,
+from ..errors import ExportUnsupportedError
+from ._trace import (TracedGraph, faithful_graph, loss_and_grad, trace_loss_and_grad,
                      trace_train_step, train_step)
 
 __all__ = [

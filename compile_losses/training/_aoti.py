@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..signature import TrainStepResult
-from ._trace import ExportUnsupportedError, TracedGraph, structure_key, trace_loss_and_grad, trace_train_step
+from ..errors import ExportUnsupportedError
+from ._trace import TracedGraph, structure_key, trace_loss_and_grad, trace_train_step
 
 # A build takes ~20 s on 2 cores: one per graph structure per process (the batch is dynamic).
 _CACHE: Dict[Tuple[Any, ...], Tuple[Any, TracedGraph]] = {}

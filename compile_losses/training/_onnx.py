@@ -8,7 +8,6 @@ fails; of the traced graph module it works.)
 import contextlib
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -19,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from .._reduction import ONNX_OPTIMIZE
+from ..diagnose import quiet_failure, unsupported
 from ..sessions import ort_session
 from ..signature import OPSET, TrainStepResult, TrainStepSignature
-from ._trace import (ExportUnsupportedError, TracedGraph, faithful_graph, structure_key, trace_loss_and_grad,
+from ._trace import (TracedGraph, faithful_graph, structure_key, trace_loss_and_grad,
                      trace_train_step)
 
 
@@ -33,7 +33,7 @@ def export_loss_and_grad_onnx(loss: nn.Module, example_inputs: Tuple[Tensor, ...
     """
     start = time.perf_counter()
     graph = trace_loss_and_grad(loss, example_inputs)
-    return _export(graph, path, start)
+    return _export(graph, path, start, loss, lambda: tuple(example_inputs))
 
 
 def export_train_step_onnx(net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
@@ -46,12 +46,18 @@ def export_train_step_onnx(net: nn.Module, loss: nn.Module, example_inputs: Tupl
     """
     start = time.perf_counter()
     graph = trace_train_step(net, loss, example_inputs)
-    info = _export(graph, path, start)
+
+    def loss_example() -> Tuple[Tensor, ...]:
+        with torch.no_grad():
+            return (net(example_inputs[0]),) + tuple(example_inputs[1:])
+
+    info = _export(graph, path, start, loss, loss_example)
     info["optimizer"] = {"name": "sgd", "update": "new = param - lr * grad"}
     return info
 
 
-def _export(graph: TracedGraph, path: str, start: float) -> Dict[str, Any]:
+def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
+            loss_example: Callable[[], Tuple[Tensor, ...]]) -> Dict[str, Any]:
     import onnx
 
     gm = faithful_graph(graph.module)
@@ -60,11 +66,13 @@ def _export(graph: TracedGraph, path: str, start: float) -> Dict[str, Any]:
         warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         try:
-            program = torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
-                                        input_names=graph.input_names, output_names=graph.output_names,
-                                        opset_version=OPSET, verbose=False, optimize=ONNX_OPTIMIZE)
+            with quiet_failure():
+                program = torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
+                                            input_names=graph.input_names, output_names=graph.output_names,
+                                            opset_version=OPSET, verbose=False, optimize=ONNX_OPTIMIZE)
         except Exception as exc:  # the exporter raises several unrelated types; all end here
-            raise _unsupported(exc, graph) from None
+            raise unsupported(exc, loss, "its {} graph, to ONNX".format(graph.kind), loss_example(),
+                              opset=OPSET) from None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     program.save(path)
     model = onnx.load(path)
@@ -94,37 +102,6 @@ def _quiet_registry() -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
-
-
-_NO_ONNX = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>")
-
-
-def _unsupported(exc: BaseException, graph: TracedGraph) -> ExportUnsupportedError:
-    messages = []
-    seen = exc  # type: Optional[BaseException]
-    while seen is not None and len(messages) < 10:
-        messages.append(str(seen))
-        seen = seen.__cause__ or seen.__context__
-    text = "\n".join(messages)
-    match = _NO_ONNX.search(text)
-    if match:
-        op = "{}.{}".format(match.group(1), match.group(2))
-        return ExportUnsupportedError(
-            "{} cannot be exported to ONNX: its {} graph uses {}, which has no ONNX form in torch {} "
-            "(opset {})".format(graph.loss_label, graph.kind, op, torch.__version__, OPSET), op=op, loss=graph.loss_label)
-    detail = _summary(text) or type(exc).__name__
-    if "Constraints violated" in text or "specializ" in text:
-        detail = "the graph does not allow a dynamic batch dimension: " + detail
-    return ExportUnsupportedError("{} cannot be exported to ONNX ({} graph): {}: {}".format(
-        graph.loss_label, graph.kind, type(exc).__name__, detail), loss=graph.loss_label)
-
-
-def _summary(text: str) -> str:
-    # The exporter's message is a page of advice; its "Exception summary" names the real cause.
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if "## Exception summary" in lines:
-        lines = lines[lines.index("## Exception summary") + 1:]
-    return re.sub(r"\x1b\[[0-9;]*m", "", lines[0])[:500] if lines else ""
 
 
 def _opset(model: Any) -> int:

@@ -16,24 +16,13 @@ from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._reduction import faithful_reductions
+from ..diagnose import unsupported, user_frame
+from ..errors import ExportUnsupportedError
 from ..programs import sgd_update
-from ..signature import TrainStepResult, TrainStepSignature, onnx_safe_name, target_names
+from ..signature import TrainStepResult, TrainStepSignature, target_names
 from ._decomp import LinearAs2D, export_decompositions
 
 BATCH = "batch"
-
-
-class ExportUnsupportedError(ValueError):
-    """A loss (or net) whose gradient graph cannot be exported: an op with no ONNX form, a
-    gradient torch does not implement, or a graph that does not allow a dynamic batch.
-
-    ``op`` names the offending op when one is known (``"aten.cummax.default"``); ``loss`` is the
-    loss's import path. The message is one line that says both."""
-
-    def __init__(self, message: str, op: Optional[str] = None, loss: str = "") -> None:
-        super().__init__(message)
-        self.op = op
-        self.loss = loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,9 +172,13 @@ def _make_fx(fn: Callable[..., Any], args: Tuple[Tensor, ...], batched: List[boo
             gm = make_fx(torch.func.functionalize(fn, remove="mutations"), decomposition_table=table,
                          tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
     except (NotImplementedError, RuntimeError) as exc:
+        if any(k in str(exc) for k in ("data-dependent", "DataDependent", "_local_scalar_dense")):
+            raise unsupported(exc, loss, "its gradient graph") from None
         # e.g. "the derivative for 'zeta' is not implemented": no gradient graph exists at all.
-        raise ExportUnsupportedError("cannot trace the gradient of {}: {}".format(
-            loss_label(loss), _first_line(exc)), loss=loss_label(loss)) from None
+        where = user_frame(str(exc))
+        raise ExportUnsupportedError("cannot trace the gradient of {}: {}{}".format(
+            loss_label(loss), _first_line(exc), " (at {})".format(where) if where else ""),
+            loss=loss_label(loss), source=where) from None
     except (ValueError, TypeError) as exc:
         # The loss's own checks, seen with a symbolic batch (sizes print as s0, s1, ...).
         raise ExportUnsupportedError(

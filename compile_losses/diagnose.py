@@ -1,0 +1,160 @@
+"""Why a user's module cannot be exported, in one line: the op, the module's class and the user's
+source line, instead of the exporters' pages of advice and graph dumps.
+
+Shared by every exporter path (the forward and loss graphs, the training graphs, AOTInductor):
+
+    raise unsupported(exc, module, "forward graph", example)   # -> ExportUnsupportedError
+
+The op comes from the exporter's own message (``No ONNX function found for <OpOverload(op=...)>``);
+the source line from the first frame of the exception's text that lies outside torch, the exporters,
+the standard library and this package (torch.export prints the user's frame for data-dependent
+control flow), else from the ``stack_trace`` that ``torch.export`` records on the graph node using
+that op.
+"""
+import contextlib
+import os
+import re
+import sys
+import sysconfig
+import tempfile
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+from .errors import ExportUnsupportedError
+
+__all__ = ["unsupported", "user_frame", "module_label", "quiet_failure"]
+
+_NO_ONNX = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>")
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in ([\w<>.]+)\n[ \t]*([^\n]*)')
+_DATA_DEPENDENT = ("data-dependent", "GuardOnDataDependentSymNode", "_local_scalar_dense", "item()")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def module_label(module: Any) -> str:
+    """``package.module.Class``; a (net, loss) pair as ``net + loss``."""
+    net, loss = getattr(module, "net", None), getattr(module, "loss", None)
+    if net is not None and loss is not None and type(module).__name__.startswith("NetWithLoss"):
+        return "{} + {}".format(module_label(net), module_label(loss))
+    cls = type(module)
+    return "{}.{}".format(cls.__module__, cls.__qualname__)
+
+
+def _not_user_dirs() -> Tuple[str, ...]:
+    dirs = [os.path.dirname(os.path.abspath(__file__)), sysconfig.get_paths()["stdlib"]]
+    for name in ("torch", "onnxscript", "onnx", "onnx_ir", "functorch", "sympy"):
+        try:
+            mod = __import__(name)
+        except ImportError:
+            continue
+        dirs.append(os.path.dirname(os.path.abspath(mod.__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+def user_frame(text: str) -> Optional[str]:
+    """``path:line: code`` of the last frame in ``text`` that is the user's (outside torch, the
+    exporters, the standard library and compile_losses), or None."""
+    skip = _not_user_dirs()
+    frames = [m for m in _FRAME.finditer(text)
+              if not os.path.abspath(m.group(1)).startswith(skip) and not m.group(1).startswith("<")]
+    if not frames:
+        return None
+    m = frames[-1]
+    return "{}:{}: {}".format(m.group(1), m.group(2), m.group(4).strip())
+
+
+def _chain(exc: BaseException, limit: int = 10) -> str:
+    parts: List[str] = []
+    seen: Optional[BaseException] = exc
+    while seen is not None and len(parts) < limit:
+        parts.append(_ANSI.sub("", str(seen)))
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(parts)
+
+
+def _op_source(module: Any, example: Sequence[Any], op: str) -> Optional[str]:
+    """The user's line that calls ``op``, from the stack trace torch.export records on its node."""
+    try:
+        import torch
+
+        program = torch.export.export(module, tuple(example), strict=False)
+    except Exception:  # the op's line is a courtesy; an export that fails here tells nothing more
+        return None
+    for node in program.graph.nodes:
+        if node.op == "call_function" and str(node.target) == op:
+            trace = node.meta.get("stack_trace") or ""
+            found = user_frame(trace)
+            if found:
+                return found
+    return None
+
+
+def _summary(text: str) -> str:
+    # The exporter's message is a page of advice; its "Exception summary" names the real cause.
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1:]
+    return lines[0][:300] if lines else ""
+
+
+def unsupported(exc: BaseException, module: Any, what: str, example: Optional[Sequence[Any]] = None,
+                opset: Optional[int] = None) -> ExportUnsupportedError:
+    """One line that says which op (or which construct), in which class, at which line of the
+    user's code, keeps ``module`` (the loss, or the net) from being exported as ``what``."""
+    import torch
+
+    text = _chain(exc)
+    label = module_label(module)
+    match = _NO_ONNX.search(text)
+    op = "{}.{}".format(match.group(1), match.group(2)) if match else None
+    where = user_frame(text)
+    if op and where is None and example is not None:
+        where = _op_source(module, example, op)
+    at = " at {}".format(where) if where else ""
+    if op:
+        message = "{} cannot be exported ({}): it uses {}{}, which has no ONNX form in torch {}{}".format(
+            label, what, op, at, torch.__version__, " (opset {})".format(opset) if opset else "")
+    elif any(k in text for k in _DATA_DEPENDENT):
+        message = ("{} cannot be exported ({}): Python control flow or a shape that depends on a tensor's "
+                   "values{} (write it with torch.where or masks)".format(label, what, at))
+    else:
+        detail = _summary(text) or type(exc).__name__
+        if "Constraints violated" in text or "specializ" in text:
+            detail = "the graph does not allow a dynamic batch dimension: " + detail
+        message = "{} cannot be exported ({}){}: {}: {}".format(label, what, at, type(exc).__name__, detail)
+    return ExportUnsupportedError(message, op=op, loss=label, source=where)
+
+
+@contextlib.contextmanager
+def quiet_failure() -> Iterator[None]:
+    """Hold what the block writes to stderr, at the file-descriptor level and through
+    ``sys.stderr`` (torch prints graph dumps there when an export fails); replay it if the block
+    succeeds, drop it if it raises (the raised error says what went wrong in one line)."""
+    import io
+
+    try:
+        sys.stderr.flush()
+        saved: Optional[int] = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real stderr (embedded): hold the Python stream only
+        saved = None
+    stream, buffer = sys.stderr, io.StringIO()
+    with tempfile.TemporaryFile() as held:
+        if saved is not None:
+            os.dup2(held.fileno(), 2)
+        sys.stderr = buffer
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr = stream
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+            if not failed:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    os.write(2, text)
+                if buffer.getvalue():
+                    stream.write(buffer.getvalue())
