@@ -151,7 +151,7 @@ def test_user_net_and_loss_by_import_path(tmp_path, capsys):
     (["export", "--net", "userpkg.models:Missing", "--input", "float32[N,3]"], r"has no attribute 'Missing'"),
     (["export", "--net", "userpkg.models:TinyClassifier"], r"give its inputs, e.g. --input"),
     (["export"] + USER[:4] + ["--input", "float32[6,N]"], r"must start with the batch dimension N"),
-    (["export"] + USER[:4] + ["--input", "float32[N,x]"], r"dimensions must be N or positive integers"),
+    (["export"] + USER[:4] + ["--input", "float32[N,x]"], r"dimensions must be N or integers from 1 to 2147483647"),
     (["export"] + USER[:4] + ["--input", "float32[N,6]", "--target", "float32[N,5]"], r"do not fit the example inputs"),
     (["export", "--net-args", "{bad"], r"--net-args must be a JSON object"),
     (["export", "--loss-args", "[1]"], r"--loss-args must be a JSON object, got list"),

@@ -23,7 +23,7 @@ def test_tensor_specs() -> None:
     ("float32(N,32)", r"tensor spec must look like float32\[N,32\].*got 'float32\(N,32\)'"),
     ("float33[N]", r"dtype must be one of .*got 'float33'"),
     ("float32[32,N]", r"must start with the batch dimension N, got 'float32\[32,N\]'"),
-    ("float32[N,x]", r"dimensions must be N or positive integers, got 'x'"),
+    ("float32[N,x]", r"dimensions must be N or integers from 1 to 2147483647, got 'x'"),
     ("int64[N]", r"integer tensor spec needs an integer range such as \{0..9\}"),
     ("float32[N]{3:1}", r"lo <= hi"),
     ("float32[N]{a..b}", r"range must be \{lo..hi\}"),
