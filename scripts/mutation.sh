@@ -20,7 +20,7 @@ declare -A PATHS=(
   [gate]=compile_losses/bench/gate.py
 )
 declare -A RUNNERS=(
-  [rule]="$PYTEST tests/test_parity.py -k 'not matrix'"
+  [rule]="$PYTEST tests/test_parity.py -k 'clause or non_finite or tolerance or planted or nondeterministic or float64 or lr'"
   [reduction]="$PYTEST tests/test_losses_math.py tests/test_losses_registry.py -k 'not script and not compile and not onnx'"
   [programs]="$PYTEST tests/test_backends.py tests/test_training.py -k 'train_step or loss_and_grad or signature' -m 'not onnx and not aoti'"
   [gate]="$PYTEST tests/test_bench_gate.py"
