@@ -1,11 +1,9 @@
 """The reference nets: SeedNet is exactly Linear(32,16)-ReLU-Linear(16,1); every net in
-``registry.NETS`` scripts, compiles with fullgraph and a dynamic batch, and exports to ONNX with a
-dynamic batch, matching eager (in eval mode); each trains with the loss the registry pairs it with.
+``registry.NETS`` runs through every backend adapter (scripted, compiled, exported with a dynamic
+batch) matching eager in eval mode, compiles with fullgraph and no recompiles once the batch is
+dynamic, and trains with the loss the registry pairs it with.
 """
-import os
-import tempfile
-import warnings
-from typing import Tuple
+from typing import Any, Tuple
 
 import pytest
 import torch
@@ -13,7 +11,9 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 from torch.testing import assert_close
 
+from backend_params import backend_params
 from compile_losses import nets
+from compile_losses.backends import BACKENDS
 from compile_losses.registry import LOSSES, NETS
 
 NET_NAMES = sorted(NETS)
@@ -24,18 +24,10 @@ def _net(name: str) -> nn.Module:
     return NETS[name].build().eval()
 
 
-def _script(module: nn.Module) -> torch.jit.ScriptModule:
-    if not hasattr(torch.jit, "script"):
-        pytest.skip("unavailable: this torch has no torch.jit.script")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
-        return torch.jit.script(module)
-
-
-def _out_and_param_grads(net: nn.Module, x: Tensor) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+def _out_and_param_grads(net: Any, x: Tensor, params: Any = None) -> Tuple[Tensor, Tuple[Tensor, ...]]:
     out = net(x)
     cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-    grads = torch.autograd.grad(out, [p for p in net.parameters()], cot)
+    grads = torch.autograd.grad(out, list(params if params is not None else net.parameters()), cot)
     return out.detach(), grads
 
 
@@ -89,80 +81,62 @@ def test_every_loss_takes_a_seed_net_prediction(loss_name: str):
     assert value.shape == () and torch.isfinite(value)
 
 
-@pytest.mark.script
-@pytest.mark.parametrize("name", NET_NAMES)
-def test_net_scripts_and_matches_eager(name: str):
-    net = _net(name)
-    scripted = _script(net)
-    for batch in (1, 5):
-        x = NETS[name].example_input(batch, seed=batch)
-        out, grads = _out_and_param_grads(net, x)
-        for _ in range(2):  # the profiling executor optimises on a later run
-            got, got_grads = _out_and_param_grads(scripted, x)
-            assert_close(got, out)
-            assert_close(got_grads, grads)
+def _net_backend_params():  # type: ignore[no-untyped-def]
+    """Every registered CPU backend x every net, marked from the adapter's facts; beyond SeedNet,
+    backends that build for seconds (inductor, AOTInductor) run with --run-slow."""
+    params = []
+    for p in backend_params(lambda b: b.device == "cpu" and not b.reference):
+        for name in NET_NAMES:
+            backend = BACKENDS[p.values[0]]
+            marks = list(p.marks) + ([pytest.mark.slow] if name != "seed" and backend.cost >= 1.0 else [])
+            params.append(pytest.param(p.values[0], name, marks=marks, id="{}-{}".format(name, p.id)))
+    return params
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
-# The "eager" backend runs the full dynamo capture (graph breaks, guards, recompiles) cheaply;
-# "aot_eager" also traces the backward, about 10 s per net here for the conv and attention nets.
-_COMPILE_CASES = [pytest.param(n, "eager", id="{}-eager".format(n)) for n in NET_NAMES] + [
-    pytest.param(n, "aot_eager", id="{}-aot_eager".format(n), marks=[] if n == "seed" else [pytest.mark.slow])
-    for n in NET_NAMES
-]
-
-
-@pytest.mark.compile
-@pytest.mark.parametrize("name,backend", _COMPILE_CASES)
-def test_net_compiles_fullgraph_dynamic_and_matches_eager(name: str, backend: str, fresh_dynamo):
-    net = _net(name)
-    compiled = torch.compile(net, backend=backend, fullgraph=True, dynamic=True)
-    # the batch dim stays symbolic. Batch sizes differ from every other dim: duck shaping gives
-    # equal sizes one symbol, so a batch of 3 would specialize with ConvSegNet's 3 input channels.
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for batch in (5, 11):
-            x = NETS[name].example_input(batch, seed=batch)
-            out, grads = _out_and_param_grads(net, x)
-            got, got_grads = _out_and_param_grads(compiled, x)
-            assert_close(got, out)
-            assert_close(got_grads, grads)
-
-
-@pytest.mark.compile
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NET_NAMES)
-def test_net_compiles_with_inductor(name: str, fresh_dynamo):
-    net = _net(name)
-    compiled = torch.compile(net, fullgraph=True, dynamic=True)
-    for batch in (5, 11):
-        x = NETS[name].example_input(batch, seed=batch)
-        with torch.no_grad():
-            assert_close(compiled(x), net(x))
-
-
-@pytest.mark.onnx
-@pytest.mark.parametrize("name", NET_NAMES)
-def test_net_exports_to_onnx_with_dynamic_batch(name: str):
-    onnx = pytest.importorskip("onnx", reason="unavailable: onnx not installed")
-    ort = pytest.importorskip("onnxruntime", reason="unavailable: onnxruntime not installed")
+@pytest.mark.parametrize("backend,name", _net_backend_params())
+def test_net_runs_through_every_backend_at_any_batch_and_matches_eager(backend: str, name: str):
+    """The graphs users get: each net prepared once by the backend's adapter (exported ones with the
+    project's export settings), run at batches it was not prepared with (the batch is dynamic),
+    forward values and, where the backend has autograd, every parameter's gradient against eager."""
+    adapter = BACKENDS[backend]
+    ok, reason = adapter.available()
+    if not ok:
+        pytest.skip("unavailable: " + reason)
     net = _net(name)
     spec = NETS[name]
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "net.onnx")
-        torch.onnx.export(net, (spec.example_input(4),), path, dynamo=True,
-                          dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), verbose=False)
-        onnx.checker.check_model(path, full_check=True)
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (inp,) = session.get_inputs()
-    assert isinstance(inp.shape[0], str), "batch dimension is fixed: {}".format(inp.shape)
+    fn = adapter.prepare(net, (spec.example_input(4),))
     for batch in (1, 13):
         x = spec.example_input(batch, seed=batch)
-        (got,) = session.run(None, {inp.name: x.numpy()})
-        with torch.no_grad():
-            assert_close(torch.from_numpy(got), net(x))
+        out, grads = _out_and_param_grads(net, x)
+        if adapter.supports_autograd:
+            got, got_grads = _out_and_param_grads(fn, x, net.parameters())
+            assert_close(got_grads, grads, rtol=1e-4, atol=1e-5)
+        else:
+            with torch.no_grad():
+                got = fn(x)
+        assert_close(got.cpu(), out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("name", NET_NAMES)
+def test_net_compiles_fullgraph_with_a_dynamic_batch(name: str):
+    """No graph break, and no recompilation once the batch is dynamic (the compile audit), with the
+    cheapest registered compiler that traces the backward (aot_eager)."""
+    from backend_params import SLOW_COST
+    from compile_losses.parity import compile_audit
+
+    compiler = next(n for n, b in BACKENDS.items() if "compile" in b.markers and b.cost < SLOW_COST
+                    and b.device == "cpu" and b.supports_autograd)
+    net = _net(name)
+    # batch sizes differ from every other dim: duck shaping gives equal sizes one symbol, so a batch
+    # of 3 would specialize with ConvSegNet's 3 input channels
+    audit = compile_audit(net, lambda n: (NETS[name].example_input(n, seed=n),), label=name, batches=(5, 11, 17),
+                          backend=compiler)
+    assert audit["graph_breaks"] == 0, audit
+    assert audit["recompiles"] == _FRAMEWORK_RECOMPILES.get(name, 0), audit
+
+
+# Recompilations no user code can avoid, found by this test: torch's fake conv kernel guards the
+# dynamic batch as `2 <= batch <= 15` (fake_impls.py, conv), so batch 17 compiles once more. The
+# audit does not yet tell such compiler-internal guards from user-avoidable ones.
+_FRAMEWORK_RECOMPILES = {"convseg": 1}
