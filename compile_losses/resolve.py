@@ -7,6 +7,7 @@ come first (every backend takes a dynamic batch dimension). Every bad input rais
 :class:`~compile_losses.errors.UsageError` with one line saying what was expected and given.
 """
 import importlib
+import inspect
 import math
 import re
 import traceback
@@ -24,7 +25,8 @@ from .errors import UsageError
 MAX_DIM = 2 ** 31 - 1
 MAX_SPEC_BYTES = 4 * 2 ** 30
 
-__all__ = ["TensorSpec", "Case", "resolve_net", "resolve_loss", "parse_tensor_spec", "parse_kwargs", "make_case"]
+__all__ = ["TensorSpec", "Case", "resolve_net", "resolve_loss", "parse_tensor_spec", "parse_kwargs", "parse_value",
+           "coerce_init_args", "make_case"]
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
            "float64": torch.float64, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}
@@ -43,7 +45,10 @@ class TensorSpec:
     text: str = ""
 
     def make(self, batch: int, dtype: torch.dtype, gen: torch.Generator) -> Tensor:
-        dt = self.dtype or dtype
+        # a floating spec takes the case's floating dtype (verify runs float32 and float64 from one
+        # float32[N,...] spec); integer specs (class indices) keep theirs
+        floating = self.dtype is None or (self.dtype.is_floating_point and dtype.is_floating_point)
+        dt = dtype if floating else self.dtype
         shape = tuple(batch if d == "N" else d for d in self.shape)
         size = math.prod(shape) * (torch.finfo(dt).bits if dt.is_floating_point else torch.iinfo(dt).bits) // 8
         if size > MAX_SPEC_BYTES:
@@ -105,24 +110,105 @@ def _parse_range(text: Optional[str], spec: str) -> Optional[Tuple[str, float, f
     return (kind, lo, hi)
 
 
-def parse_kwargs(items: Sequence[str], what: str) -> Dict[str, Any]:
-    """``["delta=0.5", "full=True"]`` -> ``{"delta": 0.5, "full": True}`` (Python literals, else
-    strings); lists of numbers become float tensors (class weights)."""
+def parse_value(raw: str) -> Any:
+    """One KEY=VALUE value: a JSON literal (``true``, ``null``, ``0.5``, ``[1, 2]``, ``{"a": 1}``),
+    else a Python literal (``True``, ``None``, ``(1, 2)``, ``'text'``), else the text itself."""
     import ast
+    import json
 
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return raw
+
+
+def parse_kwargs(items: Sequence[str], what: str) -> Dict[str, Any]:
+    """``["delta=0.5", "sigmoid=true", "name=abc"]`` -> ``{"delta": 0.5, "sigmoid": True, "name": "abc"}``
+    (values by :func:`parse_value`); each value is checked against the module's parameter when it
+    is built (:func:`coerce_init_args`)."""
     out: Dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip().isidentifier():
             raise UsageError("{} must be key=value, got {!r}".format(what, item))
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
-            value = torch.tensor(value, dtype=torch.float32)
-        out[key.strip()] = value
+        if key.strip() in out:
+            raise UsageError("{} gives {!r} twice".format(what, key.strip()))
+        out[key.strip()] = parse_value(raw)
     return out
+
+
+def _expects(param: inspect.Parameter) -> Tuple[set, bool]:
+    """What a parameter takes, from its annotation or its default: a set of type names among
+    bool/int/float/str/tensor/list (empty: anything) and whether None is allowed."""
+    ann = param.annotation
+    text = ann if isinstance(ann, str) else ("" if ann is inspect.Parameter.empty else repr(ann))
+    kinds = set()
+    for name, words in (("bool", ("bool",)), ("int", ("int",)), ("float", ("float",)), ("str", ("str",)),
+                        ("tensor", ("Tensor",)), ("list", ("List", "list", "Sequence", "Tuple", "tuple"))):
+        if any(re.search(r"\b{}\b".format(w), text) for w in words):
+            kinds.add(name)
+    if ann in (bool, int, float, str):
+        kinds = {ann.__name__}
+    default = param.default
+    if not kinds and default is not inspect.Parameter.empty and default is not None:
+        kinds = {"tensor" if isinstance(default, Tensor) else type(default).__name__} & {
+            "bool", "int", "float", "str", "tensor", "list", "tuple"}
+    optional = default is None or "Optional" in text or "None" in text
+    return kinds, optional
+
+
+def coerce_init_args(factory: Callable[..., Any], kwargs: Dict[str, Any], what: str, name: str) -> Dict[str, Any]:
+    """Check (and convert) init arguments against ``factory``'s signature: an unknown keyword, or a
+    value of the wrong kind for a parameter's annotation or default, is a UsageError naming both.
+    Lists of numbers become float tensors where a tensor is expected (class weights), and where
+    nothing is said and the default is None."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C extension: nothing to check against
+        return dict(kwargs)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    out: Dict[str, Any] = {}
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is None or param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY):
+            if takes_any:
+                out[key] = value
+                continue
+            names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            raise UsageError("{} {!r} takes no argument {!r} (it takes: {})".format(what, name, key, ", ".join(names)))
+        kinds, optional = _expects(param)
+        numbers = isinstance(value, (list, tuple)) and bool(value) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if value is None and (optional or not kinds):
+            out[key] = value
+        elif numbers and ("tensor" in kinds or (not kinds and param.default is None)):
+            out[key] = torch.tensor(value, dtype=torch.float32)
+        elif not kinds or isinstance(value, Tensor):
+            out[key] = value
+        elif isinstance(value, bool):
+            if "bool" not in kinds:
+                raise _kind_error(what, name, key, value, kinds)
+            out[key] = value
+        elif isinstance(value, int) and kinds & {"int", "float"}:
+            out[key] = value if "int" in kinds else float(value)
+        elif isinstance(value, float) and "float" in kinds:
+            out[key] = value
+        elif isinstance(value, str) and "str" in kinds:
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and kinds & {"list", "tuple", "tensor"}:
+            out[key] = torch.tensor(value, dtype=torch.float32) if numbers and "tensor" in kinds else value
+        else:
+            raise _kind_error(what, name, key, value, kinds)
+    return out
+
+
+def _kind_error(what: str, name: str, key: str, value: Any, kinds: set) -> UsageError:
+    return UsageError("{} {!r}: {} must be {}{}, got {!r} ({})".format(
+        what, name, key, " or ".join(sorted(kinds)), "", value, type(value).__name__))
 
 
 def _import(path: str, what: str) -> Any:
@@ -151,7 +237,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _build(factory: Callable[..., Any], kwargs: Dict[str, Any], what: str, name: str) -> nn.Module:
+def _build(factory: Callable[..., Any], kwargs: Dict[str, Any], what: str, name: str,
+           signature_of: Optional[Callable[..., Any]] = None) -> nn.Module:
+    kwargs = coerce_init_args(signature_of or factory, kwargs, what, name)
     try:
         module = factory(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -183,7 +271,8 @@ def resolve_loss(name_or_path: str, init_kwargs: Optional[Dict[str, Any]] = None
 def _resolve(what: str, table: Dict[str, Any], name_or_path: str, init_kwargs: Optional[Dict[str, Any]]) -> nn.Module:
     kwargs = dict(init_kwargs or {})
     if name_or_path in table:
-        return _build(table[name_or_path].build, kwargs, what, name_or_path)
+        spec = table[name_or_path]  # checked against the class the registry entry builds
+        return _build(spec.build, kwargs, what, name_or_path, getattr(spec, "module", None) or getattr(spec, "factory", None))
     if ":" not in name_or_path:
         raise UsageError("{} must be one of {} or package.module:Class, got {!r}".format(
             what, ", ".join(table), name_or_path))

@@ -1,5 +1,7 @@
 """``compile-losses verify`` in-process: exit 0 when every row passes, 1 on a failing row, 2 on bad usage."""
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +73,53 @@ def test_list_shows_every_backend_with_availability(capsys) -> None:  # type: ig
         ok, reason = backend.available()
         assert lines[name].endswith("available" if ok else "unavailable: " + reason), lines[name]
         assert ("exported" in lines[name]) == backend.exported and ("reference" in lines[name]) == backend.reference
+
+
+_LOSS_ARGS = ["--loss", "userpkg.models:ConfiguredLoss", "--loss-arg", "sigmoid=true", "--loss-arg", "scale=2",
+              "--loss-arg", "name=wide", "--loss-arg", "cap=None", "--loss-arg", "offsets=[1, 2.5]",
+              "--loss-args", '{"extra": {"a": [1, {"b": null}]}}']
+_NET_ARGS = ["--net", "userpkg.models:TinyClassifier", "--net-arg", "classes=3", "--input", "float32[N,6]",
+             "--target", "float32[N,3]"]
+
+
+@pytest.mark.parametrize("verb", ["verify", "export"])
+def test_init_arguments_parse_the_same_on_every_verb(verb, tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    import compile_losses.resolve as resolve
+
+    built = []
+    real = resolve.coerce_init_args
+
+    def spy(factory, kwargs, what, name):  # type: ignore[no-untyped-def]
+        out = real(factory, kwargs, what, name)
+        built.append(out)
+        return out
+
+    monkeypatch.setattr(resolve, "coerce_init_args", spy)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    argv = [verb] + _NET_ARGS + _LOSS_ARGS + (
+        ["--backends", "eager", "--no-audit", "--batch", "3"] if verb == "verify" else
+        ["--out", str(tmp_path / "m"), "--skip", "aoti,torchscript,training,parity"])
+    assert main(argv + ["--quiet"]) == 0, capsys.readouterr().err
+    loss_args = next(b for b in built if "sigmoid" in b)
+    assert loss_args == {"sigmoid": True, "scale": 2.0, "name": "wide", "cap": None, "offsets": [1, 2.5],
+                         "extra": {"a": [1, {"b": None}]}}
+    assert isinstance(loss_args["scale"], float)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--loss-arg", "sigmoid=1"], r"loss 'userpkg.models:ConfiguredLoss': sigmoid must be bool, got 1 \(int\)"),
+    (["--loss-arg", "scale=big"], r"scale must be float, got 'big' \(str\)"),
+    (["--loss-arg", "sclae=2"], r"takes no argument 'sclae' \(it takes: sigmoid, scale, name, offsets, extra, cap\)"),
+    (["--loss-args", '{"scale": 2}', "--loss-arg", "scale=3"], r"--loss-args and --loss-arg both give 'scale'"),
+    (["--loss-arg", "scale=2", "--loss-arg", "scale=3"], r"--loss-arg gives 'scale' twice"),
+])
+@pytest.mark.parametrize("verb", ["verify", "export"])
+def test_bad_init_arguments_are_named(verb, args, message, tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    argv = [verb, "--net", "userpkg.models:TinyClassifier", "--input", "float32[N,6]", "--target", "float32[N,3]",
+            "--loss", "userpkg.models:ConfiguredLoss", "--quiet"] + args
+    if verb == "export":
+        argv += ["--out", str(tmp_path / "m")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err

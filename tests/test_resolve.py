@@ -10,8 +10,11 @@ from compile_losses.resolve import make_case, parse_kwargs, parse_tensor_spec, r
 
 def test_tensor_specs() -> None:
     gen = torch.Generator().manual_seed(0)
+    # a floating spec follows the case's dtype: `verify --input float32[N,64]` runs its float64 case
+    # in float64 (it stayed float32 and the net's float64 weights refused it)
     x = parse_tensor_spec("float32[N,32]").make(5, torch.float64, gen)
-    assert x.shape == (5, 32) and x.dtype == torch.float32
+    assert x.shape == (5, 32) and x.dtype == torch.float64
+    assert parse_tensor_spec("float64[N,2]").make(3, torch.float32, gen).dtype == torch.float32
     labels = parse_tensor_spec("int64[N]{0..9}").make(1000, torch.float32, gen)
     assert labels.dtype == torch.int64 and int(labels.min()) == 0 and int(labels.max()) == 9
     var = parse_tensor_spec("float32[N,1]{0.1:2}").make(1000, torch.float32, gen)
@@ -38,7 +41,39 @@ def test_names_and_import_paths() -> None:
     assert isinstance(resolve_net("compile_losses.nets:SeedNet", {"out_features": 3}), SeedNet)
     assert resolve_loss("huber", {"delta": 0.5}).delta == 0.5
     assert isinstance(resolve_loss("torch.nn:MSELoss"), torch.nn.MSELoss)
-    assert parse_kwargs(["delta=0.5", "full=True", "name=abc", "weight=[1, 2]"], "--loss-arg")["weight"].tolist() == [1.0, 2.0]
+    kwargs = parse_kwargs(["delta=0.5", "full=True", "name=abc", "weight=[1, 2]"], "--loss-arg")
+    assert kwargs == {"delta": 0.5, "full": True, "name": "abc", "weight": [1, 2]}
+    # checked against the parameter when built: a weight (a tensor in the annotation) becomes one
+    assert resolve_loss("cross_entropy", {"weight": [1, 2, 3]}).weight.tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("raw, value", [
+    ("true", True), ("True", True), ("false", False), ("False", False), ("null", None), ("None", None),
+    ("3", 3), ("0.5", 0.5), ("-1e-3", -1e-3), ("abc", "abc"), ("'quoted'", "quoted"), ('"json"', "json"),
+    ("[1, 2.5]", [1, 2.5]), ("(1, 2)", (1, 2)), ('{"a": [1, {"b": null}]}', {"a": [1, {"b": None}]}),
+    ("", ""), ("a=b", "a=b"),
+])
+def test_key_value_values_follow_one_rule(raw, value) -> None:
+    from compile_losses.resolve import parse_value
+
+    assert parse_value(raw) == value and type(parse_value(raw)) is type(value)
+
+
+def test_init_args_are_checked_against_annotations_and_defaults() -> None:
+    from compile_losses.resolve import coerce_init_args
+
+    class Loss(torch.nn.Module):
+        def __init__(self, sigmoid: bool = False, gamma: float = 2.0, steps=3, name="x", weight=None,
+                     alpha: "Optional[float]" = None, **extra):  # noqa: F821
+            super().__init__()
+
+    got = coerce_init_args(Loss, {"sigmoid": True, "gamma": 1, "steps": 4, "name": "y", "weight": [1, 2],
+                                  "alpha": None, "other": {"k": [1]}}, "loss", "L")
+    assert got["gamma"] == 1.0 and isinstance(got["gamma"], float) and got["steps"] == 4
+    assert got["weight"].tolist() == [1.0, 2.0] and got["alpha"] is None and got["other"] == {"k": [1]}
+    for bad in ({"sigmoid": 1}, {"gamma": "x"}, {"steps": 1.5}, {"name": 3}, {"gamma": True}):
+        with pytest.raises(UsageError, match=r"loss 'L': \w+ must be"):
+            coerce_init_args(Loss, bad, "loss", "L")
 
 
 @pytest.mark.parametrize("call, match", [
@@ -47,7 +82,11 @@ def test_names_and_import_paths() -> None:
     (lambda: resolve_loss("torch.nn:NoSuchLoss"), r"'torch.nn' has no attribute 'NoSuchLoss'"),
     (lambda: resolve_loss("huber", {"delta": 0.0}), r"loss 'huber' with \{'delta': 0.0\}: delta must be > 0, got 0.0"),
     (lambda: resolve_loss("torch:get_default_dtype"), r"must build a torch.nn.Module, got dtype"),
-    (lambda: resolve_loss("torch.nn:MSELoss", {"bogus": 1}), r"loss 'torch.nn:MSELoss' with \{'bogus': 1\}"),
+    (lambda: resolve_loss("torch.nn:MSELoss", {"bogus": 1}),
+     r"loss 'torch.nn:MSELoss' takes no argument 'bogus' \(it takes: size_average, reduce, reduction\)"),
+    (lambda: resolve_loss("huber", {"delta": "wide"}), r"loss 'huber': delta must be float, got 'wide' \(str\)"),
+    (lambda: resolve_loss("torch.nn:BCEWithLogitsLoss", {"reduction": True}),
+     r"loss 'torch.nn:BCEWithLogitsLoss': reduction must be str, got True \(bool\)"),
     (lambda: parse_kwargs(["delta"], "--loss-arg"), r"--loss-arg must be key=value, got 'delta'"),
 ])
 def test_bad_names_are_usage_errors(call, match: str) -> None:  # type: ignore[no-untyped-def]

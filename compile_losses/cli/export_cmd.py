@@ -15,6 +15,8 @@ import time
 from typing import Any, Dict, List, Optional
 
 from ..errors import UsageError
+from . import _init_args
+from ._init_args import init_kwargs
 
 
 
@@ -31,8 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="models", metavar="DIR", help="parent folder of the bundle (default: models)")
     parser.add_argument("--name", default=None, help="bundle folder name (default: <net>-<loss>)")
     parser.add_argument("--json", metavar="PATH", help="also write the result (manifest, check, parity) as JSON")
-    parser.add_argument("--net-args", default=None, metavar="JSON", help="net init arguments, a JSON object")
-    parser.add_argument("--loss-args", default=None, metavar="JSON", help="loss init arguments, a JSON object")
+    _init_args.add_arguments(parser)
     parser.add_argument("--input", action="append", default=None, metavar="SPEC",
                         help="example input spec of the net, repeatable, e.g. float32[N,32]")
     parser.add_argument("--target", action="append", default=None, metavar="SPEC",
@@ -50,18 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="install a bundle that fails parity at <out>/<name> all the same (default: it goes "
                              "to <name>.failed beside it, and a good bundle there stays)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-
-
-def _json_object(text: Optional[str], flag: str) -> Optional[Dict[str, Any]]:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise UsageError("{} must be a JSON object, got {!r} ({})".format(flag, text, exc)) from None
-    if not isinstance(value, dict):
-        raise UsageError("{} must be a JSON object, got {}".format(flag, type(value).__name__))
-    return value
 
 
 def _skips(args: argparse.Namespace) -> List[str]:
@@ -90,8 +79,8 @@ def _case(args: argparse.Namespace) -> Any:
         raise UsageError("--batch must be >= 1, got {}".format(args.batch))
     torch.manual_seed(args.seed)  # the net's initial weights
     case = make_case(args.net, loss, batch=args.batch, dtype=torch.float32, input_specs=args.input,
-                     target_specs=args.target, net_kwargs=_json_object(args.net_args, "--net-args"),
-                     loss_kwargs=_json_object(args.loss_args, "--loss-args"), seed=args.seed)
+                     target_specs=args.target, net_kwargs=init_kwargs(args, "net"),
+                     loss_kwargs=init_kwargs(args, "loss"), seed=args.seed)
     from ..validate import InputError, check_arity, check_class_indices
 
     try:  # one eager call: a net whose output does not fit the loss is bad input, not a crash later
@@ -154,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
         path = ex.export_bundle(
             case.net, case.loss, case.inputs, case.targets, args.out, name=name, lr=args.lr, parity=parity,
             progress=say, install_failing=args.install_failing,
-            net_info=_info("net", args.net, case.net, _json_object(args.net_args, "--net-args"), case.description),
-            loss_info=_info("loss", loss_name, case.loss, _json_object(args.loss_args, "--loss-args"), case.description),
+            net_info=_info("net", args.net, case.net, init_kwargs(args, "net"), case.description),
+            loss_info=_info("loss", loss_name, case.loss, init_kwargs(args, "loss"), case.description),
             **{part: part not in skips for part in ex.PARTS if part != "parity"})
     except ex.ExportError as exc:
         print("compile-losses: export failed: {}".format(exc), file=sys.stderr)

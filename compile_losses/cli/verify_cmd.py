@@ -14,6 +14,8 @@ from typing import List
 import torch
 
 from ..errors import UsageError
+from . import _init_args
+from ._init_args import init_kwargs
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -32,8 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32,float64", help="dtypes, comma-separated (default float32,float64)")
     parser.add_argument("--no-alone", action="store_true", help="skip the loss-alone cases")
     parser.add_argument("--no-audit", action="store_true", help="skip the torch.compile audit")
-    parser.add_argument("--net-arg", action="append", default=[], metavar="KEY=VALUE", help="net init argument (repeatable)")
-    parser.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE", help="loss init argument (repeatable)")
+    _init_args.add_arguments(parser)
     parser.add_argument("--input", action="append", default=[], metavar="SPEC",
                         help="net input (or the prediction with --net none) spec, e.g. 'float32[N,32]' (repeatable)")
     parser.add_argument("--target", action="append", default=[], metavar="SPEC",
@@ -66,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
     from ..backends import get_backends
     from ..parity import ParityReport, Progress, audited, compile_audit, verify, verify_registry
     from ..registry import DEFAULT_LOSS, LOSSES
-    from ..resolve import make_case, parse_kwargs
+    from ..resolve import make_case
 
     batches = _ints(args.batch, "--batch")
     dtypes = _dtypes(args.dtype)
     backends = [b.name for b in get_backends(args.backends)] if args.backends else None
-    net_kwargs = parse_kwargs(args.net_arg, "--net-arg")
-    loss_kwargs = parse_kwargs(args.loss_arg, "--loss-arg")
+    net_kwargs = init_kwargs(args, "net") or {}
+    loss_kwargs = init_kwargs(args, "loss") or {}
     net = None if args.net == "none" else args.net
     if args.large < 0:
         raise UsageError("--large must be >= 0, got {}".format(args.large))
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     several = args.loss is not None and "," in args.loss
     if args.all or several:
         if net_kwargs or loss_kwargs or args.input or args.target:
-            raise UsageError("--all and a list of losses run the registry's own settings: drop --net-arg, --loss-arg, "
+            raise UsageError("--all and a list of losses run the registry's own settings: drop --net-arg(s), --loss-arg(s), "
                              "--input, --target")
         names = None if args.all else [n.strip() for n in args.loss.split(",") if n.strip()]
         unknown = [n for n in names or () if n not in LOSSES]

@@ -43,3 +43,18 @@ class ValueBranchNet(nn.Module):
         if float(x.sum()) > 0:
             return self.lin(x)
         return -self.lin(x)
+
+
+class ConfiguredLoss(nn.Module):
+    """MSE with every kind of init argument a command line must carry: a flag, a number, a text, a
+    list, a nested object and an optional value (each recorded so a test can read it back)."""
+
+    def __init__(self, sigmoid: bool = False, scale: float = 1.0, name: str = "mse", offsets: list = None,
+                 extra: dict = None, cap=None) -> None:  # noqa: RUF013 (None defaults as users write them)
+        super().__init__()
+        self.sigmoid, self.scale, self.label = sigmoid, scale, name
+        self.offsets, self.extra, self.cap = offsets, extra, cap
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        pred = torch.sigmoid(input) if self.sigmoid else input
+        return self.scale * F.mse_loss(pred, target)

@@ -1,0 +1,48 @@
+"""Init arguments of a net or loss, the same on every verb: ``--net-arg KEY=VALUE`` (repeatable) and
+``--net-args JSON`` (an object), likewise ``--loss-arg`` / ``--loss-args``; both may be given (a key
+in both is refused). VALUE follows one rule (:func:`compile_losses.resolve.parse_value`): a JSON
+literal, else a Python literal (``True``, ``None``), else the text; each is then checked against
+the class's parameter (its annotation or default) when the module is built."""
+import argparse
+import json
+from typing import Any, Dict, Optional
+
+from ..errors import UsageError
+
+HELP = ("VALUE is a JSON literal (true, null, 0.5, [1, 2], {\"k\": 1}), else a Python literal (True, None), "
+        "else text; checked against the class's parameter")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for which in ("net", "loss"):
+        parser.add_argument("--{}-arg".format(which), dest="{}_arg".format(which), action="append", default=[],
+                            metavar="KEY=VALUE", help="{} init argument, repeatable; {}".format(which, HELP))
+        parser.add_argument("--{}-args".format(which), dest="{}_args".format(which), default=None, metavar="JSON",
+                            help="{} init arguments as one JSON object (with or instead of --{}-arg)".format(
+                                which, which))
+
+
+def init_kwargs(args: argparse.Namespace, which: str) -> Optional[Dict[str, Any]]:
+    """The ``which`` (``"net"`` or ``"loss"``) init arguments given, or None when none was."""
+    from ..resolve import parse_kwargs
+
+    text = getattr(args, which + "_args")
+    items = getattr(args, which + "_arg")
+    if text is None and not items:
+        return None
+    out: Dict[str, Any] = {}
+    if text is not None:
+        flag = "--{}-args".format(which)
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise UsageError("{} must be a JSON object, got {!r} ({})".format(flag, text, exc)) from None
+        if not isinstance(value, dict):
+            raise UsageError("{} must be a JSON object, got {}".format(flag, type(value).__name__))
+        out.update(value)
+    pairs = parse_kwargs(items, "--{}-arg".format(which))
+    both = sorted(set(out) & set(pairs))
+    if both:
+        raise UsageError("--{0}-args and --{0}-arg both give {1}".format(which, ", ".join(repr(k) for k in both)))
+    out.update(pairs)
+    return out
