@@ -235,3 +235,30 @@ def test_onnx_exports_keep_epsilons_below_the_optimizers_no_op_tolerance() -> No
     got_value, got_grad = BACKENDS["onnx"].prepare_loss_and_grad(loss, zeros)(*zeros)
     torch.testing.assert_close(got_grad, expected)
     torch.testing.assert_close(got_value, loss(*zeros))
+
+
+class _CheckedLoss(torch.nn.Module):
+    """A user's loss with a data-dependent check, as kornia's and monai's have: torch.compile copes
+    (a graph break), the guard-free graph of the tuned ``compile`` cannot be traced."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if (target < 0).any():
+            raise ValueError("target must be >= 0")
+        return ((input - target) ** 2).mean()
+
+
+@pytest.mark.compile
+@pytest.mark.slow
+def test_tuned_compile_falls_back_to_torch_compile_where_its_graph_cannot_be_built() -> None:
+    from compile_losses.backends.tuned import TunedCompileBackend
+
+    tuned = next(b for b in BACKENDS.values() if isinstance(b, TunedCompileBackend))
+    p, t = torch.randn(6, 1), torch.rand(6, 1)
+    with tuned.parity_mode():
+        fn = tuned.prepare_loss_and_grad(_CheckedLoss(), (p, t))
+    assert "torch.compile's default settings (graph breaks allowed)" in fn.note and "Data-dependent" in fn.note
+    value, grad = fn(p, t)
+    torch.testing.assert_close(value, torch.nn.functional.mse_loss(p, t))
+    torch.testing.assert_close(grad, 2 * (p - t) / 6)
+    with pytest.raises(ValueError, match="target must be >= 0"):  # the user's check still runs
+        fn(p, -t)

@@ -30,11 +30,12 @@ class CompileBackend(Backend):
     cost = 10.0  # an inductor build (aot_eager: ~1 s; see __init__)
 
     def __init__(self, name: str = "compile-dynamo", compiler: str = "inductor", device: str = "cpu",
-                 **facts: Any) -> None:
+                 fullgraph: bool = True, **facts: Any) -> None:
         facts.setdefault("markers", ("compile",) + (("gpu",) if device.startswith("cuda") else ()))
         super().__init__(name, **facts)
         self.compiler = compiler
         self.device = device
+        self.fullgraph = fullgraph  # False: graph breaks allowed, as torch.compile's own default
 
     def _available(self) -> Tuple[bool, str]:
         if not hasattr(torch, "compile"):
@@ -50,7 +51,7 @@ class CompileBackend(Backend):
 
         used = module if self.device == "cpu" else copy.deepcopy(module).to(self.device)
         counter = CompileCounterWithBackend(self.compiler)
-        compiled = torch.compile(own_code(used), backend=counter, fullgraph=True)
+        compiled = torch.compile(own_code(used), backend=counter, fullgraph=self.fullgraph)
         device = self.device
 
         def run(*inputs: Tensor) -> Any:

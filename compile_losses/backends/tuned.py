@@ -42,6 +42,9 @@ class TunedCompileBackend(CompileBackend):
         super().__init__(name, compiler="inductor", device="cpu", **facts)
         self._local = threading.local()
         self._eager = EagerBackend(name + ":eager")  # the fallback: exactly what the eager backend runs
+        # where the tuned graph cannot be built (a data-dependent check in the user's loss): what the
+        # user gets from torch.compile(loss) with its defaults, graph breaks allowed
+        self._default = CompileBackend(name + ":torch.compile", compiler="inductor", fullgraph=False)
 
     def prepare(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Any]:
         self._require()
@@ -55,7 +58,8 @@ class TunedCompileBackend(CompileBackend):
             return _without_grad(fn) if forced else fn
 
         return self._tuned(("forward",), module, example_inputs, lambda: module, compiled,
-                           "forward: guard-free inductor graph without autograd, torch.compile with it")
+                           "forward: guard-free inductor graph without autograd, torch.compile with it",
+                           lambda: self._default.prepare(module, example_inputs))
 
     def prepare_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
         self._require()
@@ -65,7 +69,8 @@ class TunedCompileBackend(CompileBackend):
         else:
             compiled, how = (lambda forced: self._autograd_loss_and_grad(loss, example_inputs)), "torch.compile + autograd"
         return self._tuned(("loss_and_grad",), loss, example_inputs,
-                           lambda: self._eager.prepare_loss_and_grad(loss, example_inputs), compiled, how)
+                           lambda: self._eager.prepare_loss_and_grad(loss, example_inputs), compiled, how,
+                           lambda: self._default.prepare_loss_and_grad(loss, example_inputs))
 
     def prepare_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                            lr: float) -> Callable[..., Any]:
@@ -78,17 +83,19 @@ class TunedCompileBackend(CompileBackend):
             compiled, how = (lambda forced: self._autograd_train_step(wrapped, example_inputs, lr)), "torch.compile + autograd"
         return self._tuned(("train_step", float(lr)), wrapped, example_inputs,
                            lambda: self._eager.prepare_train_step(net, loss, example_inputs, lr), compiled, how,
-                           owners=(net, loss))
+                           lambda: self._default.prepare_train_step(net, loss, example_inputs, lr), owners=(net, loss))
 
     def _tuned(self, kind: Tuple[Any, ...], module: nn.Module, example_inputs: Tuple[Tensor, ...],
                eager: Callable[[], Callable[..., Any]], compiled: Callable[[bool], Callable[..., Any]], how: str,
-               owners: Optional[Tuple[nn.Module, ...]] = None) -> Any:
-        """The cached choice between ``eager()`` and ``compiled(forced)`` for one case; forced (parity
-        mode) and timed choices are cached apart."""
+               default: Callable[[], Callable[..., Any]], owners: Optional[Tuple[nn.Module, ...]] = None) -> Any:
+        """The cached choice between ``eager()`` and ``compiled(forced)`` for one case (``default()``,
+        plain torch.compile, where the compiled one cannot be built); forced (parity mode) and timed
+        choices are cached apart."""
         forced = self._forced()
 
         def build() -> Tuple[Any, None]:
-            return _keep_faster({"eager": eager, "compile": lambda: compiled(forced)}, example_inputs, how, forced), None
+            built, how_built = _first_that_builds(lambda: compiled(forced), how, default, example_inputs)
+            return _keep_faster({"eager": eager, "compile": lambda: built}, example_inputs, how_built, forced), None
 
         return self._cached(kind + (forced,), module, example_inputs, build, owners=owners)[0]
 
@@ -120,14 +127,32 @@ def _reduces_to_scalar(loss: nn.Module) -> bool:
     return getattr(loss, "reduction", "mean") != "none"
 
 
+def _first_that_builds(compiled: Callable[[], Callable[..., Any]], how: str, default: Callable[[], Callable[..., Any]],
+                       example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], str]:
+    """The tuned compiled callable, built and run once; where that fails (a data-dependent check
+    the guard-free graph cannot trace), torch.compile with its default settings, and the reason.
+    If that fails too, the tuned one's error is raised: never a silent eager."""
+    try:
+        fn = compiled()
+        fn(*example_inputs)
+        return fn, how
+    except Exception as exc:  # any build failure of the tuned graph: try what plain torch.compile does
+        first = "{}: {}".format(type(exc).__name__, (str(exc).strip().splitlines() or [""])[0][:200])
+        try:
+            fn = default()
+            fn(*example_inputs)
+        except Exception:
+            raise exc from None
+        return fn, "torch.compile's default settings (graph breaks allowed): {} failed: {}".format(how, first)
+
+
 def _keep_faster(candidates: Dict[str, Callable[[], Callable[..., Any]]], example_inputs: Tuple[Tensor, ...],
                  how: str, forced: bool = False) -> Any:
     """The compiled candidate, or eager where eager measured faster (``pick_fastest``'s note says
     which, with the timings); a compiled candidate that fails to build is an error, not a fallback.
     ``forced``: the compiled candidate, untimed (parity mode)."""
     if forced:
-        fn = candidates["compile"]()
-        fn(*example_inputs)  # compile now, as a timed choice would
+        fn = candidates["compile"]()  # built and run once already (_first_that_builds)
         chosen = Selected("compile", fn, {}, {}, "eager")
     else:
         chosen = pick_fastest(candidates, example_inputs, baseline="eager", strict=True)
