@@ -15,8 +15,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from ..errors import UsageError
-from . import _init_args
-from ._init_args import init_kwargs
+from ._args import add_init_arguments, init_kwargs, lr_arg
 
 
 
@@ -33,14 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="models", metavar="DIR", help="parent folder of the bundle (default: models)")
     parser.add_argument("--name", default=None, help="bundle folder name (default: <net>-<loss>)")
     parser.add_argument("--json", metavar="PATH", help="also write the result (manifest, check, parity) as JSON")
-    _init_args.add_arguments(parser)
+    add_init_arguments(parser)
     parser.add_argument("--input", action="append", default=None, metavar="SPEC",
                         help="example input spec of the net, repeatable, e.g. float32[N,32]")
     parser.add_argument("--target", action="append", default=None, metavar="SPEC",
                         help="target spec in the loss's order, repeatable, e.g. int64[N]{0..9}")
     parser.add_argument("--batch", type=int, default=8, help="example batch size (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and example data (default: 0)")
-    parser.add_argument("--lr", type=_lr, default=0.01, help="SGD rate in the train-step fixtures (default: 0.01)")
+    parser.add_argument("--lr", type=lr_arg, default=0.01, help="SGD rate in the train-step fixtures (default: 0.01)")
     parser.add_argument("--skip", default="", metavar="PARTS",
                         help="comma list of parts to leave out: " + ", ".join(_parts()))
     parser.add_argument("--no-aoti", action="store_true",
@@ -178,17 +177,3 @@ def run(args: argparse.Namespace) -> int:
 def _short(name: str) -> str:
     """A folder-friendly name: the registry name, or the class name of an import path."""
     return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1].lower() if ":" in name else name
-
-
-def _lr(text: str) -> float:
-    """``--lr``: a finite number > 0 (argparse reports the message on one line, exit 2)."""
-    from ..programs import check_lr
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("--lr must be a number, got {!r}".format(text)) from None
-    try:
-        return check_lr(value, "--lr")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -14,8 +14,7 @@ from typing import List
 import torch
 
 from ..errors import UsageError
-from . import _init_args
-from ._init_args import init_kwargs
+from ._args import add_init_arguments, init_kwargs, lr_arg
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -34,12 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32,float64", help="dtypes, comma-separated (default float32,float64)")
     parser.add_argument("--no-alone", action="store_true", help="skip the loss-alone cases")
     parser.add_argument("--no-audit", action="store_true", help="skip the torch.compile audit")
-    _init_args.add_arguments(parser)
+    add_init_arguments(parser)
     parser.add_argument("--input", action="append", default=[], metavar="SPEC",
                         help="net input (or the prediction with --net none) spec, e.g. 'float32[N,32]' (repeatable)")
     parser.add_argument("--target", action="append", default=[], metavar="SPEC",
                         help="target spec, e.g. 'int64[N]{0..9}' or 'float32[N,1]{0.1:2}' (repeatable)")
-    parser.add_argument("--lr", type=_lr, default=0.01, help="learning rate of the checked train step (default 0.01)")
+    parser.add_argument("--lr", type=lr_arg, default=0.01, help="learning rate of the checked train step (default 0.01)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
     parser.add_argument("--detail", action="store_true", help="print every row, not one line per case and backend")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -147,17 +146,3 @@ def _case_module(case):  # type: ignore[no-untyped-def]
 
 def _args(case):  # type: ignore[no-untyped-def]
     return tuple(case.inputs) + tuple(case.targets)
-
-
-def _lr(text: str) -> float:
-    """``--lr``: a finite number > 0 (argparse reports the message on one line, exit 2)."""
-    from ..programs import check_lr
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("--lr must be a number, got {!r}".format(text)) from None
-    try:
-        return check_lr(value, "--lr")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -1,4 +1,6 @@
-"""Init arguments of a net or loss, the same on every verb: ``--net-arg KEY=VALUE`` (repeatable) and
+"""Arguments the verbs share, parsed the same on every one.
+
+Init arguments of a net or loss: ``--net-arg KEY=VALUE`` (repeatable) and
 ``--net-args JSON`` (an object), likewise ``--loss-arg`` / ``--loss-args``; both may be given (a key
 in both is refused). VALUE follows one rule (:func:`compile_losses.resolve.parse_value`): a JSON
 literal, else a Python literal (``True``, ``None``), else the text; each is then checked against
@@ -13,7 +15,7 @@ HELP = ("VALUE is a JSON literal (true, null, 0.5, [1, 2], {\"k\": 1}), else a P
         "else text; checked against the class's parameter")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_init_arguments(parser: argparse.ArgumentParser) -> None:
     for which in ("net", "loss"):
         parser.add_argument("--{}-arg".format(which), dest="{}_arg".format(which), action="append", default=[],
                             metavar="KEY=VALUE", help="{} init argument, repeatable; {}".format(which, HELP))
@@ -46,3 +48,17 @@ def init_kwargs(args: argparse.Namespace, which: str) -> Optional[Dict[str, Any]
         raise UsageError("--{0}-args and --{0}-arg both give {1}".format(which, ", ".join(repr(k) for k in both)))
     out.update(pairs)
     return out
+
+
+def lr_arg(text: str) -> float:
+    """``--lr``: a finite number > 0 (argparse reports the message on one line, exit 2)."""
+    from ..programs import check_lr
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--lr must be a number, got {!r}".format(text)) from None
+    try:
+        return check_lr(value, "--lr")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
