@@ -11,7 +11,7 @@ import torch.nn.functional as TF
 from torch import Tensor, nn
 from torch.testing import assert_close
 
-from backend_params import backend_params
+from backend_params import SLOW_COST, backend_params
 from compile_losses import nets
 from compile_losses.backends import BACKENDS
 from compile_losses.registry import LOSSES, NETS
@@ -83,12 +83,14 @@ def test_every_loss_takes_a_seed_net_prediction(loss_name: str):
 
 def _net_backend_params():  # type: ignore[no-untyped-def]
     """Every registered CPU backend x every net, marked from the adapter's facts; beyond SeedNet,
-    backends that build for seconds (inductor, AOTInductor) run with --run-slow."""
+    exports run with --run-slow (CI) and inductor and AOTInductor builds are exhaustive."""
     params = []
     for p in backend_params(lambda b: b.device == "cpu" and not b.reference):
         for name in NET_NAMES:
             backend = BACKENDS[p.values[0]]
-            marks = list(p.marks) + ([pytest.mark.slow] if name != "seed" and backend.cost >= 1.0 else [])
+            extra = [] if name == "seed" or backend.cost < 1.0 else [
+                pytest.mark.exhaustive if backend.cost >= SLOW_COST else pytest.mark.slow]
+            marks = list(p.marks) + extra
             params.append(pytest.param(p.values[0], name, marks=marks, id="{}-{}".format(name, p.id)))
     return params
 
@@ -122,7 +124,6 @@ def test_net_runs_through_every_backend_at_any_batch_and_matches_eager(backend: 
 def test_net_compiles_fullgraph_with_a_dynamic_batch(name: str):
     """No graph break, and no recompilation once the batch is dynamic (the compile audit), with the
     cheapest registered compiler that traces the backward (aot_eager)."""
-    from backend_params import SLOW_COST
     from compile_losses.parity import compile_audit
 
     compiler = next(n for n, b in BACKENDS.items() if "compile" in b.markers and b.cost < SLOW_COST
