@@ -49,6 +49,7 @@ __all__ = [
     "tversky_loss",
     "kl_div_loss",
     "info_nce_loss",
+    "nt_xent_loss",
     "triplet_margin_loss",
     "cosine_embedding_loss",
 ]
@@ -328,13 +329,24 @@ def focal_loss(
     return apply_reduction(loss, reduction, w_t.sum() if reduction == "mean" else None)
 
 
+def _softplus(x: Tensor) -> Tensor:
+    # log(1 + exp(x)) to full relative accuracy in both tails (log1p(exp(x)) below 0, where it is
+    # tiny; x + log1p(exp(-x)) above), with the exact derivative sigmoid(x) everywhere, x = 0
+    # included. Each branch gets a clamped input, so the branch torch.where does not pick stays
+    # finite and passes a zero gradient (never 0 * inf).
+    pos = x.clamp(min=0.0)
+    neg = x.clamp(max=0.0)
+    return torch.where(x >= 0.0, pos + torch.log1p(torch.exp(-pos)), torch.log1p(torch.exp(neg)))
+
+
 def _bce_with_logits(input: Tensor, target: Tensor, pos_weight: Optional[Tensor]) -> Tensor:
-    # (1 - t) x + (1 + (pw - 1) t) * log(1 + exp(-x)), with log(1 + exp(-x)) written stably.
-    softplus_neg = torch.log1p(torch.exp(-input.abs())) + torch.clamp(-input, min=0.0)
-    if pos_weight is None:
-        return (1.0 - target) * input + softplus_neg
-    log_weight = (pos_weight - 1.0) * target + 1.0
-    return (1.0 - target) * input + log_weight * softplus_neg
+    # -[pw t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))] = pw t softplus(-x) + (1 - t) softplus(x).
+    # Not (1 - t) x + softplus(-x), torch's form: for a confident correct negative (t = 0, x = -15)
+    # that subtracts two numbers near 15 to get 3e-7 and keeps no correct digit in float32.
+    positive = target * _softplus(-input)
+    if pos_weight is not None:
+        positive = pos_weight * positive
+    return positive + (1.0 - target) * _softplus(input)
 
 
 def bce_with_logits_loss(
@@ -371,7 +383,18 @@ def dice_loss(input: Tensor, target: Tensor, smooth: float = 1.0, reduction: str
     prob = torch.sigmoid(input)
     inter = _per_sample_sum(prob * target)
     total = _per_sample_sum(prob) + _per_sample_sum(target)
-    return apply_reduction(1.0 - (2.0 * inter + smooth) / (total + smooth), reduction)
+    return apply_reduction(1.0 - _overlap_ratio(2.0 * inter + smooth, total + smooth), reduction)
+
+
+def _overlap_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    # numerator / denominator of an overlap score, both sums of non-negative terms with
+    # numerator <= denominator. The denominator is 0 only with smooth=0, an empty target and
+    # probabilities that underflow to 0 (float32 logits below ~-104): there the score is its limit
+    # as the probabilities go to 0, which is 0 (loss 1, as float64 computes it), with gradient 0,
+    # instead of 0/0.
+    nonzero = denominator > 0.0
+    safe = torch.where(nonzero, denominator, torch.ones_like(denominator))
+    return torch.where(nonzero, numerator / safe, torch.zeros_like(numerator))
 
 
 def tversky_loss(
@@ -393,7 +416,7 @@ def tversky_loss(
     tp = _per_sample_sum(prob * target)
     fp = _per_sample_sum(prob * (1.0 - target))
     fn = _per_sample_sum((1.0 - prob) * target)
-    index = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+    index = _overlap_ratio(tp + smooth, tp + alpha * fp + beta * fn + smooth)
     return apply_reduction(1.0 - index, reduction)
 
 
@@ -427,7 +450,7 @@ def _check_embeddings(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
 def info_nce_loss(
     input: Tensor, target: Tensor, temperature: float = 0.1, symmetric: bool = False, reduction: str = "mean"
 ) -> Tensor:
-    """InfoNCE / NT-Xent contrastive loss. See :class:`compile_losses.losses.InfoNCELoss`."""
+    """InfoNCE (CLIP-style, N - 1 cross-view negatives). See :class:`compile_losses.losses.InfoNCELoss`."""
     validate_reduction(reduction)
     check_positive(temperature, "temperature")
     _check_embeddings(input, target, "input", "target")
@@ -443,6 +466,25 @@ def info_nce_loss(
     if symmetric:
         loss = 0.5 * (loss - torch.log_softmax(logits, dim=0).gather(1, rows).squeeze(1))
     return apply_reduction(loss, reduction)
+
+
+def nt_xent_loss(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
+    """SimCLR's NT-Xent (2N - 2 negatives). See :class:`compile_losses.losses.NTXentLoss`."""
+    validate_reduction(reduction)
+    check_positive(temperature, "temperature")
+    _check_embeddings(input, target, "input", "target")
+    n = input.shape[0]
+    z = F.normalize(torch.cat([input, target], dim=0), dim=1)
+    logits = z @ z.t() / temperature
+    # Every other embedding of either view is a negative; only self-similarity is left out.
+    # The masks come from arange comparisons and the positive is gathered (no eye/diagonal),
+    # which export with a dynamic batch on both ONNX exporters.
+    idx = torch.arange(2 * n, device=input.device)
+    logits = logits.masked_fill(idx.unsqueeze(0) == idx.unsqueeze(1), float("-inf"))
+    positive = torch.where(idx < n, idx + n, idx - n).unsqueeze(1)  # the other view
+    per_view = -torch.log_softmax(logits, dim=1).gather(1, positive).squeeze(1)
+    # one value per pair: the mean of its two views' losses, so "mean" is SimCLR's mean over 2N
+    return apply_reduction(0.5 * (per_view[:n] + per_view[n:]), reduction)
 
 
 def triplet_margin_loss(

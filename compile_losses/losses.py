@@ -37,6 +37,7 @@ __all__ = [
     "TverskyLoss",
     "KLDivLoss",
     "InfoNCELoss",
+    "NTXentLoss",
     "TripletMarginLoss",
     "CosineEmbeddingLoss",
 ]
@@ -564,10 +565,14 @@ class DiceLoss(_Loss):
         \ell_n = 1 - \frac{2 \sum_i p_{n,i} y_{n,i} + s}{\sum_i p_{n,i} + \sum_i y_{n,i} + s},
         \quad p = \sigma(x)
 
-    where :math:`i` runs over every non-batch element (channels and pixels).
+    where :math:`i` runs over every non-batch element (channels and pixels). An empty target
+    with an empty prediction scores 0 with ``smooth > 0`` (:math:`1 - s/s`); with ``smooth=0`` an
+    empty target scores 1 whatever the prediction (the limit of :math:`1 - 0/\sum_i p_{n,i}`, also
+    where the probabilities underflow to exactly 0), with finite gradients.
 
     Args:
-        smooth (float, optional): :math:`s`, >= 0, keeps empty masks finite. Default: 1.0.
+        smooth (float, optional): :math:`s`, >= 0; > 0 makes an empty mask predicted empty a
+            perfect score. Default: 1.0.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
 
     Shape:
@@ -602,7 +607,9 @@ class TverskyLoss(_Loss):
         TP = \textstyle\sum p y,\ FP = \sum p (1 - y),\ FN = \sum (1 - p) y
 
     With ``alpha = beta = 0.5`` it is the soft Dice loss with ``smooth`` doubled:
-    ``TverskyLoss(0.5, 0.5, smooth=s)`` equals ``DiceLoss(smooth=2 * s)``.
+    ``TverskyLoss(0.5, 0.5, smooth=s)`` equals ``DiceLoss(smooth=2 * s)``. With ``smooth=0`` a
+    zero denominator (an empty target, probabilities that underflow to 0) is its limit: index 0,
+    loss 1, finite gradients.
 
     Args:
         alpha (float, optional): weight of false positives, >= 0. Default: 0.5.
@@ -687,13 +694,16 @@ class KLDivLoss(_Loss):
 # metric learning
 # ---------------------------------------------------------------------------------------------
 class InfoNCELoss(_Loss):
-    r"""InfoNCE (NT-Xent) contrastive loss: each row of the input must pick its own positive out
-    of the batch (van den Oord et al., 2018; Chen et al., 2020, SimCLR).
+    r"""InfoNCE contrastive loss, CLIP-style: each anchor (row of the input) must pick its own
+    positive out of the batch's targets (van den Oord et al., 2018; Radford et al., 2021, CLIP).
 
     .. math::
         \ell_n = -\log \frac{\exp(\cos(x_n, y_n)/\tau)}{\sum_m \exp(\cos(x_n, y_m)/\tau)}
 
-    ``symmetric`` averages both directions (as CLIP does).
+    The negatives of anchor :math:`n` are the :math:`N - 1` other targets only (cross-view). This is
+    not SimCLR's NT-Xent, which also counts the other anchors (:math:`2N - 2` negatives, same view
+    included): use :class:`NTXentLoss` for that. It is info-nce-pytorch's ``InfoNCE`` without
+    explicit negatives. ``symmetric`` averages both directions (as CLIP does).
 
     Args:
         temperature (float, optional): :math:`\tau`, > 0. Default: 0.1.
@@ -727,6 +737,51 @@ class InfoNCELoss(_Loss):
         return F.info_nce_loss(
             input, target, temperature=self.temperature, symmetric=self.symmetric, reduction=self.reduction
         )
+
+
+class NTXentLoss(_Loss):
+    r"""NT-Xent, SimCLR's normalized temperature-scaled cross-entropy (Chen et al., 2020): the two
+    views :math:`x_n, y_n` of each sample are positives, every other embedding of either view a
+    negative (:math:`2N - 2` of them, same-view ones included).
+
+    With :math:`z = (x_1, \dots, x_N, y_1, \dots, y_N)`, :math:`s_{ij} = \cos(z_i, z_j) / \tau`
+    and :math:`p(i)` the other view of :math:`i`:
+
+    .. math::
+        \ell_n = \tfrac12 \big(L_n + L_{n+N}\big),\quad
+        L_i = -\log \frac{\exp(s_{i, p(i)})}{\sum_{k \ne i} \exp(s_{ik})}
+
+    so ``'mean'`` is SimCLR's mean over the :math:`2N` views (pytorch-metric-learning's
+    ``NTXentLoss`` on labels ``cat([arange(N), arange(N)])``). :class:`InfoNCELoss` is the CLIP-style
+    loss with only the :math:`N - 1` cross-view negatives.
+
+    Args:
+        temperature (float, optional): :math:`\tau`, > 0. Default: 0.1.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
+
+    Shape:
+        - Input and target (the two views): ``(N, D)`` embeddings.
+        - Output: scalar, or ``(N,)`` with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import NTXentLoss
+        >>> e = torch.eye(2)
+        >>> NTXentLoss(temperature=1.0)(e, e)  # log(2 + e) - 1
+        tensor(0.5514)
+    """
+
+    __constants__ = ["reduction", "temperature"]
+    temperature: float
+
+    def __init__(self, temperature: float = 0.1, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        check_positive(temperature, "temperature")
+        self.temperature = float(temperature)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.nt_xent_loss(input, target, temperature=self.temperature, reduction=self.reduction)
 
 
 class TripletMarginLoss(_Loss):

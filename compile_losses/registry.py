@@ -388,16 +388,22 @@ def _binary_focal64(input: Tensor, target: Tensor, alpha: float = 0.25, gamma: f
     return _reduce64(loss, reduction)
 
 
+def _score64(numerator: Tensor, denominator: Tensor) -> Tensor:
+    # an overlap score; 0/0 (smooth=0, empty target, probabilities exactly 0) is its limit, 0
+    return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / denominator)
+
+
 def _dice64(input: Tensor, target: Tensor, smooth: float = 1.0, reduction: str = "mean") -> Tensor:
     p = torch.sigmoid(input)
-    return _reduce64(1.0 - (2.0 * _row_sum(p * target) + smooth) / (_row_sum(p) + _row_sum(target) + smooth), reduction)
+    return _reduce64(1.0 - _score64(2.0 * _row_sum(p * target) + smooth, _row_sum(p) + _row_sum(target) + smooth),
+                     reduction)
 
 
 def _tversky64(input: Tensor, target: Tensor, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0,
                reduction: str = "mean") -> Tensor:
     p = torch.sigmoid(input)
     tp, fp, fn = _row_sum(p * target), _row_sum(p * (1.0 - target)), _row_sum((1.0 - p) * target)
-    return _reduce64(1.0 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth), reduction)
+    return _reduce64(1.0 - _score64(tp + smooth, tp + alpha * fp + beta * fn + smooth), reduction)
 
 
 def _info_nce64(input: Tensor, target: Tensor, temperature: float = 0.1, symmetric: bool = False,
@@ -411,6 +417,18 @@ def _info_nce64(input: Tensor, target: Tensor, temperature: float = 0.1, symmetr
     if symmetric:
         loss = 0.5 * (loss + torch.logsumexp(sim, dim=0) - diag)
     return _reduce64(loss, reduction)
+
+
+def _nt_xent64(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
+    # 2N views; each one's positive is its other view, its negatives every other view (2N - 2)
+    z = torch.cat([input, target])
+    z = z / torch.sqrt((z * z).sum(1, keepdim=True))
+    sim = z @ z.t() / temperature
+    n2 = sim.shape[0]
+    others = sim.masked_fill(torch.eye(n2, dtype=torch.bool), float("-inf"))
+    pos = torch.cat([torch.arange(n2 // 2, n2), torch.arange(0, n2 // 2)])
+    per_view = torch.logsumexp(others, dim=1) - sim[torch.arange(n2), pos]
+    return _reduce64(0.5 * (per_view[: n2 // 2] + per_view[n2 // 2:]), reduction)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,6 +534,11 @@ LOSSES: Dict[str, LossSpec] = {
                  variants=({}, {"symmetric": True, "temperature": 0.5}), reference64=_in_float64(_info_nce64),
                  none_shape="sample", target_like_input=True, known_failures={"onnx": _INFO_NCE_ONNX_FINDING},
                  error_inputs=_embedding_errors(1) + [_hyper_error({"temperature": 0.0}, r"temperature must be > 0, got 0.0")],
+                 differentiable_targets=(0,)),
+        LossSpec("nt_xent", "metric", L.NTXentLoss, F.nt_xent_loss, 8, _like_randn, feature_shape=(8,),
+                 variants=({}, {"temperature": 0.5}), reference64=_in_float64(_nt_xent64),
+                 none_shape="sample", target_like_input=True,
+                 error_inputs=_embedding_errors(1) + [_hyper_error({"temperature": -1.0}, r"temperature must be > 0, got -1.0")],
                  differentiable_targets=(0,)),
         LossSpec("triplet_margin", "metric", L.TripletMarginLoss, F.triplet_margin_loss, 8, _two_like, feature_shape=(8,),
                  variants=({}, {"margin": 2.0, "p": 1.0, "swap": True}), reference=_ref_triplet,

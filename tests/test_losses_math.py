@@ -369,3 +369,95 @@ def test_column_prediction_never_broadcasts_against_flat_target():
     # nn.MSELoss would broadcast (10, 1) against (10,) to (10, 10) with only a warning
     with pytest.raises(ValueError, match=r"got input \(10, 1\) and target \(10,\)"):
         L.MSELoss()(torch.zeros(10, 1), torch.zeros(10))
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17's defects: each test fails on the code before its fix
+# ---------------------------------------------------------------------------------------------
+def test_info_nce_is_not_nt_xent_and_says_which_negatives_count():
+    # InfoNCELoss called itself SimCLR's NT-Xent; it is the CLIP-style loss (N - 1 cross-view negatives)
+    doc = L.InfoNCELoss.__doc__ or ""
+    assert "(NT-Xent)" not in doc and "N - 1" in doc and "NTXentLoss" in doc
+    a, p = _rand(6, 5, seed=40), _rand(6, 5, seed=41)
+    assert abs(F.info_nce_loss(a, p, temperature=0.5).item() - F.nt_xent_loss(a, p, temperature=0.5).item()) > 0.1
+
+
+def test_nt_xent_hand_value():
+    # z = (e1, e2, e1, e2), tau = 1: view 0's positive has cosine 1, its 2N - 2 = 2 negatives cosine 0
+    # (one of them the other anchor): -1 + log(e^1 + e^0 + e^0) = log(2 + e) - 1 = 0.5514447139320511
+    e = torch.eye(2, dtype=f64)
+    assert F.nt_xent_loss(e, e, temperature=1.0).item() == pytest.approx(math.log(2.0 + math.e) - 1.0, rel=1e-15)
+    # InfoNCE on the same batch has only the cross-view negative: log(1 + 1/e)
+    assert F.info_nce_loss(e, e, temperature=1.0).item() == pytest.approx(math.log(1.0 + math.exp(-1.0)), rel=1e-15)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_nt_xent_is_cross_entropy_over_all_other_views(reduction: str):
+    a, p = _rand(5, 4, seed=42), _rand(5, 4, seed=43)
+    ours = lambda x, y: L.NTXentLoss(temperature=0.3, reduction=reduction)(x, y)  # noqa: E731
+
+    def ref(x: Tensor, y: Tensor) -> Tensor:  # SimCLR's formulation with torch's cross-entropy
+        z = torch.cat([x, y])
+        logits = TF.cosine_similarity(z[:, None, :], z[None, :, :], dim=-1) / 0.3
+        logits = logits - torch.diag(torch.full((10,), float("inf"), dtype=f64)).nan_to_num(posinf=1e30)
+        labels = torch.cat([torch.arange(5, 10), torch.arange(0, 5)])
+        per_view = TF.cross_entropy(logits, labels, reduction="none")
+        per_pair = 0.5 * (per_view[:5] + per_view[5:])
+        return {"none": per_pair, "mean": per_view.mean(), "sum": per_pair.sum()}[reduction]
+
+    assert_close(ours(a, p), ref(a, p))
+    for g, rg in zip(_grad(ours, a, p), _grad(ref, a, p)):
+        assert_close(g, rg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64], ids=["float32", "float64"])
+@pytest.mark.parametrize("logit", [-100.0, -200.0, -1000.0])
+def test_empty_mask_with_smooth_zero_is_the_limit_not_nan(logit: float, dtype: torch.dtype):
+    # an empty target and a saturated prediction: 0/0 before the fix (float32 from -104 down)
+    x = torch.full((2, 1, 3, 3), logit, dtype=dtype, requires_grad=True)
+    t = torch.zeros(2, 1, 3, 3, dtype=dtype)
+    for fn in (lambda a: F.dice_loss(a, t, smooth=0.0, reduction="sum"),
+               lambda a: F.tversky_loss(a, t, alpha=0.3, beta=0.7, smooth=0.0, reduction="sum"),
+               lambda a: F.tversky_loss(a, t, alpha=0.0, beta=1.0, smooth=0.0, reduction="sum")):
+        out = fn(x)
+        (g,) = torch.autograd.grad(out, x)
+        assert out.item() == 2.0  # each sample scores 1, as 1 - 0 / sum(p) does for any p > 0
+        assert torch.isfinite(g).all() and (g == 0).all()
+    # with smooth > 0 an empty mask predicted empty is a perfect score
+    assert F.dice_loss(x.detach(), t, smooth=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+_TAIL_LOGITS = [-50.0, -30.0, -15.0, -8.0, -3.0, 0.0, 3.0, 8.0, 15.0, 30.0, 50.0]
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0])
+def test_bce_is_exact_for_confident_correct_logits_in_float32(target: float):
+    # (1 - t) x + softplus(-x) cancels for t = 0, x = -15 (value 3.06e-7 lost in float32)
+    x = torch.tensor(_TAIL_LOGITS)
+    t = torch.full_like(x, target)
+    ours = lambda a: F.bce_with_logits_loss(a, t, reduction="none")  # noqa: E731
+    exact = lambda a: t.double() * torch.log1p(torch.exp(-a)) + (1 - t.double()) * torch.log1p(torch.exp(a))  # noqa: E731
+    assert_close(ours(x), exact(x.double()).float(), rtol=2e-6, atol=0.0)
+    # gradient: sigmoid(x) - t, to full relative accuracy as well (written as -sigmoid(-x) for t = 1)
+    x64, t64 = x.double(), t.double()
+    slope = (1 - t64) * torch.sigmoid(x64) - t64 * torch.sigmoid(-x64)
+    assert_close(_grad(ours, x)[0], slope.float(), rtol=2e-6, atol=0.0)
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0])
+def test_binary_focal_is_exact_for_confident_correct_logits_in_float32(target: float):
+    # target 0, logit -15: 2.1e-20 (was 0.0); logit -8: was off by 8.6e-4 relative
+    x = torch.tensor([v for v in _TAIL_LOGITS if abs(v) <= 15.0])
+    t = torch.full_like(x, target)
+    ours = lambda a: F.binary_focal_loss(a, t, reduction="none")  # noqa: E731
+
+    def exact(a: Tensor) -> Tensor:
+        t64 = t.double()
+        ce = t64 * torch.log1p(torch.exp(-a)) + (1 - t64) * torch.log1p(torch.exp(a))
+        one_minus_pt = t64 * torch.sigmoid(-a) + (1 - t64) * torch.sigmoid(a)
+        return (0.25 * t64 + 0.75 * (1 - t64)) * one_minus_pt ** 2 * ce
+
+    assert_close(ours(x), exact(x.double()).float(), rtol=1e-5, atol=0.0)
+    if target == 0.0:
+        assert ours(x)[0].item() == pytest.approx(2.1e-20, rel=0.01)  # the issue's value at -15
+    assert_close(_grad(ours, x)[0], _grad(exact, x.double())[0].float(), rtol=1e-5, atol=0.0)
