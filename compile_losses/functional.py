@@ -47,6 +47,8 @@ __all__ = [
     "bce_with_logits_loss",
     "dice_loss",
     "tversky_loss",
+    "multiclass_dice_loss",
+    "multiclass_tversky_loss",
     "kl_div_loss",
     "info_nce_loss",
     "nt_xent_loss",
@@ -418,6 +420,156 @@ def tversky_loss(
     fn = _per_sample_sum((1.0 - prob) * target)
     index = _overlap_ratio(tp + smooth, tp + alpha * fp + beta * fn + smooth)
     return apply_reduction(1.0 - index, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-class dense prediction: softmax over dim 1, per-class overlaps
+# ---------------------------------------------------------------------------------------------
+def _check_choice(value: str, name: str, choices: List[str]) -> None:
+    if value not in choices:
+        raise ValueError("{} must be one of {}, got '{}'".format(
+            name, ", ".join(["'" + c + "'" for c in choices]), value))
+
+
+def _class_targets(input: Tensor, target: Tensor, ignore_index: int) -> List[Tensor]:
+    """[one-hot (or probability) target, valid mask (N, 1, ...)] in the input's dtype, from class
+    indices (N, ...) int64 or class probabilities of the input's shape; ``ignore_index`` masks
+    index targets only."""
+    check_floating(input, "input")
+    check_min_ndim(input, "input", 2, "(N, C, ...)")
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            expected: List[int] = [input.shape[0]]
+            for s in input.shape[2:]:
+                expected.append(s)
+            raise ValueError(
+                "target must hold class indices of shape {} (int64) or class probabilities of the input's "
+                "shape {}, got a floating-point target of shape {}".format(
+                    fmt_shape(expected), fmt_shape(list(input.shape)), fmt_shape(list(target.shape))))
+        check_same_dtype(input, target, "input", "target")
+        return [target, torch.ones_like(input[:, :1])]
+    _check_class_target(input, target)
+    valid = (target != ignore_index).unsqueeze(1).to(input.dtype)
+    classes = torch.arange(input.shape[1], device=input.device)
+    one_hot = (target.unsqueeze(1) == _class_view(classes, input.dim())).to(input.dtype)
+    return [one_hot * valid, valid]
+
+
+def _per_class_sum(x: Tensor) -> Tensor:
+    # (N, C, ...) -> (N, C)
+    if x.dim() > 2:
+        return x.flatten(2).sum(2)
+    return x
+
+
+def _class_overlaps(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+                    include_background: bool, squared_pred: bool) -> List[Tensor]:
+    """Per (sample, class) sums [TP, sum p, sum t, FP, FN] (squared sums of p and t with
+    ``squared_pred``; FP and FN always plain) and the class weights (C,) or (C - 1,)."""
+    targets = _class_targets(input, target, ignore_index)
+    t, valid = targets[0], targets[1]
+    _check_class_weight(weight, input, "weight")
+    if not include_background and input.shape[1] < 2:
+        raise ValueError("include_background=False needs at least 2 classes, got input of shape {}".format(
+            fmt_shape(list(input.shape))))
+    p = torch.softmax(input, dim=1) * valid
+    if weight is None:
+        w = torch.ones(input.shape[1], dtype=input.dtype, device=input.device)
+    else:
+        w = weight
+    if not include_background:
+        p, t, w = p[:, 1:], t[:, 1:], w[1:]
+    tp = _per_class_sum(p * t)
+    fp = _per_class_sum(p * (1.0 - t))
+    fn = _per_class_sum((1.0 - p) * t)
+    if squared_pred:
+        ps, ts = _per_class_sum(p * p), _per_class_sum(t * t)
+    else:
+        ps, ts = _per_class_sum(p), _per_class_sum(t)
+    return [tp, ps, ts, fp, fn, w]
+
+
+def _class_average(num: Tensor, den: Tensor, w: Tensor, smooth: float, average: str) -> Tensor:
+    """Per-sample score (N,) from per-class numerators and denominators (N, C): macro averages the
+    classes' scores with weights w; micro pools the weighted sums first."""
+    if average == "macro":
+        score = _overlap_ratio(num + smooth, den + smooth)
+        return (score * w).sum(1) / w.sum()
+    return _overlap_ratio((num * w).sum(1) + smooth, (den * w).sum(1) + smooth)
+
+
+def _generalized_weights(volume: Tensor, w: Tensor) -> Tensor:
+    # Sudre et al. 2017: 1 / (target volume)^2 per sample and class. A class absent from a sample
+    # gets that sample's largest weight (as MONAI does), or 0 when every class is absent.
+    present = volume > 0.0
+    safe = torch.where(present, volume, torch.ones_like(volume))
+    inv = torch.where(present, 1.0 / (safe * safe), torch.zeros_like(volume))
+    top = inv.amax(1, keepdim=True)
+    return torch.where(present, inv, top.expand_as(inv)) * w
+
+
+def multiclass_dice_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    smooth: float = 1.0,
+    average: str = "macro",
+    include_background: bool = True,
+    ignore_index: int = -100,
+    squared_pred: bool = False,
+    jaccard: bool = False,
+    reduction: str = "mean",
+) -> Tensor:
+    """Multi-class soft Dice (or Jaccard) on class logits. See :class:`compile_losses.losses.MultiClassDiceLoss`."""
+    validate_reduction(reduction)
+    check_non_negative(smooth, "smooth")
+    _check_choice(average, "average", ["macro", "micro", "generalized"])
+    sums = _class_overlaps(input, target, weight, ignore_index, include_background, squared_pred)
+    tp, ps, ts, w = sums[0], sums[1], sums[2], sums[5]
+    if jaccard:
+        num, den = tp, ps + ts - tp
+    else:
+        num, den = 2.0 * tp, ps + ts
+    if average == "generalized":
+        # Sudre's weights use the target volume sum t = TP + FN (not its squares)
+        score = _class_average(num, den, _generalized_weights(tp + sums[4], w), smooth, "micro")
+    else:
+        score = _class_average(num, den, w.unsqueeze(0), smooth, average)
+    return apply_reduction(1.0 - score, reduction)
+
+
+def multiclass_tversky_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    gamma: float = 1.0,
+    smooth: float = 1.0,
+    average: str = "macro",
+    include_background: bool = True,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
+    """Multi-class (focal) Tversky on class logits. See :class:`compile_losses.losses.MultiClassTverskyLoss`."""
+    validate_reduction(reduction)
+    check_non_negative(alpha, "alpha")
+    check_non_negative(beta, "beta")
+    check_positive(gamma, "gamma")
+    check_non_negative(smooth, "smooth")
+    _check_choice(average, "average", ["macro", "micro"])
+    sums = _class_overlaps(input, target, weight, ignore_index, include_background, False)
+    tp, fp, fn, w = sums[0], sums[3], sums[4], sums[5]
+    den = tp + alpha * fp + beta * fn
+    if average == "macro":
+        # focal Tversky per class, then the weighted class average
+        index = _overlap_ratio(tp + smooth, den + smooth)
+        per_class = _focal_factor(1.0 - index, gamma) if gamma != 1.0 else 1.0 - index
+        loss = (per_class * w.unsqueeze(0)).sum(1) / w.sum()
+    else:
+        index = _overlap_ratio((tp * w).sum(1) + smooth, (den * w).sum(1) + smooth)
+        loss = _focal_factor(1.0 - index, gamma) if gamma != 1.0 else 1.0 - index
+    return apply_reduction(loss, reduction)
 
 
 # ---------------------------------------------------------------------------------------------

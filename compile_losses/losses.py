@@ -5,7 +5,7 @@ Every module here scripts with ``torch.jit.script``, compiles with ``torch.compi
 and exports to ONNX with a dynamic batch dimension. Settings are checked once, as Python numbers,
 when the module is built; inside ``forward`` only shapes and dtypes are checked.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,8 @@ __all__ = [
     "BCEWithLogitsLoss",
     "DiceLoss",
     "TverskyLoss",
+    "MultiClassDiceLoss",
+    "MultiClassTverskyLoss",
     "KLDivLoss",
     "InfoNCELoss",
     "NTXentLoss",
@@ -646,6 +648,175 @@ class TverskyLoss(_Loss):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.tversky_loss(
             input, target, alpha=self.alpha, beta=self.beta, smooth=self.smooth, reduction=self.reduction
+        )
+
+
+def _check_average(average: str, choices: List[str]) -> str:
+    if average not in choices:
+        raise ValueError("average must be one of {}, got '{}'".format(", ".join(["'" + c + "'" for c in choices]), average))
+    return average
+
+
+class MultiClassDiceLoss(_Loss):
+    r"""Multi-class soft Dice (or Jaccard) loss on class logits, one value per sample
+    (Milletari et al., 2016; Sudre et al., 2017, for the generalized form).
+
+    With :math:`p = \mathrm{softmax}(x)` over dim 1 and :math:`t` the one-hot target, per sample
+    :math:`n` and class :math:`c` (sums over the pixels :math:`i`):
+
+    .. math::
+        I_{nc} = \textstyle\sum_i p_{nci} t_{nci},\quad
+        S_{nc} = \sum_i p_{nci}^{(2)} + \sum_i t_{nci}^{(2)},\quad
+        D_{nc} = \frac{2 I_{nc} + s}{S_{nc} + s}\ \Big(\text{Jaccard: } \frac{I_{nc} + s}{S_{nc} - I_{nc} + s}\Big)
+
+    (squares only with ``squared_pred``, Milletari's denominator). ``average``:
+
+    - ``'macro'``: :math:`\ell_n = 1 - \sum_c w_c D_{nc} / \sum_c w_c`, each class counts alike
+      (MONAI's ``DiceLoss`` with softmax, one-hot target and ``reduction='mean'``);
+    - ``'micro'``: the sums are pooled over classes (weighted by :math:`w_c`) before the ratio;
+    - ``'generalized'``: pooled with weights :math:`w_c / (\sum_i t_{nci})^2` per sample
+      (Sudre's Generalized Dice); a class absent from a sample gets that sample's largest weight,
+      as MONAI's ``GeneralizedDiceLoss`` does.
+
+    A class absent from both target and prediction scores :math:`s/s = 1` (loss 0) with
+    ``smooth > 0``; with ``smooth=0`` a zero denominator is the limit, score 0 (loss 1), finite
+    gradients. Softmax probabilities are never exactly 0, so with a small ``smooth`` an absent class
+    costs up to 1 in ``'macro'`` (segmentation_models_pytorch instead drops classes absent from the
+    target; ``'micro'`` and ``'generalized'`` are the usual answers).
+
+    Args:
+        weight (Tensor, optional): per-class weights :math:`w`, ``(C,)``. Default: None (all 1).
+        smooth (float, optional): :math:`s`, >= 0. Default: 1.0.
+        average (str, optional): ``'macro'`` | ``'micro'`` | ``'generalized'``. Default: ``'macro'``.
+        include_background (bool, optional): False leaves class 0 out. Default: True.
+        ignore_index (int, optional): an index target value whose pixels count nowhere (neither
+            prediction nor target). Probability targets have no ignored pixels. Default: -100.
+        squared_pred (bool, optional): square :math:`p` and :math:`t` in the denominator. Default: False.
+        jaccard (bool, optional): the soft Jaccard (IoU) index instead of Dice. Default: False.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``; ``'mean'`` is the batch mean.
+            Default: ``'mean'``.
+
+    Shape:
+        - Input: ``(N, C, d1, ...)`` or ``(N, C)`` logits.
+        - Target: ``(N, d1, ...)`` int64 class indices, or class probabilities (one-hot) of the
+          input's shape and dtype.
+        - Output: scalar, or ``(N,)`` with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import MultiClassDiceLoss
+        >>> logits = torch.tensor([[[50.0, -50.0], [-50.0, 50.0]]])  # (N=1, C=2, 2 pixels)
+        >>> MultiClassDiceLoss(smooth=0.0)(logits, torch.tensor([[0, 1]]))
+        tensor(0.)
+    """
+
+    __constants__ = ["reduction", "smooth", "average", "include_background", "ignore_index", "squared_pred", "jaccard"]
+    smooth: float
+    average: str
+    include_background: bool
+    ignore_index: int
+    squared_pred: bool
+    jaccard: bool
+    weight: Optional[Tensor]
+
+    def __init__(self, weight: Optional[Tensor] = None, smooth: float = 1.0, average: str = "macro",
+                 include_background: bool = True, ignore_index: int = -100, squared_pred: bool = False,
+                 jaccard: bool = False, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        check_non_negative(smooth, "smooth")
+        self.average = _check_average(average, ["macro", "micro", "generalized"])
+        _optional_buffer(self, "weight", weight)
+        self.smooth = float(smooth)
+        self.include_background = bool(include_background)
+        self.ignore_index = int(ignore_index)
+        self.squared_pred = bool(squared_pred)
+        self.jaccard = bool(jaccard)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multiclass_dice_loss(
+            input, target, weight=self.weight, smooth=self.smooth, average=self.average,
+            include_background=self.include_background, ignore_index=self.ignore_index,
+            squared_pred=self.squared_pred, jaccard=self.jaccard, reduction=self.reduction,
+        )
+
+
+class MultiClassTverskyLoss(_Loss):
+    r"""Multi-class Tversky and focal Tversky loss on class logits, one value per sample
+    (Salehi et al., 2017; Abraham and Khan, 2019).
+
+    With :math:`p = \mathrm{softmax}(x)` over dim 1, :math:`t` the one-hot target and sums over
+    the pixels of sample :math:`n`, class :math:`c`: :math:`TP = \sum p t`,
+    :math:`FP = \sum p (1 - t)`, :math:`FN = \sum (1 - p) t` and
+
+    .. math::
+        T_{nc} = \frac{TP + s}{TP + \alpha FP + \beta FN + s},\quad
+        \ell_n = \frac{\sum_c w_c (1 - T_{nc})^\gamma}{\sum_c w_c}\ (\text{'macro'}),\quad
+        \ell_n = (1 - T_n)^\gamma\ (\text{'micro'})
+
+    where ``'micro'`` pools :math:`w_c`-weighted TP, FP, FN over classes first. The exponent is
+    applied as :math:`(1 - T)^\gamma`, as segmentation_models_pytorch does; Abraham and Khan write
+    :math:`1/\gamma`. With ``alpha = beta = 0.5`` and ``gamma = 1`` it is
+    :class:`MultiClassDiceLoss` with ``smooth`` doubled. Empty classes as in :class:`MultiClassDiceLoss`.
+
+    Args:
+        weight (Tensor, optional): per-class weights :math:`w`, ``(C,)``. Default: None (all 1).
+        alpha (float, optional): weight of false positives, >= 0. Default: 0.5.
+        beta (float, optional): weight of false negatives, >= 0. Default: 0.5.
+        gamma (float, optional): focal exponent, > 0 (1: plain Tversky). Default: 1.0.
+        smooth (float, optional): :math:`s`, >= 0. Default: 1.0.
+        average (str, optional): ``'macro'`` | ``'micro'``. Default: ``'macro'``.
+        include_background (bool, optional): False leaves class 0 out. Default: True.
+        ignore_index (int, optional): an index target value whose pixels count nowhere. Default: -100.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``; ``'mean'`` is the batch mean.
+            Default: ``'mean'``.
+
+    Shape:
+        - Input: ``(N, C, d1, ...)`` or ``(N, C)`` logits.
+        - Target: ``(N, d1, ...)`` int64 class indices, or class probabilities of the input's shape.
+        - Output: scalar, or ``(N,)`` with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import MultiClassTverskyLoss
+        >>> logits = torch.tensor([[[50.0, -50.0], [-50.0, 50.0]]])
+        >>> MultiClassTverskyLoss(alpha=0.3, beta=0.7, gamma=2.0)(logits, torch.tensor([[0, 1]]))
+        tensor(0.)
+    """
+
+    __constants__ = ["reduction", "alpha", "beta", "gamma", "smooth", "average", "include_background", "ignore_index"]
+    alpha: float
+    beta: float
+    gamma: float
+    smooth: float
+    average: str
+    include_background: bool
+    ignore_index: int
+    weight: Optional[Tensor]
+
+    def __init__(self, weight: Optional[Tensor] = None, alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0,
+                 smooth: float = 1.0, average: str = "macro", include_background: bool = True,
+                 ignore_index: int = -100, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        check_non_negative(alpha, "alpha")
+        check_non_negative(beta, "beta")
+        check_positive(gamma, "gamma")
+        check_non_negative(smooth, "smooth")
+        self.average = _check_average(average, ["macro", "micro"])
+        _optional_buffer(self, "weight", weight)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.gamma = float(gamma)
+        self.smooth = float(smooth)
+        self.include_background = bool(include_background)
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multiclass_tversky_loss(
+            input, target, weight=self.weight, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
+            smooth=self.smooth, average=self.average, include_background=self.include_background,
+            ignore_index=self.ignore_index, reduction=self.reduction,
         )
 
 

@@ -108,6 +108,9 @@ class LossSpec:
     # backend name -> finding: runs, expected to fail (xfail, never counted as a pass), with the
     # minimal example. Unlike ``skips``, the case still runs.
     known_failures: Dict[str, str] = field(default_factory=dict)
+    # variant index -> the target maker that variant uses instead of ``make_targets`` (another
+    # kind of target for the same loss: probabilities or one-hot instead of class indices).
+    variant_targets: Dict[int, TargetMaker] = field(default_factory=dict)
 
     def kind(self, init_kwargs: Optional[Dict[str, Any]] = None) -> str:
         """The input kind under these settings."""
@@ -127,15 +130,16 @@ class LossSpec:
         return self.module(**init_kwargs)
 
     def input_for(self, batch: int, dtype: torch.dtype = torch.float32, seed: int = 0,
-                  feature_shape: Optional[Tuple[int, ...]] = None) -> Tuple[Tensor, Tuple[Tensor, ...]]:
-        """A prediction of shape (batch,) + feature_shape and its targets, reproducibly."""
+                  feature_shape: Optional[Tuple[int, ...]] = None, variant: int = 0) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+        """A prediction of shape (batch,) + feature_shape and its targets (of the kind
+        ``variants[variant]`` takes), reproducibly."""
         gen = torch.Generator().manual_seed(seed)
         shape = (batch,) + (self.feature_shape if feature_shape is None else feature_shape)
         if self.make_input is not None:
             pred = self.make_input(shape, dtype, gen)
         else:
             pred = torch.randn(shape, generator=gen, dtype=dtype)
-        return pred, self.make_targets(pred, gen)
+        return pred, self.variant_targets.get(variant, self.make_targets)(pred, gen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +166,11 @@ def _binary(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
 def _class_index(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
     shape = (pred.shape[0],) + tuple(pred.shape[2:])
     return (torch.randint(0, pred.shape[1], shape, generator=gen),)
+
+
+def _one_hot(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    (index,) = _class_index(pred, gen)
+    return (TF.one_hot(index, pred.shape[1]).movedim(-1, 1).to(pred.dtype),)
 
 
 def _probs(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
@@ -252,6 +261,45 @@ def _class_errors() -> List[ErrorInput]:
                    desc="class weight of the wrong size"),
         ErrorInput(bad_reduction, ValueError, r"reduction must be one of 'none', 'mean', 'sum', got 'batchmean'",
                    at="init", desc="unknown reduction"),
+    ]
+
+
+def _multiclass_errors(averages: Sequence[str]) -> List[ErrorInput]:
+    def other(dtype: torch.dtype) -> torch.dtype:
+        return torch.float32 if dtype == torch.float64 else torch.float64
+
+    def call(target: Callable[[torch.dtype], Tensor], classes: int = 5, **kwargs: Any):
+        return lambda dtype: (dict(kwargs), (torch.zeros(4, classes, 3, dtype=dtype), target(dtype)))
+
+    listed = ", ".join("'{}'".format(a) for a in averages)
+    return [
+        ErrorInput(call(lambda d: torch.zeros(4, 3, dtype=d)), ValueError,
+                   r"target must hold class indices of shape \(4, 3\) \(int64\) or class probabilities of the input's "
+                   r"shape \(4, 5, 3\), got a floating-point target of shape \(4, 3\)", desc="float target of index shape"),
+        ErrorInput(call(lambda d: torch.zeros(4, 5, 3, dtype=other(d))), TypeError,
+                   r"input and target must have the same dtype, got input float\d+ and target float\d+",
+                   desc="probability target of another dtype"),
+        ErrorInput(call(lambda d: torch.zeros(4, 3, dtype=torch.int32)), TypeError,
+                   r"target must hold class indices as an int64 tensor, got dtype int32", desc="int32 class target"),
+        ErrorInput(call(lambda d: torch.zeros(4, 5, dtype=torch.int64)), ValueError,
+                   r"target must have the shape of input without its class dimension \(4, 3\), got input \(4, 5, 3\) "
+                   r"and target \(4, 5\)", desc="index target of the wrong shape"),
+        ErrorInput(lambda d: ({}, (torch.zeros(5, dtype=d), torch.zeros((), dtype=torch.int64))), ValueError,
+                   r"input must have at least 2 dimensions \(N, C, \.\.\.\), got shape \(5,\)", desc="unbatched logits"),
+        ErrorInput(lambda d: ({}, (torch.zeros(4, 5, 3, dtype=torch.int64), torch.zeros(4, 3, dtype=torch.int64))),
+                   TypeError, r"input must be a floating-point tensor, got dtype int64", desc="integer input"),
+        ErrorInput(lambda d: ({"weight": torch.ones(3, dtype=d)}, (torch.zeros(4, 5, 3, dtype=d),
+                                                                   torch.zeros(4, 3, dtype=torch.int64))),
+                   ValueError, r"weight must be a 1-D tensor with one entry per class \(5,\), got \(3,\)",
+                   desc="class weight of the wrong size"),
+        ErrorInput(call(lambda d: torch.zeros(4, 3, dtype=torch.int64), classes=1, include_background=False), ValueError,
+                   r"include_background=False needs at least 2 classes, got input of shape \(4, 1, 3\)",
+                   desc="background left out of one class"),
+        ErrorInput(lambda d: ({"average": "weighted"}, ()), ValueError,
+                   r"average must be one of {}, got 'weighted'".format(listed), at="init", desc="unknown average"),
+        _hyper_error({"smooth": -1.0}, r"smooth must be >= 0, got -1.0"),
+        ErrorInput(lambda d: ({"reduction": "batchmean"}, ()), ValueError,
+                   r"reduction must be one of 'none', 'mean', 'sum', got 'batchmean'", at="init", desc="unknown reduction"),
     ]
 
 
@@ -419,6 +467,60 @@ def _info_nce64(input: Tensor, target: Tensor, temperature: float = 0.1, symmetr
     return _reduce64(loss, reduction)
 
 
+def _multiclass_sums64(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+                       include_background: bool) -> Tuple[Tensor, Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    """softmax probabilities and one-hot (or probability) targets, both zero on ignored pixels, the
+    class weights, and the per-(sample, class) sum over pixels."""
+    num_classes = input.shape[1]
+    if target.is_floating_point():
+        t, valid = target, torch.ones_like(input[:, :1])
+    else:
+        keep = target != ignore_index
+        t = TF.one_hot(torch.where(keep, target, torch.zeros_like(target)), num_classes).movedim(-1, 1).double()
+        valid = keep.unsqueeze(1).double()
+        t = t * valid
+    e = torch.exp(input - input.amax(1, keepdim=True))
+    p = e / e.sum(1, keepdim=True) * valid
+    w = torch.ones(num_classes, dtype=torch.float64) if weight is None else weight
+    if not include_background:
+        p, t, w = p[:, 1:], t[:, 1:], w[1:]
+    dims = tuple(range(2, input.dim()))
+    return p, t, w, (lambda x: x.sum(dims) if dims else x)
+
+
+def _multiclass_dice64(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, smooth: float = 1.0,
+                       average: str = "macro", include_background: bool = True, ignore_index: int = -100,
+                       squared_pred: bool = False, jaccard: bool = False, reduction: str = "mean") -> Tensor:
+    p, t, w, total = _multiclass_sums64(input, target, weight, ignore_index, include_background)
+    inter = total(p * t)
+    both = total(p ** 2) + total(t ** 2) if squared_pred else total(p) + total(t)
+    num, den = (inter, both - inter) if jaccard else (2.0 * inter, both)
+    if average == "macro":
+        score = (_score64(num + smooth, den + smooth) * w).sum(1) / w.sum()
+    else:
+        cw = w.expand_as(num)
+        if average == "generalized":
+            volume = total(t)
+            inv = torch.where(volume > 0, volume.clamp(min=1e-300) ** -2.0, torch.zeros_like(volume))
+            cw = torch.where(volume > 0, inv, inv.amax(1, keepdim=True).expand_as(inv)) * w
+        score = _score64((num * cw).sum(1) + smooth, (den * cw).sum(1) + smooth)
+    return _reduce64(1.0 - score, reduction)
+
+
+def _multiclass_tversky64(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, alpha: float = 0.5,
+                          beta: float = 0.5, gamma: float = 1.0, smooth: float = 1.0, average: str = "macro",
+                          include_background: bool = True, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    p, t, w, total = _multiclass_sums64(input, target, weight, ignore_index, include_background)
+    tp, fp, fn = total(p * t), total(p * (1.0 - t)), total((1.0 - p) * t)
+    if average == "macro":
+        index = _score64(tp + smooth, tp + alpha * fp + beta * fn + smooth)
+        loss = ((1.0 - index) ** gamma * w).sum(1) / w.sum()
+    else:
+        index = _score64((tp * w).sum(1) + smooth, ((tp + alpha * fp + beta * fn) * w).sum(1) + smooth)
+        loss = (1.0 - index) ** gamma
+    return _reduce64(loss, reduction)
+
+
 def _nt_xent64(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
     # 2N views; each one's positive is its other view, its negatives every other view (2N - 2)
     z = torch.cat([input, target])
@@ -523,6 +625,24 @@ LOSSES: Dict[str, LossSpec] = {
                  none_shape="sample",
                  error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"alpha": -0.1}, r"alpha must be >= 0, got -0.1")],
                  differentiable_targets=(0,)),
+        LossSpec("multiclass_dice", "dense", L.MultiClassDiceLoss, F.multiclass_dice_loss, 4, _class_index,
+                 feature_shape=(4, 5, 5),
+                 variants=({}, {"average": "micro", "squared_pred": True}, {"average": "generalized"},
+                           {"include_background": False, "weight": torch.tensor([1.0, 2.0, 0.5, 1.5])},
+                           {"ignore_index": 2, "jaccard": True}, {"smooth": 0.5, "average": "micro"},
+                           {"jaccard": True, "squared_pred": True}),
+                 variant_targets={5: _one_hot, 6: _probs},
+                 reference64=_in_float64(_multiclass_dice64), input_kind="logits", none_shape="sample",
+                 error_inputs=_multiclass_errors(["macro", "micro", "generalized"])),
+        LossSpec("multiclass_tversky", "dense", L.MultiClassTverskyLoss, F.multiclass_tversky_loss, 4, _class_index,
+                 feature_shape=(4, 5, 5),
+                 variants=({}, {"alpha": 0.3, "beta": 0.7, "gamma": 0.75},
+                           {"average": "micro", "gamma": 2.0, "weight": torch.tensor([1.0, 2.0, 0.5, 1.5])},
+                           {"include_background": False, "ignore_index": 1}, {"alpha": 0.7, "beta": 0.3}),
+                 variant_targets={4: _one_hot},
+                 reference64=_in_float64(_multiclass_tversky64), input_kind="logits", none_shape="sample",
+                 error_inputs=_multiclass_errors(["macro", "micro"]) + [
+                     _hyper_error({"gamma": 0.0}, r"gamma must be > 0, got 0.0")]),
         LossSpec("kl_div", "distribution", L.KLDivLoss, F.kl_div_loss, 5, _probs, feature_shape=(5,),
                  variants=({}, {"log_target": True}), reference=_ref_kl, reference64=_in_float64(_ref_kl),
                  make_input=_log_probs_input, input_kind="log_probs", none_shape="sample",
@@ -608,10 +728,10 @@ def sample_inputs(spec: LossSpec, dtype: torch.dtype = torch.float64, batches: S
                 seed += 1
                 if only_variant is not None and index != only_variant:
                     continue
-                pred, targets = spec.input_for(batch, dtype, seed=seed - 1)
+                pred, targets = spec.input_for(batch, dtype, seed=seed - 1, variant=index)
                 kwargs = dict(variant, reduction=reduction)
                 yield SampleInput(pred, targets, _cast_kwargs(kwargs, dtype),
-                                  "{} batch={} {}".format(_fmt_variant(variant), batch, reduction))
+                                  "{} batch={} {}".format(variant_id(spec, index), batch, reduction))
     if not noncontiguous:
         return
     # Non-contiguous: every tensor a strided view of a wider one.
@@ -630,6 +750,13 @@ def _strided(t: Tensor) -> Tensor:
 
 def _cast_kwargs(kwargs: Dict[str, Any], dtype: torch.dtype) -> Dict[str, Any]:
     return {k: (v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v) for k, v in kwargs.items()}
+
+
+def variant_id(spec: LossSpec, index: int) -> str:
+    """A readable id of ``spec.variants[index]``, naming its kind of target when it has its own."""
+    out = _fmt_variant(spec.variants[index])
+    maker = spec.variant_targets.get(index)
+    return out if maker is None else "{}+targets={}".format(out, maker.__name__.strip("_"))
 
 
 def _fmt_variant(variant: Dict[str, Any]) -> str:

@@ -35,12 +35,14 @@ def cases(draw: st.DrawFn, spec: LossSpec, variant_index: Optional[int] = None, 
     batch = draw(st.integers(min_value=1, max_value=9))
     dtype = draw(st.sampled_from(DTYPES)) if dtype is None else dtype
     reduction = draw(st.sampled_from(REDUCTIONS)) if reduction is None else reduction
-    variant = spec.variants[draw(st.integers(0, len(spec.variants) - 1)) if variant_index is None else variant_index]
+    if variant_index is None:
+        variant_index = draw(st.integers(0, len(spec.variants) - 1))
+    variant = spec.variants[variant_index]
     seed = draw(st.integers(min_value=0, max_value=2**31 - 1))
     kind = spec.kind(variant)
     scale = draw(st.sampled_from(SCALES[kind]))
     equal_target = spec.target_like_input and draw(st.booleans())
-    pred, targets = spec.input_for(batch, dtype, seed=seed)
+    pred, targets = spec.input_for(batch, dtype, seed=seed, variant=variant_index)
     if kind == "log_probs":
         pred = torch.log_softmax(torch.randn(pred.shape, dtype=dtype,
                                              generator=torch.Generator().manual_seed(seed)) * scale, dim=1)

@@ -461,3 +461,76 @@ def test_binary_focal_is_exact_for_confident_correct_logits_in_float32(target: f
     if target == 0.0:
         assert ours(x)[0].item() == pytest.approx(2.1e-20, rel=0.01)  # the value at -15
     assert_close(_grad(ours, x)[0], _grad(exact, x.double())[0].float(), rtol=1e-5, atol=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-class Dice and Tversky (softmax over classes)
+# ---------------------------------------------------------------------------------------------
+def _seg(n: int = 3, c: int = 4, h: int = 5, seed: int = 50):
+    x = _rand(n, c, h, h, seed=seed, scale=2.0)
+    y = torch.randint(0, c, (n, h, h), generator=torch.Generator().manual_seed(seed + 1))
+    return x, y
+
+
+@pytest.mark.parametrize("average", ["macro", "micro"])
+def test_multiclass_tversky_half_half_is_multiclass_dice(average: str):
+    x, y = _seg()
+    tv = lambda a: L.MultiClassTverskyLoss(alpha=0.5, beta=0.5, smooth=0.5, average=average, reduction="none")(a, y)  # noqa: E731
+    dice = lambda a: L.MultiClassDiceLoss(smooth=1.0, average=average, reduction="none")(a, y)  # noqa: E731
+    assert_close(tv(x), dice(x))
+    assert_close(_grad(tv, x), _grad(dice, x))
+
+
+def test_multiclass_dice_of_two_classes_without_background_is_binary_dice():
+    # softmax over logits (0, x) is sigmoid(x): class 1 alone is the sigmoid Dice of x
+    x = _rand(4, 1, 3, 3, seed=52, scale=2.0)
+    y = (torch.rand(4, 3, 3, generator=torch.Generator().manual_seed(53)) < 0.5).long()
+    ours = lambda a: L.MultiClassDiceLoss(include_background=False, reduction="none")(  # noqa: E731
+        torch.cat([torch.zeros_like(a), a], dim=1), y)
+    binary = lambda a: L.DiceLoss(reduction="none")(a, y[:, None].to(f64))  # noqa: E731
+    assert_close(ours(x), binary(x))
+    assert_close(_grad(ours, x), _grad(binary, x))
+
+
+def test_multiclass_one_hot_target_equals_index_target():
+    x, y = _seg(seed=54)
+    one_hot = TF.one_hot(y, 4).movedim(-1, 1).to(f64)
+    for module in (L.MultiClassDiceLoss(average="generalized"), L.MultiClassTverskyLoss(gamma=2.0)):
+        assert_close(module(x, one_hot), module(x, y))
+
+
+def test_multiclass_ignored_pixels_count_nowhere():
+    # ignoring pixels equals dropping them: one sample, pixels flattened
+    x, y = _seg(n=1, seed=56)
+    y[0, 0, :3] = 2
+    keep = (y != 2).flatten()
+    flat_x, flat_y = x.flatten(2), y.flatten(1)
+    dropped_y = torch.where(flat_y == 2, torch.zeros_like(flat_y), flat_y)
+    for cls, kw in ((L.MultiClassDiceLoss, {"jaccard": True}), (L.MultiClassTverskyLoss, {"alpha": 0.3, "beta": 0.7})):
+        ours = cls(ignore_index=2, **kw)(x, y)
+        ref = cls(**kw)(flat_x[:, :, keep], dropped_y[:, keep])
+        assert_close(ours, ref)
+
+
+def test_multiclass_dice_hand_values():
+    # saturated logits, 2 classes, 4 pixels: target (0, 0, 1, 1), prediction (0, 1, 1, 1), smooth 0
+    x = torch.tensor([[[40.0, -40.0, -40.0, -40.0], [-40.0, 40.0, 40.0, 40.0]]], dtype=f64)
+    y = torch.tensor([[0, 0, 1, 1]])
+    # class 0: I = 1, S = 1 + 2 = 3, D = 2/3; class 1: I = 2, S = 3 + 2 = 5, D = 4/5
+    # macro: 1 - (2/3 + 4/5)/2 = 4/15; micro: 1 - 2*3 / 8 = 1/4; jaccard macro: 1 - (1/2 + 2/3)/2 = 5/12
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0), torch.tensor(4.0 / 15.0, dtype=f64))
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, average="micro"), torch.tensor(0.25, dtype=f64))
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, jaccard=True), torch.tensor(5.0 / 12.0, dtype=f64))
+    # generalized: volumes 2 and 2, equal weights 1/4: the same as micro here
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, average="generalized"), torch.tensor(0.25, dtype=f64))
+    # target (0, 0, 0, 1): volumes 3 and 1, weights 1/9 and 1; class 0: I = 1, S = 4; class 1: I = 1, S = 4
+    y2 = torch.tensor([[0, 0, 0, 1]])
+    gdl = 1.0 - 2.0 * (1 / 9 * 1 + 1 * 1) / (1 / 9 * 4 + 1 * 4)
+    assert_close(F.multiclass_dice_loss(x, y2, smooth=0.0, average="generalized"), torch.tensor(gdl, dtype=f64))
+    # focal Tversky, alpha 0.3, beta 0.7, gamma 2, class 1 of y: TP = 2, FP = 1, FN = 0: T = 2 / 2.3
+    t1 = 2.0 / 2.3
+    # class 0: TP = 1, FP = 0, FN = 1: T = 1 / 1.7
+    t0 = 1.0 / 1.7
+    expected = 0.5 * ((1 - t0) ** 2 + (1 - t1) ** 2)
+    assert_close(F.multiclass_tversky_loss(x, y, alpha=0.3, beta=0.7, gamma=2.0, smooth=0.0),
+                 torch.tensor(expected, dtype=f64))

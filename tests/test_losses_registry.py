@@ -24,7 +24,7 @@ from torch.testing import assert_close
 from compile_losses import functional, losses
 from compile_losses._reduction import REDUCTIONS
 from compile_losses.backends import BACKENDS
-from compile_losses.registry import LOSSES, LossSpec, SampleInput, sample_inputs
+from compile_losses.registry import LOSSES, LossSpec, SampleInput, sample_inputs, variant_id
 
 NAMES = sorted(LOSSES)
 WITH_REFERENCE = [n for n in NAMES if LOSSES[n].reference is not None]
@@ -34,13 +34,8 @@ SMALL_BATCHES = (1, 7)
 ALL_BATCHES = (1, 7, 64)
 
 
-def _fmt_value(v: Any) -> str:
-    return str(v.tolist() if isinstance(v, Tensor) else v)
-
-
 def _variant_id(spec: LossSpec, index: int) -> str:
-    variant = spec.variants[index]
-    return ",".join("{}={}".format(k, _fmt_value(v)) for k, v in variant.items()) or "default"
+    return variant_id(spec, index)
 
 
 def _cases(names: Sequence[str], reductions: Sequence[str] = tuple(REDUCTIONS),
@@ -290,7 +285,7 @@ def test_gradgradcheck(name: str, index: int, reduction: str):
 def test_reductions_agree_and_none_keeps_documented_shape(name: str, index: int):
     spec = LOSSES[name]
     for batch in ALL_BATCHES:
-        pred, targets = spec.input_for(batch, torch.float64, seed=batch)
+        pred, targets = spec.input_for(batch, torch.float64, seed=batch, variant=index)
         variant = {k: (v.double() if isinstance(v, Tensor) else v) for k, v in spec.variants[index].items()}
         none = spec.build(reduction="none", **variant)(pred, *targets)
         total = spec.build(reduction="sum", **variant)(pred, *targets)
@@ -422,11 +417,11 @@ def fresh_dynamo():
 def _check_compiled(spec: LossSpec, index: int, reduction: str, backend: str, batches=(3, 11, 17)) -> None:
     kwargs = dict(spec.variants[index], reduction=reduction)
     module = spec.build(**kwargs)
-    example, example_targets = spec.input_for(batches[0], torch.float32, seed=100)
+    example, example_targets = spec.input_for(batches[0], torch.float32, seed=100, variant=index)
     compiled = _prepare(backend, module, (example,) + example_targets)
     frames = []
     for seed, batch in enumerate(batches):
-        pred, targets = spec.input_for(batch, torch.float32, seed=seed)
+        pred, targets = spec.input_for(batch, torch.float32, seed=seed, variant=index)
         args = (pred,) + targets
         wrt = _float_indices(args)
         expected, expected_grads = _value_and_grads(module, args, wrt)
@@ -458,8 +453,8 @@ def test_compile_inductor_matches_eager(name: str, fresh_dynamo):
 # ONNX through the "onnx" adapter (torch.export-based exporter, as shipped: dynamic batch,
 # faithful reductions, no onnxscript optimizer), run in onnxruntime
 # ---------------------------------------------------------------------------------------------
-def _onnx_args(spec: LossSpec, batch: int) -> Tuple[Tensor, ...]:
-    p, t = spec.input_for(batch, torch.float32, seed=batch)
+def _onnx_args(spec: LossSpec, batch: int, index: int = 0) -> Tuple[Tensor, ...]:
+    p, t = spec.input_for(batch, torch.float32, seed=batch, variant=index)
     return (p,) + t
 
 
@@ -470,9 +465,9 @@ def test_onnx_dynamic_batch_matches_eager(name: str, index: int, reduction: str)
     if "onnx" in spec.skips:
         pytest.skip("registry skip: " + spec.skips["onnx"])
     module = spec.build(**dict(spec.variants[index], reduction=reduction))
-    run = _prepare("onnx", module, _onnx_args(spec, 4))
+    run = _prepare("onnx", module, _onnx_args(spec, 4, index))
     for batch in (3, 17):
-        args = _onnx_args(spec, batch)
+        args = _onnx_args(spec, batch, index)
         got = run(*args)
         with torch.no_grad():
             expected = module(*args)
@@ -488,9 +483,9 @@ def test_onnx_loss_and_grad_graph_matches_eager(name: str, index: int, reduction
     if "onnx" in spec.skips:
         pytest.skip("registry skip: " + spec.skips["onnx"])
     module = spec.build(**dict(spec.variants[index], reduction=reduction))
-    run = _prepare("onnx", module, _onnx_args(spec, 4), grad=True)
+    run = _prepare("onnx", module, _onnx_args(spec, 4, index), grad=True)
     for batch in (3, 17):
-        args = _onnx_args(spec, batch)
+        args = _onnx_args(spec, batch, index)
         value, dpred = run(*args)
         # the graph differentiates the scalar loss: a cotangent of 1
         leaf = args[0].detach().clone().requires_grad_()
