@@ -376,7 +376,9 @@ def bce_with_logits_loss(
 # ---------------------------------------------------------------------------------------------
 # dense prediction
 # ---------------------------------------------------------------------------------------------
-def dice_loss(input: Tensor, target: Tensor, smooth: float = 1.0, reduction: str = "mean") -> Tensor:
+def dice_loss(
+    input: Tensor, target: Tensor, smooth: float = 1.0, squared_pred: bool = False, reduction: str = "mean"
+) -> Tensor:
     """Soft Dice loss on logits. See :class:`compile_losses.losses.DiceLoss`."""
     validate_reduction(reduction)
     check_non_negative(smooth, "smooth")
@@ -384,7 +386,10 @@ def dice_loss(input: Tensor, target: Tensor, smooth: float = 1.0, reduction: str
     check_min_ndim(input, "input", 2, "(N, ...)")
     prob = torch.sigmoid(input)
     inter = _per_sample_sum(prob * target)
-    total = _per_sample_sum(prob) + _per_sample_sum(target)
+    if squared_pred:
+        total = _per_sample_sum(prob * prob) + _per_sample_sum(target * target)
+    else:
+        total = _per_sample_sum(prob) + _per_sample_sum(target)
     return apply_reduction(1.0 - _overlap_ratio(2.0 * inter + smooth, total + smooth), reduction)
 
 
@@ -489,13 +494,19 @@ def _class_overlaps(input: Tensor, target: Tensor, weight: Optional[Tensor], ign
     return [tp, ps, ts, fp, fn, w]
 
 
-def _class_average(num: Tensor, den: Tensor, w: Tensor, smooth: float, average: str) -> Tensor:
+def _class_average(num: Tensor, den: Tensor, w: Tensor, smooth: float, average: str, log: bool = False) -> Tensor:
     """Per-sample score (N,) from per-class numerators and denominators (N, C): macro averages the
-    classes' scores with weights w; micro pools the weighted sums first."""
+    classes' scores with weights w; micro pools the weighted sums first. ``log``: -log of each
+    score (floored at 1e-7, as segmentation_models_pytorch's log_loss) instead of the score."""
     if average == "macro":
         score = _overlap_ratio(num + smooth, den + smooth)
+        if log:
+            score = -torch.log(score.clamp(min=1e-7))
         return (score * w).sum(1) / w.sum()
-    return _overlap_ratio((num * w).sum(1) + smooth, (den * w).sum(1) + smooth)
+    score = _overlap_ratio((num * w).sum(1) + smooth, (den * w).sum(1) + smooth)
+    if log:
+        return -torch.log(score.clamp(min=1e-7))
+    return score
 
 
 def _generalized_weights(volume: Tensor, w: Tensor) -> Tensor:
@@ -518,6 +529,7 @@ def multiclass_dice_loss(
     ignore_index: int = -100,
     squared_pred: bool = False,
     jaccard: bool = False,
+    log_loss: bool = False,
     reduction: str = "mean",
 ) -> Tensor:
     """Multi-class soft Dice (or Jaccard) on class logits. See :class:`compile_losses.losses.MultiClassDiceLoss`."""
@@ -532,9 +544,11 @@ def multiclass_dice_loss(
         num, den = 2.0 * tp, ps + ts
     if average == "generalized":
         # Sudre's weights use the target volume sum t = TP + FN (not its squares)
-        score = _class_average(num, den, _generalized_weights(tp + sums[4], w), smooth, "micro")
+        score = _class_average(num, den, _generalized_weights(tp + sums[4], w), smooth, "micro", log_loss)
     else:
-        score = _class_average(num, den, w.unsqueeze(0), smooth, average)
+        score = _class_average(num, den, w.unsqueeze(0), smooth, average, log_loss)
+    if log_loss:
+        return apply_reduction(score, reduction)  # already -log of the score(s)
     return apply_reduction(1.0 - score, reduction)
 
 

@@ -567,7 +567,8 @@ class DiceLoss(_Loss):
         \ell_n = 1 - \frac{2 \sum_i p_{n,i} y_{n,i} + s}{\sum_i p_{n,i} + \sum_i y_{n,i} + s},
         \quad p = \sigma(x)
 
-    where :math:`i` runs over every non-batch element (channels and pixels). An empty target
+    where :math:`i` runs over every non-batch element (channels and pixels); with ``squared_pred``
+    the denominator is Milletari's :math:`\sum_i p_{n,i}^2 + \sum_i y_{n,i}^2`. An empty target
     with an empty prediction scores 0 with ``smooth > 0`` (:math:`1 - s/s`); with ``smooth=0`` an
     empty target scores 1 whatever the prediction (the limit of :math:`1 - 0/\sum_i p_{n,i}`, also
     where the probabilities underflow to exactly 0), with finite gradients.
@@ -575,6 +576,8 @@ class DiceLoss(_Loss):
     Args:
         smooth (float, optional): :math:`s`, >= 0; > 0 makes an empty mask predicted empty a
             perfect score. Default: 1.0.
+        squared_pred (bool, optional): square :math:`p` and :math:`y` in the denominator (V-Net's
+            form; MONAI's ``squared_pred``). Default: False.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
 
     Shape:
@@ -589,16 +592,18 @@ class DiceLoss(_Loss):
         tensor(0.)
     """
 
-    __constants__ = ["reduction", "smooth"]
+    __constants__ = ["reduction", "smooth", "squared_pred"]
     smooth: float
+    squared_pred: bool
 
-    def __init__(self, smooth: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, smooth: float = 1.0, squared_pred: bool = False, reduction: str = "mean") -> None:
         super().__init__(reduction)
         check_non_negative(smooth, "smooth")
         self.smooth = float(smooth)
+        self.squared_pred = bool(squared_pred)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.dice_loss(input, target, smooth=self.smooth, reduction=self.reduction)
+        return F.dice_loss(input, target, smooth=self.smooth, squared_pred=self.squared_pred, reduction=self.reduction)
 
 
 class TverskyLoss(_Loss):
@@ -693,6 +698,9 @@ class MultiClassDiceLoss(_Loss):
             prediction nor target). Probability targets have no ignored pixels. Default: -100.
         squared_pred (bool, optional): square :math:`p` and :math:`t` in the denominator. Default: False.
         jaccard (bool, optional): the soft Jaccard (IoU) index instead of Dice. Default: False.
+        log_loss (bool, optional): :math:`-\log D` instead of :math:`1 - D` (per class, then
+            averaged, in ``'macro'``), with :math:`D` floored at 1e-7 as segmentation_models_pytorch
+            does. Default: False.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``; ``'mean'`` is the batch mean.
             Default: ``'mean'``.
 
@@ -711,18 +719,20 @@ class MultiClassDiceLoss(_Loss):
         tensor(0.)
     """
 
-    __constants__ = ["reduction", "smooth", "average", "include_background", "ignore_index", "squared_pred", "jaccard"]
+    __constants__ = ["reduction", "smooth", "average", "include_background", "ignore_index", "squared_pred", "jaccard",
+                     "log_loss"]
     smooth: float
     average: str
     include_background: bool
     ignore_index: int
     squared_pred: bool
     jaccard: bool
+    log_loss: bool
     weight: Optional[Tensor]
 
     def __init__(self, weight: Optional[Tensor] = None, smooth: float = 1.0, average: str = "macro",
                  include_background: bool = True, ignore_index: int = -100, squared_pred: bool = False,
-                 jaccard: bool = False, reduction: str = "mean") -> None:
+                 jaccard: bool = False, log_loss: bool = False, reduction: str = "mean") -> None:
         super().__init__(reduction)
         check_non_negative(smooth, "smooth")
         self.average = _check_average(average, ["macro", "micro", "generalized"])
@@ -732,12 +742,13 @@ class MultiClassDiceLoss(_Loss):
         self.ignore_index = int(ignore_index)
         self.squared_pred = bool(squared_pred)
         self.jaccard = bool(jaccard)
+        self.log_loss = bool(log_loss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.multiclass_dice_loss(
             input, target, weight=self.weight, smooth=self.smooth, average=self.average,
             include_background=self.include_background, ignore_index=self.ignore_index,
-            squared_pred=self.squared_pred, jaccard=self.jaccard, reduction=self.reduction,
+            squared_pred=self.squared_pred, jaccard=self.jaccard, log_loss=self.log_loss, reduction=self.reduction,
         )
 
 

@@ -441,10 +441,12 @@ def _score64(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / denominator)
 
 
-def _dice64(input: Tensor, target: Tensor, smooth: float = 1.0, reduction: str = "mean") -> Tensor:
+def _dice64(input: Tensor, target: Tensor, smooth: float = 1.0, squared_pred: bool = False,
+            reduction: str = "mean") -> Tensor:
     p = torch.sigmoid(input)
-    return _reduce64(1.0 - _score64(2.0 * _row_sum(p * target) + smooth, _row_sum(p) + _row_sum(target) + smooth),
-                     reduction)
+    power = 2 if squared_pred else 1
+    return _reduce64(1.0 - _score64(2.0 * _row_sum(p * target) + smooth,
+                                    _row_sum(p ** power) + _row_sum(target ** power) + smooth), reduction)
 
 
 def _tversky64(input: Tensor, target: Tensor, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0,
@@ -490,21 +492,23 @@ def _multiclass_sums64(input: Tensor, target: Tensor, weight: Optional[Tensor], 
 
 def _multiclass_dice64(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, smooth: float = 1.0,
                        average: str = "macro", include_background: bool = True, ignore_index: int = -100,
-                       squared_pred: bool = False, jaccard: bool = False, reduction: str = "mean") -> Tensor:
+                       squared_pred: bool = False, jaccard: bool = False, log_loss: bool = False,
+                       reduction: str = "mean") -> Tensor:
     p, t, w, total = _multiclass_sums64(input, target, weight, ignore_index, include_background)
     inter = total(p * t)
     both = total(p ** 2) + total(t ** 2) if squared_pred else total(p) + total(t)
     num, den = (inter, both - inter) if jaccard else (2.0 * inter, both)
+    floor = (lambda d: -torch.log(torch.clamp(d, min=1e-7))) if log_loss else (lambda d: d)
     if average == "macro":
-        score = (_score64(num + smooth, den + smooth) * w).sum(1) / w.sum()
+        score = (floor(_score64(num + smooth, den + smooth)) * w).sum(1) / w.sum()
     else:
         cw = w.expand_as(num)
         if average == "generalized":
             volume = total(t)
             inv = torch.where(volume > 0, volume.clamp(min=1e-300) ** -2.0, torch.zeros_like(volume))
             cw = torch.where(volume > 0, inv, inv.amax(1, keepdim=True).expand_as(inv)) * w
-        score = _score64((num * cw).sum(1) + smooth, (den * cw).sum(1) + smooth)
-    return _reduce64(1.0 - score, reduction)
+        score = floor(_score64((num * cw).sum(1) + smooth, (den * cw).sum(1) + smooth))
+    return _reduce64(score if log_loss else 1.0 - score, reduction)
 
 
 def _multiclass_tversky64(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, alpha: float = 0.5,
@@ -616,7 +620,8 @@ LOSSES: Dict[str, LossSpec] = {
                  error_inputs=_REGRESSION_ERRORS,
                  differentiable_targets=(0,)),
         LossSpec("dice", "dense", L.DiceLoss, F.dice_loss, 4, _binary, feature_shape=(4, 6, 6),
-                 variants=({}, {"smooth": 0.0}), reference64=_in_float64(_dice64), input_kind="logits",
+                 variants=({}, {"smooth": 0.0}, {"squared_pred": True}), reference64=_in_float64(_dice64),
+                 input_kind="logits",
                  none_shape="sample",
                  error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"smooth": -1.0}, r"smooth must be >= 0, got -1.0")],
                  differentiable_targets=(0,)),
@@ -630,7 +635,7 @@ LOSSES: Dict[str, LossSpec] = {
                  variants=({}, {"average": "micro", "squared_pred": True}, {"average": "generalized"},
                            {"include_background": False, "weight": torch.tensor([1.0, 2.0, 0.5, 1.5])},
                            {"ignore_index": 2, "jaccard": True}, {"smooth": 0.5, "average": "micro"},
-                           {"jaccard": True, "squared_pred": True}),
+                           {"jaccard": True, "squared_pred": True}, {"log_loss": True}, {"log_loss": True, "average": "micro"}),
                  variant_targets={5: _one_hot, 6: _probs},
                  reference64=_in_float64(_multiclass_dice64), input_kind="logits", none_shape="sample",
                  error_inputs=_multiclass_errors(["macro", "micro", "generalized"])),

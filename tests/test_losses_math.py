@@ -534,3 +534,16 @@ def test_multiclass_dice_hand_values():
     expected = 0.5 * ((1 - t0) ** 2 + (1 - t1) ** 2)
     assert_close(F.multiclass_tversky_loss(x, y, alpha=0.3, beta=0.7, gamma=2.0, smooth=0.0),
                  torch.tensor(expected, dtype=f64))
+
+
+def test_log_dice_and_squared_pred_hand_values():
+    x = torch.tensor([[[40.0, -40.0, -40.0, -40.0], [-40.0, 40.0, 40.0, 40.0]]], dtype=f64)
+    y = torch.tensor([[0, 0, 1, 1]])
+    # per-class Dice 2/3 and 4/5 (see above): log-Dice macro averages -log of each, micro -log(3/4)
+    expected = 0.5 * (-math.log(2.0 / 3.0) - math.log(4.0 / 5.0))
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, log_loss=True), torch.tensor(expected, dtype=f64))
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, log_loss=True, average="micro"),
+                 torch.tensor(-math.log(0.75), dtype=f64))
+    # Milletari's denominator: p = 1/2 on 4 pixels, all positive: 1 - 2*2 / (4 * 1/4 + 4) = 1/5
+    z = torch.zeros(1, 4, dtype=f64)
+    assert_close(F.dice_loss(z, torch.ones(1, 4, dtype=f64), smooth=0.0, squared_pred=True), torch.tensor(0.2, dtype=f64))
