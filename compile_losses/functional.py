@@ -103,6 +103,21 @@ def _check_class_target(input: Tensor, target: Tensor) -> None:
         )
 
 
+def _check_probability_target(input: Tensor, target: Tensor) -> None:
+    # a floating-point target holds class probabilities of the input's shape (N, C, ...)
+    check_floating(input, "input")
+    check_min_ndim(input, "input", 2, "(N, C, ...)")
+    if target.shape != input.shape:
+        expected: List[int] = [input.shape[0]]
+        for s in input.shape[2:]:
+            expected.append(s)
+        raise ValueError(
+            "target must hold class indices of shape {} (int64) or class probabilities of the input's "
+            "shape {}, got a floating-point target of shape {}".format(
+                fmt_shape(expected), fmt_shape(list(input.shape)), fmt_shape(list(target.shape))))
+    check_same_dtype(input, target, "input", "target")
+
+
 def _class_view(weight: Tensor, ndim: int) -> Tensor:
     shape: List[int] = [1, weight.shape[0]]
     for _ in range(ndim - 2):
@@ -253,9 +268,20 @@ def cross_entropy_loss(
     """Cross-entropy over class logits. See :class:`compile_losses.losses.CrossEntropyLoss`."""
     validate_reduction(reduction)
     check_in_closed_interval(label_smoothing, "label_smoothing", 0.0, 1.0)
+    num_classes = input.shape[1] if input.dim() > 1 else 1
+    if target.is_floating_point():
+        # class probabilities (mixup, distillation), as F.cross_entropy takes them: smoothing mixes
+        # in the uniform distribution, ignore_index does not apply, "mean" divides by N * d1 * ...
+        _check_probability_target(input, target)
+        _check_class_weight(weight, input, "weight")
+        logp = F.log_softmax(input, dim=1)
+        if weight is not None:
+            logp = logp * _class_view(weight, input.dim())
+        if label_smoothing > 0.0:
+            target = target * (1.0 - label_smoothing) + label_smoothing / num_classes
+        return apply_reduction(-(target * logp).sum(1), reduction)
     _check_class_target(input, target)
     _check_class_weight(weight, input, "weight")
-    num_classes = input.shape[1]
     logp = F.log_softmax(input, dim=1)
     valid = target != ignore_index
     safe = torch.where(valid, target, torch.zeros_like(target))
@@ -440,18 +466,8 @@ def _class_targets(input: Tensor, target: Tensor, ignore_index: int) -> List[Ten
     """[one-hot (or probability) target, valid mask (N, 1, ...)] in the input's dtype, from class
     indices (N, ...) int64 or class probabilities of the input's shape; ``ignore_index`` masks
     index targets only."""
-    check_floating(input, "input")
-    check_min_ndim(input, "input", 2, "(N, C, ...)")
     if target.is_floating_point():
-        if target.shape != input.shape:
-            expected: List[int] = [input.shape[0]]
-            for s in input.shape[2:]:
-                expected.append(s)
-            raise ValueError(
-                "target must hold class indices of shape {} (int64) or class probabilities of the input's "
-                "shape {}, got a floating-point target of shape {}".format(
-                    fmt_shape(expected), fmt_shape(list(input.shape)), fmt_shape(list(target.shape))))
-        check_same_dtype(input, target, "input", "target")
+        _check_probability_target(input, target)
         return [target, torch.ones_like(input[:, :1])]
     _check_class_target(input, target)
     valid = (target != ignore_index).unsqueeze(1).to(input.dtype)

@@ -369,8 +369,8 @@ class PoissonNLLLoss(_Loss):
 # classification
 # ---------------------------------------------------------------------------------------------
 class CrossEntropyLoss(_Loss):
-    r"""Cross-entropy between class logits and class-index targets, with class weights,
-    ``ignore_index`` and label smoothing.
+    r"""Cross-entropy between class logits and class-index or class-probability targets, with
+    class weights, ``ignore_index`` and label smoothing.
 
     .. math::
         \ell_n = (1 - \varepsilon)\, w_{y_n} (-\log p_{n, y_n})
@@ -378,7 +378,13 @@ class CrossEntropyLoss(_Loss):
         \quad p_n = \mathrm{softmax}(x_n)
 
     and :math:`\ell_n = 0` where :math:`y_n` is ``ignore_index``. ``'mean'`` divides the sum by
-    :math:`\sum_n w_{y_n}` over the targets not ignored. Equal to ``F.cross_entropy``. Class indices
+    :math:`\sum_n w_{y_n}` over the targets not ignored. Equal to ``F.cross_entropy``.
+
+    A floating-point target of the input's shape holds class probabilities (mixup, distillation):
+    :math:`\ell_n = -\sum_c w_c \tilde y_{n,c} \log p_{n,c}` with
+    :math:`\tilde y = (1 - \varepsilon) y + \varepsilon / C`; ``ignore_index`` does not apply and
+    ``'mean'`` divides by the number of samples (times spatial positions), not by the weights, as
+    ``F.cross_entropy`` does (timm's ``SoftTargetCrossEntropy`` is the unweighted ``'mean'``). Class indices
     out of range raise torch's index error in eager; ``verify`` and the CLI check them up front.
 
     Args:
@@ -389,8 +395,9 @@ class CrossEntropyLoss(_Loss):
 
     Shape:
         - Input: ``(N, C)`` or ``(N, C, d1, ...)`` logits, floating point.
-        - Target: ``(N,)`` or ``(N, d1, ...)`` int64 class indices.
-        - Output: scalar, or the target's shape with ``'none'``.
+        - Target: ``(N,)`` or ``(N, d1, ...)`` int64 class indices, or class probabilities of the
+          input's shape and dtype.
+        - Output: scalar, or ``(N,)`` / ``(N, d1, ...)`` with ``'none'``.
 
     Example::
 

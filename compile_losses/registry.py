@@ -233,9 +233,13 @@ def _hyper_error(kwargs: Dict[str, Any], match: str) -> ErrorInput:
                       desc="bad " + ", ".join(kwargs))
 
 
-def _class_errors() -> List[ErrorInput]:
+def _class_errors(probability_targets: bool = False) -> List[ErrorInput]:
     def float_target(dtype: torch.dtype):
         return {}, (torch.zeros(4, 5, dtype=dtype), torch.zeros(4, dtype=dtype))
+
+    def other_dtype_probabilities(dtype: torch.dtype):
+        other = torch.float32 if dtype == torch.float64 else torch.float64
+        return {}, (torch.zeros(4, 5, dtype=dtype), torch.zeros(4, 5, dtype=other))
 
     def bad_target_shape(dtype: torch.dtype):
         return {}, (torch.zeros(4, 5, dtype=dtype), torch.zeros(4, 5, dtype=torch.int64))
@@ -249,9 +253,20 @@ def _class_errors() -> List[ErrorInput]:
     def bad_reduction(dtype: torch.dtype):
         return {"reduction": "batchmean"}, ()
 
-    return [
-        ErrorInput(float_target, TypeError, r"target must hold class indices as an int64 tensor, got dtype float",
-                   desc="float class target"),
+    if probability_targets:
+        floats = [
+            ErrorInput(float_target, ValueError,
+                       r"target must hold class indices of shape \(4,\) \(int64\) or class probabilities of the "
+                       r"input's shape \(4, 5\), got a floating-point target of shape \(4,\)",
+                       desc="float target of index shape"),
+            ErrorInput(other_dtype_probabilities, TypeError,
+                       r"input and target must have the same dtype, got input float\d+ and target float\d+",
+                       desc="probability target of another dtype"),
+        ]
+    else:
+        floats = [ErrorInput(float_target, TypeError, r"target must hold class indices as an int64 tensor, got dtype float",
+                             desc="float class target")]
+    return floats + [
         ErrorInput(bad_target_shape, ValueError,
                    r"target must have the shape of input without its class dimension \(4,\), got input \(4, 5\) and target \(4, 5\)",
                    desc="one-hot target"),
@@ -411,6 +426,8 @@ def _class_weights_of_targets(input: Tensor, target: Tensor, weight: Optional[Te
 
 
 def _class_weight_total(input: Tensor, target: Tensor, **kwargs: Any) -> Tensor:
+    if target.is_floating_point():  # probability targets: every sample counts once, as in F.cross_entropy
+        return torch.tensor(float(target.numel() // max(target.shape[1], 1)), dtype=torch.float64)
     return _class_weights_of_targets(input, target, **kwargs).sum()
 
 
@@ -597,10 +614,12 @@ LOSSES: Dict[str, LossSpec] = {
         LossSpec("cross_entropy", "classification", L.CrossEntropyLoss, F.cross_entropy_loss, 5, _class_index,
                  feature_shape=(5,),
                  variants=({}, {"label_smoothing": 0.1}, {"weight": torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])},
-                           {"ignore_index": 1, "label_smoothing": 0.2}),
+                           {"ignore_index": 1, "label_smoothing": 0.2},
+                           {"label_smoothing": 0.1}, {"weight": torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])}),
+                 variant_targets={4: _probs, 5: _probs},
                  reference=_ref_ce, reference64=_in_float64(_ref_ce), input_kind="logits", none_shape="target",
                  mean_divisor=_class_weight_total,
-                 error_inputs=_class_errors() + [
+                 error_inputs=_class_errors(probability_targets=True) + [
                      _hyper_error({"label_smoothing": 1.5}, r"label_smoothing must be in \[0.0, 1.0\], got 1.5")]),
         LossSpec("focal", "classification", L.FocalLoss, F.focal_loss, 5, _class_index, feature_shape=(5,),
                  variants=({}, {"gamma": 0.5, "weight": torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])}, {"ignore_index": 2}),

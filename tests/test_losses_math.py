@@ -547,3 +547,36 @@ def test_log_dice_and_squared_pred_hand_values():
     # Milletari's denominator: p = 1/2 on 4 pixels, all positive: 1 - 2*2 / (4 * 1/4 + 4) = 1/5
     z = torch.zeros(1, 4, dtype=f64)
     assert_close(F.dice_loss(z, torch.ones(1, 4, dtype=f64), smooth=0.0, squared_pred=True), torch.tensor(0.2, dtype=f64))
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-entropy with probability targets (mixup, distillation)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spatial", [False, True], ids=["flat", "spatial"])
+@pytest.mark.parametrize("kwargs", [{}, {"label_smoothing": 0.2},
+                                    {"weight": torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=f64), "label_smoothing": 0.1}],
+                         ids=["plain", "smoothing", "weight+smoothing"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_with_probability_targets_is_torchs(reduction: str, kwargs, spatial: bool):
+    shape = (6, 5, 3, 2) if spatial else (9, 5)
+    x = _rand(*shape, seed=60)
+    t = torch.softmax(_rand(*shape, seed=61), dim=1)
+    ours = lambda a, b: L.CrossEntropyLoss(reduction=reduction, **kwargs)(a, b)  # noqa: E731
+    ref = lambda a, b: TF.cross_entropy(a, b, reduction=reduction, **kwargs)  # noqa: E731
+    assert_close(ours(x, t), ref(x, t))
+    for g, rg in zip(_grad(ours, x, t), _grad(ref, x, t)):
+        assert_close(g, rg)
+
+
+def test_cross_entropy_one_hot_probabilities_equal_class_indices():
+    x = _rand(7, 4, seed=62)
+    y = torch.randint(0, 4, (7,), generator=torch.Generator().manual_seed(63))
+    one_hot = TF.one_hot(y, 4).to(f64)
+    for reduction in REDUCTIONS:
+        assert_close(F.cross_entropy_loss(x, one_hot, label_smoothing=0.3, reduction=reduction),
+                     F.cross_entropy_loss(x, y, label_smoothing=0.3, reduction=reduction))
+    # mixup: a convex mix of two one-hot targets is the same mix of the two losses
+    y2 = torch.roll(y, 1)
+    mixed = 0.7 * one_hot + 0.3 * TF.one_hot(y2, 4).to(f64)
+    assert_close(F.cross_entropy_loss(x, mixed, reduction="none"),
+                 0.7 * F.cross_entropy_loss(x, y, reduction="none") + 0.3 * F.cross_entropy_loss(x, y2, reduction="none"))
