@@ -300,15 +300,31 @@ def cross_entropy_loss(
 
 
 def binary_focal_loss(
-    input: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean"
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    pos_weight: Optional[Tensor] = None,
+    ignore_index: Optional[int] = None,
+    normalization: str = "elements",
+    reduction: str = "mean",
 ) -> Tensor:
     """Binary (sigmoid) focal loss. See :class:`compile_losses.losses.BinaryFocalLoss`."""
     validate_reduction(reduction)
     if alpha >= 0.0:
         check_in_closed_interval(alpha, "alpha", 0.0, 1.0)
     check_non_negative(gamma, "gamma")
+    if normalization != "elements" and normalization != "positives":
+        raise ValueError("normalization must be one of 'elements', 'positives', got '{}'".format(normalization))
     _check_pair(input, target)
-    ce = _bce_with_logits(input, target, None)
+    _check_pos_weight(input, pos_weight)
+    valid = torch.ones_like(target)
+    if ignore_index is not None:
+        # ignored elements count nowhere: loss 0, left out of what "mean" divides by
+        valid = (target != ignore_index).to(input.dtype)
+        target = target * valid
+    ce = _bce_with_logits(input, target, pos_weight)
     loss = ce
     if gamma != 0.0:
         # 1 - p_t written without the cancellation of 1 - sigmoid(x), which saturates to 0 in
@@ -317,7 +333,32 @@ def binary_focal_loss(
         loss = ce * _focal_factor(one_minus_pt, gamma)
     if alpha >= 0.0:
         loss = (alpha * target + (1.0 - alpha) * (1.0 - target)) * loss
+    if weight is not None:
+        check_same_shape(input, weight, "input", "weight")
+        check_same_dtype(input, weight, "input", "weight")
+        loss = loss * weight
+    if ignore_index is not None:
+        loss = loss * valid
+    if reduction != "mean":
+        return apply_reduction(loss, reduction)
+    if normalization == "positives":
+        # RetinaNet: the sum over the number of positives (at least 1), torchvision's detection recipe
+        return apply_reduction(loss, reduction, (target * valid).sum().clamp(min=1.0))
+    if ignore_index is not None:
+        return apply_reduction(loss, reduction, valid.sum())
     return apply_reduction(loss, reduction)
+
+
+def _check_pos_weight(input: Tensor, pos_weight: Optional[Tensor]) -> None:
+    if pos_weight is not None:
+        check_same_dtype(input, pos_weight, "input", "pos_weight")
+        last = input.shape[-1] if input.dim() > 0 else 1
+        if pos_weight.dim() != 1 or (pos_weight.shape[0] != last and pos_weight.shape[0] != 1):
+            raise ValueError(
+                "pos_weight must be a 1-D tensor of size 1 or of input's last dimension ({}), got {}".format(
+                    last, fmt_shape(list(pos_weight.shape))
+                )
+            )
 
 
 def _focal_factor(one_minus_pt: Tensor, gamma: float) -> Tensor:
@@ -387,30 +428,37 @@ def bce_with_logits_loss(
     """Binary cross-entropy on logits. See :class:`compile_losses.losses.BCEWithLogitsLoss`."""
     validate_reduction(reduction)
     _check_pair(input, target)
-    if pos_weight is not None:
-        check_same_dtype(input, pos_weight, "input", "pos_weight")
-        last = input.shape[-1] if input.dim() > 0 else 1
-        if pos_weight.dim() != 1 or (pos_weight.shape[0] != last and pos_weight.shape[0] != 1):
-            raise ValueError(
-                "pos_weight must be a 1-D tensor of size 1 or of input's last dimension ({}), got {}".format(
-                    last, fmt_shape(list(pos_weight.shape))
-                )
-            )
+    _check_pos_weight(input, pos_weight)
     return _weighted(_bce_with_logits(input, target, pos_weight), weight, reduction)
 
 
 # ---------------------------------------------------------------------------------------------
 # dense prediction
 # ---------------------------------------------------------------------------------------------
+def _masked_probabilities(input: Tensor, target: Tensor, ignore_index: Optional[int]) -> List[Tensor]:
+    # sigmoid probabilities and targets, both 0 where the target is ignore_index (counted nowhere)
+    prob = torch.sigmoid(input)
+    if ignore_index is not None:
+        valid = (target != ignore_index).to(input.dtype)
+        return [prob * valid, target * valid]
+    return [prob, target]
+
+
 def dice_loss(
-    input: Tensor, target: Tensor, smooth: float = 1.0, squared_pred: bool = False, reduction: str = "mean"
+    input: Tensor,
+    target: Tensor,
+    smooth: float = 1.0,
+    squared_pred: bool = False,
+    ignore_index: Optional[int] = None,
+    reduction: str = "mean",
 ) -> Tensor:
     """Soft Dice loss on logits. See :class:`compile_losses.losses.DiceLoss`."""
     validate_reduction(reduction)
     check_non_negative(smooth, "smooth")
     _check_pair(input, target)
     check_min_ndim(input, "input", 2, "(N, ...)")
-    prob = torch.sigmoid(input)
+    masked = _masked_probabilities(input, target, ignore_index)
+    prob, target = masked[0], masked[1]
     inter = _per_sample_sum(prob * target)
     if squared_pred:
         total = _per_sample_sum(prob * prob) + _per_sample_sum(target * target)
@@ -436,6 +484,7 @@ def tversky_loss(
     alpha: float = 0.5,
     beta: float = 0.5,
     smooth: float = 1.0,
+    ignore_index: Optional[int] = None,
     reduction: str = "mean",
 ) -> Tensor:
     """Tversky loss on logits. See :class:`compile_losses.losses.TverskyLoss`."""
@@ -445,7 +494,8 @@ def tversky_loss(
     check_non_negative(smooth, "smooth")
     _check_pair(input, target)
     check_min_ndim(input, "input", 2, "(N, ...)")
-    prob = torch.sigmoid(input)
+    masked = _masked_probabilities(input, target, ignore_index)
+    prob, target = masked[0], masked[1]
     tp = _per_sample_sum(prob * target)
     fp = _per_sample_sum(prob * (1.0 - target))
     fn = _per_sample_sum((1.0 - prob) * target)

@@ -444,15 +444,29 @@ class BinaryFocalLoss(_Loss):
         \ell_n = \alpha_t (1 - p_t)^\gamma \, \mathrm{BCE}(x_n, y_n),\quad
         p_t = p y + (1 - p)(1 - y),\ \alpha_t = \alpha y + (1 - \alpha)(1 - y),\ p = \sigma(x_n)
 
-    With ``gamma=0`` and ``alpha<0`` it is ``F.binary_cross_entropy_with_logits``.
+    With ``gamma=0`` and ``alpha<0`` it is ``F.binary_cross_entropy_with_logits``. The cross-entropy
+    is computed as :math:`p_c y \,\mathrm{softplus}(-x) + (1 - y)\,\mathrm{softplus}(x)`, exact
+    for confident correct logits in float32 (torch's and torchvision's form cancels there).
+    ``pos_weight`` scales the positive term as in ``BCEWithLogitsLoss``; a per-element ``weight``
+    passed to ``forward`` scales each element. Elements whose target equals ``ignore_index`` count
+    nowhere. ``'mean'`` divides by the number of elements not ignored, or with
+    ``normalization='positives'`` by the sum of the targets not ignored (at least 1): RetinaNet's
+    normalization by the number of positive anchors, as torchvision's detection code does with
+    ``reduction='sum'``.
 
     Args:
         alpha (float, optional): weight of the positive class in [0, 1]; negative disables. Default: 0.25.
         gamma (float, optional): focusing exponent, >= 0. Default: 2.0.
+        pos_weight (Tensor, optional): weight of positives, shape ``(1,)`` or ``(C,)`` for the last
+            dimension. Default: None.
+        ignore_index (int, optional): a target value (e.g. 255) whose elements count nowhere. Default: None.
+        normalization (str, optional): what ``'mean'`` divides by: ``'elements'`` | ``'positives'``.
+            Default: ``'elements'``.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
 
     Shape:
-        - Input: any shape of logits. Target: the same shape, probabilities in [0, 1].
+        - Input: any shape of logits. Target and optional weight: the same shape, targets in [0, 1]
+          (or ``ignore_index``).
         - Output: scalar, or the input's shape with ``'none'``.
 
     Example::
@@ -463,20 +477,32 @@ class BinaryFocalLoss(_Loss):
         tensor(0.6931)
     """
 
-    __constants__ = ["reduction", "alpha", "gamma"]
+    __constants__ = ["reduction", "alpha", "gamma", "normalization"]
     alpha: float
     gamma: float
+    normalization: str
+    ignore_index: Optional[int]
+    pos_weight: Optional[Tensor]
 
-    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean") -> None:
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, pos_weight: Optional[Tensor] = None,
+                 ignore_index: Optional[int] = None, normalization: str = "elements", reduction: str = "mean") -> None:
         super().__init__(reduction)
         if alpha >= 0:
             check_in_closed_interval(alpha, "alpha", 0.0, 1.0)
         check_non_negative(gamma, "gamma")
+        if normalization not in ("elements", "positives"):
+            raise ValueError("normalization must be one of 'elements', 'positives', got '{}'".format(normalization))
+        _optional_buffer(self, "pos_weight", pos_weight)
         self.alpha = float(alpha)
         self.gamma = float(gamma)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.normalization = normalization
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.binary_focal_loss(input, target, alpha=self.alpha, gamma=self.gamma, reduction=self.reduction)
+    def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        return F.binary_focal_loss(
+            input, target, weight=weight, alpha=self.alpha, gamma=self.gamma, pos_weight=self.pos_weight,
+            ignore_index=self.ignore_index, normalization=self.normalization, reduction=self.reduction,
+        )
 
 
 class FocalLoss(_Loss):
@@ -585,6 +611,8 @@ class DiceLoss(_Loss):
             perfect score. Default: 1.0.
         squared_pred (bool, optional): square :math:`p` and :math:`y` in the denominator (V-Net's
             form; MONAI's ``squared_pred``). Default: False.
+        ignore_index (int, optional): a target value (e.g. 255) whose elements count nowhere
+            (neither prediction nor target). Default: None.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
 
     Shape:
@@ -602,15 +630,19 @@ class DiceLoss(_Loss):
     __constants__ = ["reduction", "smooth", "squared_pred"]
     smooth: float
     squared_pred: bool
+    ignore_index: Optional[int]
 
-    def __init__(self, smooth: float = 1.0, squared_pred: bool = False, reduction: str = "mean") -> None:
+    def __init__(self, smooth: float = 1.0, squared_pred: bool = False, ignore_index: Optional[int] = None,
+                 reduction: str = "mean") -> None:
         super().__init__(reduction)
         check_non_negative(smooth, "smooth")
         self.smooth = float(smooth)
         self.squared_pred = bool(squared_pred)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.dice_loss(input, target, smooth=self.smooth, squared_pred=self.squared_pred, reduction=self.reduction)
+        return F.dice_loss(input, target, smooth=self.smooth, squared_pred=self.squared_pred,
+                           ignore_index=self.ignore_index, reduction=self.reduction)
 
 
 class TverskyLoss(_Loss):
@@ -629,6 +661,7 @@ class TverskyLoss(_Loss):
         alpha (float, optional): weight of false positives, >= 0. Default: 0.5.
         beta (float, optional): weight of false negatives, >= 0. Default: 0.5.
         smooth (float, optional): :math:`s`, >= 0. Default: 1.0.
+        ignore_index (int, optional): a target value whose elements count nowhere. Default: None.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
 
     Shape:
@@ -647,9 +680,12 @@ class TverskyLoss(_Loss):
     alpha: float
     beta: float
     smooth: float
+    ignore_index: Optional[int]
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0, ignore_index: Optional[int] = None,
+                 reduction: str = "mean") -> None:
         super().__init__(reduction)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
         check_non_negative(alpha, "alpha")
         check_non_negative(beta, "beta")
         check_non_negative(smooth, "smooth")
@@ -659,7 +695,8 @@ class TverskyLoss(_Loss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.tversky_loss(
-            input, target, alpha=self.alpha, beta=self.beta, smooth=self.smooth, reduction=self.reduction
+            input, target, alpha=self.alpha, beta=self.beta, smooth=self.smooth, ignore_index=self.ignore_index,
+            reduction=self.reduction,
         )
 
 

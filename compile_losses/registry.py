@@ -86,8 +86,9 @@ class LossSpec:
     # Positive-valued input (a rate), for losses whose input is not a free logit.
     make_input: Optional[Callable[[Tuple[int, ...], torch.dtype, torch.Generator], Tensor]] = None
     # Indices into the targets of those the loss is smooth in (gradcheck differentiates them too);
-    # labels, counts and masks (where a tiny step crosses a threshold) are left out.
-    differentiable_targets: Tuple[int, ...] = ()
+    # labels, counts and masks (where a tiny step crosses a threshold) are left out. A callable of
+    # the settings when a setting changes it (an ignore_index turns a target into a label).
+    differentiable_targets: Any = ()
     # The loss's float64 reference, for EVERY loss: reference64(input, *targets, **init_kwargs) ->
     # Tensor, in float64 whatever the inputs' dtype, written with plain torch ops independently of
     # compile_losses.functional (the torch function itself where torch has the loss).
@@ -111,6 +112,12 @@ class LossSpec:
     # variant index -> the target maker that variant uses instead of ``make_targets`` (another
     # kind of target for the same loss: probabilities or one-hot instead of class indices).
     variant_targets: Dict[int, TargetMaker] = field(default_factory=dict)
+
+    def smooth_targets(self, init_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[int, ...]:
+        """Indices of the targets the loss is smooth in under these settings."""
+        if callable(self.differentiable_targets):
+            return tuple(self.differentiable_targets(init_kwargs or {}))
+        return tuple(self.differentiable_targets)
 
     def kind(self, init_kwargs: Optional[Dict[str, Any]] = None) -> str:
         """The input kind under these settings."""
@@ -161,6 +168,19 @@ def _counts(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
 
 def _binary(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
     return ((torch.rand(pred.shape, generator=gen) < 0.5).to(pred.dtype),)
+
+
+def _smooth_unless_ignored(init_kwargs: Dict[str, Any]) -> Tuple[int, ...]:
+    # the target is a smooth probability, unless ignore_index makes one of its values a label or
+    # "mean" counts the positives (max(1, sum t) has a kink at 1)
+    labels = init_kwargs.get("ignore_index") is not None or init_kwargs.get("normalization") == "positives"
+    return () if labels else (0,)
+
+
+def _binary_ignored(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    # binary targets with about a fifth of the elements marked 255, the usual "void" label
+    (target,) = _binary(pred, gen)
+    return (torch.where(torch.rand(pred.shape, generator=gen) < 0.2, torch.full_like(target, 255.0), target),)
 
 
 def _class_index(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
@@ -442,15 +462,30 @@ def _focal64(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, gam
     return _reduce64(loss, reduction, w_t.sum())
 
 
+def _binary_focal_divisor(input: Tensor, target: Tensor, ignore_index: Optional[int] = None,
+                          normalization: str = "elements", **_: Any) -> Tensor:
+    """What binary focal's "mean" divides by: the elements not ignored, or the sum of their targets
+    (at least 1: RetinaNet's number of positives)."""
+    valid = torch.ones_like(target, dtype=torch.float64) if ignore_index is None else (target != ignore_index).double()
+    if normalization == "positives":
+        return (target.double() * valid).sum().clamp(min=1.0)
+    return valid.sum()
+
+
 def _binary_focal64(input: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0,
-                    reduction: str = "mean") -> Tensor:
+                    pos_weight: Optional[Tensor] = None, ignore_index: Optional[int] = None,
+                    normalization: str = "elements", reduction: str = "mean") -> Tensor:
+    divisor = _binary_focal_divisor(input, target, ignore_index, normalization)
+    valid = torch.ones_like(target) if ignore_index is None else (target != ignore_index).double()
+    target = target * valid
     p = torch.sigmoid(input)
-    ce = -(target * torch.log(p) + (1.0 - target) * torch.log1p(-p))
+    pw = 1.0 if pos_weight is None else pos_weight
+    ce = -(pw * target * torch.log(p) + (1.0 - target) * torch.log1p(-p))
     p_t = p * target + (1.0 - p) * (1.0 - target)
     loss = ce * (1.0 - p_t) ** gamma
     if alpha >= 0:
         loss = loss * (alpha * target + (1.0 - alpha) * (1.0 - target))
-    return _reduce64(loss, reduction)
+    return _reduce64(loss * valid, reduction, divisor)
 
 
 def _score64(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -458,17 +493,22 @@ def _score64(numerator: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / denominator)
 
 
+def _sigmoid_masked64(input: Tensor, target: Tensor, ignore_index: Optional[int]) -> Tuple[Tensor, Tensor]:
+    valid = torch.ones_like(target) if ignore_index is None else (target != ignore_index).double()
+    return torch.sigmoid(input) * valid, target * valid
+
+
 def _dice64(input: Tensor, target: Tensor, smooth: float = 1.0, squared_pred: bool = False,
-            reduction: str = "mean") -> Tensor:
-    p = torch.sigmoid(input)
+            ignore_index: Optional[int] = None, reduction: str = "mean") -> Tensor:
+    p, target = _sigmoid_masked64(input, target, ignore_index)
     power = 2 if squared_pred else 1
     return _reduce64(1.0 - _score64(2.0 * _row_sum(p * target) + smooth,
                                     _row_sum(p ** power) + _row_sum(target ** power) + smooth), reduction)
 
 
 def _tversky64(input: Tensor, target: Tensor, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0,
-               reduction: str = "mean") -> Tensor:
-    p = torch.sigmoid(input)
+               ignore_index: Optional[int] = None, reduction: str = "mean") -> Tensor:
+    p, target = _sigmoid_masked64(input, target, ignore_index)
     tp, fp, fn = _row_sum(p * target), _row_sum(p * (1.0 - target)), _row_sum((1.0 - p) * target)
     return _reduce64(1.0 - _score64(tp + smooth, tp + alpha * fp + beta * fn + smooth), reduction)
 
@@ -629,26 +669,37 @@ LOSSES: Dict[str, LossSpec] = {
                  skips={"onnx-legacy": "the TorchScript-based exporter has no ONNX form for aten::expm1 at opset 18 "
                                        "(the torch.export-based 'onnx' exports it)"}),
         LossSpec("binary_focal", "classification", L.BinaryFocalLoss, F.binary_focal_loss, 1, _binary, elementwise=True,
-                 variants=({}, {"alpha": -1.0, "gamma": 1.5}), reference64=_in_float64(_binary_focal64),
-                 input_kind="logits",
-                 error_inputs=_REGRESSION_ERRORS + [_hyper_error({"alpha": 1.5}, r"alpha must be in \[0.0, 1.0\], got 1.5")],
-                 differentiable_targets=(0,)),
+                 variants=({}, {"alpha": -1.0, "gamma": 1.5}, {"ignore_index": 255},
+                           {"normalization": "positives", "pos_weight": torch.tensor([2.0])},
+                           {"ignore_index": 255, "normalization": "positives", "gamma": 0.5}),
+                 variant_targets={2: _binary_ignored, 4: _binary_ignored},
+                 reference64=_in_float64(_binary_focal64), input_kind="logits", mean_divisor=_binary_focal_divisor,
+                 error_inputs=_REGRESSION_ERRORS + [
+                     _hyper_error({"alpha": 1.5}, r"alpha must be in \[0.0, 1.0\], got 1.5"),
+                     _hyper_error({"normalization": "anchors"},
+                                  r"normalization must be one of 'elements', 'positives', got 'anchors'"),
+                     ErrorInput(lambda d: ({"pos_weight": torch.ones(3, dtype=d)}, (torch.zeros(4, 1, dtype=d),
+                                                                                    torch.zeros(4, 1, dtype=d))),
+                                ValueError, r"pos_weight must be a 1-D tensor of size 1 or of input's last dimension "
+                                            r"\(1\), got \(3,\)", desc="pos_weight of the wrong size")],
+                 differentiable_targets=_smooth_unless_ignored),
         LossSpec("bce_with_logits", "classification", L.BCEWithLogitsLoss, F.bce_with_logits_loss, 1, _binary,
                  elementwise=True, variants=({}, {"pos_weight": torch.tensor([3.0])}), reference=_ref_bce,
                  reference64=_in_float64(_ref_bce), input_kind="logits",
                  error_inputs=_REGRESSION_ERRORS,
                  differentiable_targets=(0,)),
         LossSpec("dice", "dense", L.DiceLoss, F.dice_loss, 4, _binary, feature_shape=(4, 6, 6),
-                 variants=({}, {"smooth": 0.0}, {"squared_pred": True}), reference64=_in_float64(_dice64),
-                 input_kind="logits",
+                 variants=({}, {"smooth": 0.0}, {"squared_pred": True}, {"ignore_index": 255}),
+                 variant_targets={3: _binary_ignored}, reference64=_in_float64(_dice64), input_kind="logits",
                  none_shape="sample",
                  error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"smooth": -1.0}, r"smooth must be >= 0, got -1.0")],
-                 differentiable_targets=(0,)),
+                 differentiable_targets=_smooth_unless_ignored),
         LossSpec("tversky", "dense", L.TverskyLoss, F.tversky_loss, 4, _binary, feature_shape=(4, 6, 6),
-                 variants=({}, {"alpha": 0.3, "beta": 0.7}), reference64=_in_float64(_tversky64), input_kind="logits",
+                 variants=({}, {"alpha": 0.3, "beta": 0.7}, {"alpha": 0.3, "beta": 0.7, "ignore_index": 255}),
+                 variant_targets={2: _binary_ignored}, reference64=_in_float64(_tversky64), input_kind="logits",
                  none_shape="sample",
                  error_inputs=_pair_errors(feature=(4,)) + [_hyper_error({"alpha": -0.1}, r"alpha must be >= 0, got -0.1")],
-                 differentiable_targets=(0,)),
+                 differentiable_targets=_smooth_unless_ignored),
         LossSpec("multiclass_dice", "dense", L.MultiClassDiceLoss, F.multiclass_dice_loss, 4, _class_index,
                  feature_shape=(4, 5, 5),
                  variants=({}, {"average": "micro", "squared_pred": True}, {"average": "generalized"},

@@ -580,3 +580,45 @@ def test_cross_entropy_one_hot_probabilities_equal_class_indices():
     mixed = 0.7 * one_hot + 0.3 * TF.one_hot(y2, 4).to(f64)
     assert_close(F.cross_entropy_loss(x, mixed, reduction="none"),
                  0.7 * F.cross_entropy_loss(x, y, reduction="none") + 0.3 * F.cross_entropy_loss(x, y2, reduction="none"))
+
+
+# ---------------------------------------------------------------------------------------------
+# binary focal, Dice, Tversky: ignore_index, pos_weight, weights, RetinaNet's normalization
+# ---------------------------------------------------------------------------------------------
+def _binary_with_void(seed: int):
+    x = _rand(1, 12, seed=seed, scale=2.0)
+    t = (torch.rand(1, 12, generator=torch.Generator().manual_seed(seed + 1)) < 0.5).to(f64)
+    t[0, ::4] = 255.0
+    return x, t, t[0] != 255.0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_ignored_elements_equal_dropped_elements(reduction: str):
+    x, t, keep = _binary_with_void(70)
+    xs, ts = x[:, keep], t[:, keep]
+    for fn, kw in ((F.binary_focal_loss, {"gamma": 1.5}), (F.dice_loss, {"smooth": 0.5}),
+                   (F.tversky_loss, {"alpha": 0.3, "beta": 0.7})):
+        assert_close(fn(x, t, ignore_index=255, reduction=reduction, **kw), fn(xs, ts, reduction=reduction, **kw))
+        (g,) = _grad(lambda a: fn(a, t, ignore_index=255, reduction=reduction, **kw), x)
+        assert (g[0, ~keep] == 0).all()
+
+
+def test_binary_focal_positives_normalization_is_retinanets():
+    # torchvision's RetinaNet: sigmoid_focal_loss(..., reduction="sum") / max(1, number of positives)
+    x, t, keep = _binary_with_void(72)
+    none = F.binary_focal_loss(x, t, ignore_index=255, reduction="none")
+    positives = float(((t == 1.0) & keep).sum())
+    assert_close(F.binary_focal_loss(x, t, ignore_index=255, normalization="positives"), none.sum() / max(1.0, positives))
+    # no positive at all: divided by 1, not 0
+    zeros = torch.zeros_like(x)
+    assert_close(F.binary_focal_loss(x, zeros, normalization="positives"), F.binary_focal_loss(x, zeros, reduction="sum"))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_focal_pos_weight_and_weight_without_focusing_are_torchs_bce(reduction: str):
+    x, t, w = _rand(6, 3, seed=74, scale=3.0), torch.rand(6, 3, dtype=f64), torch.rand(6, 3, dtype=f64)
+    pw = torch.tensor([0.5, 2.0, 3.0], dtype=f64)
+    ours = lambda a: L.BinaryFocalLoss(alpha=-1.0, gamma=0.0, pos_weight=pw, reduction=reduction)(a, t, w)  # noqa: E731
+    ref = lambda a: TF.binary_cross_entropy_with_logits(a, t, weight=w, pos_weight=pw, reduction=reduction)  # noqa: E731
+    assert_close(ours(x), ref(x))
+    assert_close(_grad(ours, x), _grad(ref, x))

@@ -73,9 +73,9 @@ def _noncontiguous(name: str, dtype: torch.dtype) -> SampleInput:
     return out[0]
 
 
-def _grad_indices(spec: LossSpec) -> List[int]:
+def _grad_indices(spec: LossSpec, init_kwargs: Any) -> List[int]:
     """Argument positions gradcheck differentiates: the prediction and the smooth targets."""
-    return [0] + [1 + i for i in spec.differentiable_targets]
+    return [0] + [1 + i for i in spec.smooth_targets(init_kwargs)]
 
 
 def _float_indices(args: Sequence[Tensor]) -> List[int]:
@@ -229,7 +229,7 @@ def _check_against_float64(spec: LossSpec, s: SampleInput, dtype: torch.dtype) -
 def _gradcheck_inputs(spec: LossSpec, s: SampleInput):
     module = spec.build(**s.init_kwargs)
     args = s.args()
-    wrt = _grad_indices(spec)
+    wrt = _grad_indices(spec, s.init_kwargs)
     leaves = tuple(args[i].detach().clone().requires_grad_() for i in wrt)
 
     def fn(*diff: Tensor) -> Tensor:
