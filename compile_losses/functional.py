@@ -52,6 +52,7 @@ __all__ = [
     "kl_div_loss",
     "info_nce_loss",
     "nt_xent_loss",
+    "sup_con_loss",
     "triplet_margin_loss",
     "cosine_embedding_loss",
 ]
@@ -680,14 +681,21 @@ def _check_embeddings(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
 
 
 def info_nce_loss(
-    input: Tensor, target: Tensor, temperature: float = 0.1, symmetric: bool = False, reduction: str = "mean"
+    input: Tensor,
+    target: Tensor,
+    negatives: Optional[Tensor] = None,
+    temperature: float = 0.1,
+    symmetric: bool = False,
+    reduction: str = "mean",
 ) -> Tensor:
-    """InfoNCE (CLIP-style, N - 1 cross-view negatives). See :class:`compile_losses.losses.InfoNCELoss`."""
+    """InfoNCE (CLIP-style, N - 1 cross-view negatives, or explicit ones). See :class:`compile_losses.losses.InfoNCELoss`."""
     validate_reduction(reduction)
     check_positive(temperature, "temperature")
     _check_embeddings(input, target, "input", "target")
     a = F.normalize(input, dim=1)
     p = F.normalize(target, dim=1)
+    if negatives is not None:
+        return apply_reduction(_explicit_negatives(a, p, negatives, temperature, symmetric), reduction)
     logits = a @ p.t() / temperature
     # Cross-entropy with labels arange(N), written as the log-softmax diagonal: F.cross_entropy
     # exports to an ONNX SoftmaxCrossEntropyLoss whose output shape fails ONNX shape inference.
@@ -698,6 +706,55 @@ def info_nce_loss(
     if symmetric:
         loss = 0.5 * (loss - torch.log_softmax(logits, dim=0).gather(1, rows).squeeze(1))
     return apply_reduction(loss, reduction)
+
+
+def _explicit_negatives(a: Tensor, p: Tensor, negatives: Tensor, temperature: float, symmetric: bool) -> Tensor:
+    # info-nce-pytorch's negative_keys: (M, D) shared by every anchor ("unpaired") or (N, M, D),
+    # M per anchor ("paired"); the other positives are then no negatives.
+    if symmetric:
+        raise ValueError("symmetric=True needs the in-batch negatives, got explicit negatives")
+    check_same_dtype(a, negatives, "input", "negatives")
+    if negatives.dim() == 2:
+        if negatives.shape[1] != a.shape[1]:
+            raise ValueError("negatives must be (M, D) or (N, M, D) with D = {}, got {}".format(
+                a.shape[1], fmt_shape(list(negatives.shape))))
+        neg = a @ F.normalize(negatives, dim=1).t()
+    elif negatives.dim() == 3:
+        if negatives.shape[0] != a.shape[0] or negatives.shape[2] != a.shape[1]:
+            raise ValueError("negatives must be (M, D) or (N, M, D) with N = {} and D = {}, got {}".format(
+                a.shape[0], a.shape[1], fmt_shape(list(negatives.shape))))
+        neg = (a.unsqueeze(1) * F.normalize(negatives, dim=2)).sum(2)
+    else:
+        raise ValueError("negatives must be (M, D) or (N, M, D) with D = {}, got {}".format(
+            a.shape[1], fmt_shape(list(negatives.shape))))
+    logits = torch.cat([(a * p).sum(1, keepdim=True), neg], dim=1) / temperature
+    return -torch.log_softmax(logits, dim=1)[:, 0]
+
+
+def sup_con_loss(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
+    """Supervised contrastive loss over labels. See :class:`compile_losses.losses.SupConLoss`."""
+    validate_reduction(reduction)
+    check_positive(temperature, "temperature")
+    check_floating(input, "input")
+    check_ndim(input, "input", 2, "embeddings (N, D)")
+    check_class_indices(target, "target")
+    if target.dim() != 1 or target.shape[0] != input.shape[0]:
+        raise ValueError("target must be a 1-D tensor of labels of shape ({},), got {}".format(
+            input.shape[0], fmt_shape(list(target.shape))))
+    z = F.normalize(input, dim=1)
+    idx = torch.arange(input.shape[0], device=input.device)
+    itself = idx.unsqueeze(0) == idx.unsqueeze(1)
+    # self-similarity is left out of the softmax with a finite fill (exp gives exactly 0), which
+    # keeps a lone anchor's row finite where -inf would make it NaN
+    logp = torch.log_softmax((z @ z.t() / temperature).masked_fill(itself, -3.0e38), dim=1)
+    positive = (target.unsqueeze(0) == target.unsqueeze(1)) & ~itself
+    count = positive.to(input.dtype).sum(1)
+    has = count > 0.0
+    mean_log_prob = torch.where(positive, logp, torch.zeros_like(logp)).sum(1) / torch.where(
+        has, count, torch.ones_like(count))
+    loss = torch.where(has, -mean_log_prob, torch.zeros_like(mean_log_prob))
+    # "mean" averages over the anchors that have a positive (NaN, gradient 0, if none has)
+    return apply_reduction(loss, reduction, has.to(input.dtype).sum() if reduction == "mean" else None)
 
 
 def nt_xent_loss(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:

@@ -40,6 +40,7 @@ __all__ = [
     "KLDivLoss",
     "InfoNCELoss",
     "NTXentLoss",
+    "SupConLoss",
     "TripletMarginLoss",
     "CosineEmbeddingLoss",
 ]
@@ -928,8 +929,12 @@ class InfoNCELoss(_Loss):
 
     The negatives of anchor :math:`n` are the :math:`N - 1` other targets only (cross-view). This is
     not SimCLR's NT-Xent, which also counts the other anchors (:math:`2N - 2` negatives, same view
-    included): use :class:`NTXentLoss` for that. It is info-nce-pytorch's ``InfoNCE`` without
-    explicit negatives. ``symmetric`` averages both directions (as CLIP does).
+    included): use :class:`NTXentLoss` for that. ``symmetric`` averages both directions (as CLIP does).
+
+    With ``negatives`` passed to ``forward`` (info-nce-pytorch's ``negative_keys``) the negatives
+    are those instead of the other targets: ``(M, D)`` shared by every anchor (``'unpaired'``) or
+    ``(N, M, D)``, :math:`M` per anchor (``'paired'``):
+    :math:`\ell_n = -\log \frac{e^{\cos(x_n, y_n)/\tau}}{e^{\cos(x_n, y_n)/\tau} + \sum_m e^{\cos(x_n, k_{(n)m})/\tau}}`.
 
     Args:
         temperature (float, optional): :math:`\tau`, > 0. Default: 0.1.
@@ -938,6 +943,7 @@ class InfoNCELoss(_Loss):
 
     Shape:
         - Input (anchors) and target (positives): ``(N, D)`` embeddings.
+        - Negatives (optional): ``(M, D)`` or ``(N, M, D)``, the input's dtype.
         - Output: scalar, or ``(N,)`` with ``'none'``.
 
     Example::
@@ -959,9 +965,10 @@ class InfoNCELoss(_Loss):
         self.temperature = float(temperature)
         self.symmetric = bool(symmetric)
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, negatives: Optional[Tensor] = None) -> Tensor:
         return F.info_nce_loss(
-            input, target, temperature=self.temperature, symmetric=self.symmetric, reduction=self.reduction
+            input, target, negatives=negatives, temperature=self.temperature, symmetric=self.symmetric,
+            reduction=self.reduction,
         )
 
 
@@ -1008,6 +1015,49 @@ class NTXentLoss(_Loss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.nt_xent_loss(input, target, temperature=self.temperature, reduction=self.reduction)
+
+
+class SupConLoss(_Loss):
+    r"""Supervised contrastive loss (Khosla et al., 2020): every other embedding with the same
+    label is a positive, every other embedding a candidate (pytorch-metric-learning's
+    ``SupConLoss`` on ``(N, D)`` embeddings and labels).
+
+    With :math:`s_{ij} = \cos(x_i, x_j) / \tau` and :math:`P(i) = \{j \ne i : y_j = y_i\}`:
+
+    .. math::
+        \ell_i = -\frac{1}{|P(i)|} \sum_{j \in P(i)} \log \frac{\exp(s_{ij})}{\sum_{k \ne i} \exp(s_{ik})}
+
+    An anchor without positives has :math:`\ell_i = 0` and ``'mean'`` averages over the anchors
+    that have one (NaN with zero gradient when none has, as a cross-entropy whose every target is
+    ignored; pytorch-metric-learning returns 0 there).
+
+    Args:
+        temperature (float, optional): :math:`\tau`, > 0. Default: 0.1.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
+
+    Shape:
+        - Input: ``(N, D)`` embeddings. Target: ``(N,)`` int64 labels.
+        - Output: scalar, or ``(N,)`` with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import SupConLoss
+        >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+        >>> SupConLoss(temperature=1.0, reduction="none")(x, torch.tensor([0, 0, 1]))  # log(1 + e^-1)
+        tensor([0.3133, 0.3133, 0.0000])
+    """
+
+    __constants__ = ["reduction", "temperature"]
+    temperature: float
+
+    def __init__(self, temperature: float = 0.1, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        check_positive(temperature, "temperature")
+        self.temperature = float(temperature)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.sup_con_loss(input, target, temperature=self.temperature, reduction=self.reduction)
 
 
 class TripletMarginLoss(_Loss):

@@ -112,6 +112,12 @@ class LossSpec:
     # variant index -> the target maker that variant uses instead of ``make_targets`` (another
     # kind of target for the same loss: probabilities or one-hot instead of class indices).
     variant_targets: Dict[int, TargetMaker] = field(default_factory=dict)
+    # variant index -> {backend name -> reason}: that variant is known not to work there.
+    variant_skips: Dict[int, Dict[str, str]] = field(default_factory=dict)
+
+    def skip_reason(self, backend: str, variant: int = 0) -> Optional[str]:
+        """Why ``backend`` does not run this loss (or this variant of it), or None."""
+        return self.skips.get(backend) or self.variant_skips.get(variant, {}).get(backend)
 
     def smooth_targets(self, init_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[int, ...]:
         """Indices of the targets the loss is smooth in under these settings."""
@@ -202,6 +208,21 @@ def _two_like(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
         torch.randn(pred.shape, generator=gen, dtype=pred.dtype),
         torch.randn(pred.shape, generator=gen, dtype=pred.dtype),
     )
+
+
+def _with_negatives(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    # a positive per anchor and 5 explicit negatives shared by every anchor (M, D)
+    return _like_randn(pred, gen) + (torch.randn((5, pred.shape[1]), generator=gen, dtype=pred.dtype),)
+
+
+def _with_paired_negatives(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    # a positive and 3 negatives of its own per anchor (N, M, D)
+    return _like_randn(pred, gen) + (torch.randn((pred.shape[0], 3, pred.shape[1]), generator=gen, dtype=pred.dtype),)
+
+
+def _few_labels(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    # labels from 3 classes: most anchors have positives, a lone one now and then has none
+    return (torch.randint(0, 3, (pred.shape[0],), generator=gen),)
 
 
 def _pair_labels(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
@@ -513,11 +534,21 @@ def _tversky64(input: Tensor, target: Tensor, alpha: float = 0.5, beta: float = 
     return _reduce64(1.0 - _score64(tp + smooth, tp + alpha * fp + beta * fn + smooth), reduction)
 
 
-def _info_nce64(input: Tensor, target: Tensor, temperature: float = 0.1, symmetric: bool = False,
-                reduction: str = "mean") -> Tensor:
-    # cosine logits; each anchor must pick its own positive among the N targets (CLIP-style)
+def _unit(x: Tensor) -> Tensor:
+    return x / torch.sqrt((x * x).sum(-1, keepdim=True))
+
+
+def _info_nce64(input: Tensor, target: Tensor, negatives: Optional[Tensor] = None, temperature: float = 0.1,
+                symmetric: bool = False, reduction: str = "mean") -> Tensor:
+    # cosine logits; each anchor must pick its own positive among the N targets (CLIP-style), or
+    # among itself and the explicit negatives
     a = input / torch.sqrt((input * input).sum(1, keepdim=True))
     b = target / torch.sqrt((target * target).sum(1, keepdim=True))
+    if negatives is not None:
+        k = _unit(negatives)
+        neg = a @ k.t() if k.dim() == 2 else torch.einsum("nd,nmd->nm", a, k)
+        pos = (a * b).sum(1) / temperature
+        return _reduce64(torch.logsumexp(torch.cat([pos[:, None], neg / temperature], 1), dim=1) - pos, reduction)
     sim = a @ b.t() / temperature
     diag = torch.diagonal(sim)
     loss = torch.logsumexp(sim, dim=1) - diag
@@ -580,6 +611,25 @@ def _multiclass_tversky64(input: Tensor, target: Tensor, weight: Optional[Tensor
         index = _score64((tp * w).sum(1) + smooth, ((tp + alpha * fp + beta * fn) * w).sum(1) + smooth)
         loss = (1.0 - index) ** gamma
     return _reduce64(loss, reduction)
+
+
+def _sup_con_anchors(input: Tensor, target: Tensor, **_: Any) -> Tensor:
+    """How many anchors have a positive (another sample of their label): what SupCon's "mean" divides by."""
+    same = target[:, None] == target[None, :]
+    return ((same.sum(1) - 1) > 0).double().sum()
+
+
+def _sup_con64(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
+    z = _unit(input)
+    sim = z @ z.t() / temperature
+    n = sim.shape[0]
+    eye = torch.eye(n, dtype=torch.bool)
+    log_denominator = torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1) if n > 1 else torch.zeros(n, dtype=sim.dtype)
+    positive = (target[:, None] == target[None, :]) & ~eye
+    count = positive.double().sum(1)
+    total = torch.where(positive, sim - log_denominator[:, None], torch.zeros_like(sim)).sum(1)
+    loss = torch.where(count > 0, -total / count.clamp(min=1.0), torch.zeros_like(total))
+    return _reduce64(loss, reduction, _sup_con_anchors(input, target))
 
 
 def _nt_xent64(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
@@ -726,10 +776,47 @@ LOSSES: Dict[str, LossSpec] = {
                                        "(the torch.export-based 'onnx' exports it)"},
                  differentiable_targets=(0,)),
         LossSpec("info_nce", "metric", L.InfoNCELoss, F.info_nce_loss, 8, _like_randn, feature_shape=(8,),
-                 variants=({}, {"symmetric": True, "temperature": 0.5}), reference64=_in_float64(_info_nce64),
+                 variants=({}, {"symmetric": True, "temperature": 0.5}, {}, {"temperature": 0.2}),
+                 variant_targets={2: _with_negatives, 3: _with_paired_negatives},
+                 variant_skips={2: {b: "the ONNX adapters make dim 0 of every input one dynamic batch dimension, so "
+                                       "unpaired negatives (M, D) export only with M = N; paired ones (N, M, D) export"
+                                    for b in ("onnx", "onnx-legacy", "onnx-ref", "onnx-cuda")}},
+                 reference64=_in_float64(_info_nce64),
                  none_shape="sample", target_like_input=True, known_failures={"onnx": _INFO_NCE_ONNX_FINDING},
-                 error_inputs=_embedding_errors(1) + [_hyper_error({"temperature": 0.0}, r"temperature must be > 0, got 0.0")],
-                 differentiable_targets=(0,)),
+                 error_inputs=_embedding_errors(1) + [
+                     _hyper_error({"temperature": 0.0}, r"temperature must be > 0, got 0.0"),
+                     ErrorInput(lambda d: ({}, (torch.zeros(4, 8, dtype=d), torch.zeros(4, 8, dtype=d),
+                                                torch.zeros(4, 3, 6, dtype=d))), ValueError,
+                                r"negatives must be \(M, D\) or \(N, M, D\) with N = 4 and D = 8, got \(4, 3, 6\)",
+                                desc="paired negatives of another width"),
+                     ErrorInput(lambda d: ({}, (torch.zeros(4, 8, dtype=d), torch.zeros(4, 8, dtype=d),
+                                                torch.zeros(8, dtype=d))), ValueError,
+                                r"negatives must be \(M, D\) or \(N, M, D\) with D = 8, got \(8,\)",
+                                desc="flat negatives"),
+                     ErrorInput(lambda d: ({"symmetric": True}, (torch.zeros(4, 8, dtype=d), torch.zeros(4, 8, dtype=d),
+                                                                 torch.zeros(5, 8, dtype=d))), ValueError,
+                                r"symmetric=True needs the in-batch negatives, got explicit negatives",
+                                desc="symmetric with explicit negatives")],
+                 differentiable_targets=(0, 1)),
+        LossSpec("sup_con", "metric", L.SupConLoss, F.sup_con_loss, 8, _few_labels, feature_shape=(8,),
+                 variants=({}, {"temperature": 0.5}), reference64=_in_float64(_sup_con64), none_shape="sample",
+                 mean_divisor=_sup_con_anchors,
+                 error_inputs=[
+                     ErrorInput(lambda d: ({}, (torch.zeros(8, dtype=d), torch.zeros(8, dtype=torch.int64))), ValueError,
+                                r"input must be 2-dimensional embeddings \(N, D\), got shape \(8,\)",
+                                desc="unbatched embeddings"),
+                     ErrorInput(lambda d: ({}, (torch.zeros(4, 8, dtype=d), torch.zeros(4, dtype=d))), TypeError,
+                                r"target must hold class indices as an int64 tensor, got dtype float\d+",
+                                desc="float labels"),
+                     ErrorInput(lambda d: ({}, (torch.zeros(4, 8, dtype=d), torch.zeros(4, 1, dtype=torch.int64))),
+                                ValueError, r"target must be a 1-D tensor of labels of shape \(4,\), got \(4, 1\)",
+                                desc="column of labels"),
+                     ErrorInput(lambda d: ({}, (torch.zeros(4, 8, dtype=torch.int64), torch.zeros(4, dtype=torch.int64))),
+                                TypeError, r"input must be a floating-point tensor, got dtype int64", desc="integer input"),
+                     _hyper_error({"temperature": 0.0}, r"temperature must be > 0, got 0.0"),
+                     ErrorInput(lambda d: ({"reduction": "batchmean"}, ()), ValueError,
+                                r"reduction must be one of 'none', 'mean', 'sum', got 'batchmean'", at="init",
+                                desc="unknown reduction")]),
         LossSpec("nt_xent", "metric", L.NTXentLoss, F.nt_xent_loss, 8, _like_randn, feature_shape=(8,),
                  variants=({}, {"temperature": 0.5}), reference64=_in_float64(_nt_xent64),
                  none_shape="sample", target_like_input=True,

@@ -622,3 +622,39 @@ def test_binary_focal_pos_weight_and_weight_without_focusing_are_torchs_bce(redu
     ref = lambda a: TF.binary_cross_entropy_with_logits(a, t, weight=w, pos_weight=pw, reduction=reduction)  # noqa: E731
     assert_close(ours(x), ref(x))
     assert_close(_grad(ours, x), _grad(ref, x))
+
+
+# ---------------------------------------------------------------------------------------------
+# contrastive: explicit negatives (info-nce-pytorch) and label-based positives (SupCon)
+# ---------------------------------------------------------------------------------------------
+def test_info_nce_with_negatives_is_cross_entropy_with_the_positive_first():
+    a, p = _rand(5, 4, seed=80), _rand(5, 4, seed=81)
+    for negatives in (_rand(7, 4, seed=82), _rand(5, 3, 4, seed=83)):
+        n = TF.normalize(negatives, dim=-1)
+        neg = TF.normalize(a, dim=1) @ n.t() if n.dim() == 2 else torch.einsum("nd,nmd->nm", TF.normalize(a, dim=1), n)
+        logits = torch.cat([TF.cosine_similarity(a, p, dim=1)[:, None], neg], dim=1) / 0.2
+        ref = TF.cross_entropy(logits, torch.zeros(5, dtype=torch.long), reduction="none")
+        assert_close(F.info_nce_loss(a, p, negatives, temperature=0.2, reduction="none"), ref)
+    # hand value: orthonormal positive and one orthogonal negative, tau = 1: log(1 + e^-1)
+    e = torch.eye(2, dtype=f64)
+    assert F.info_nce_loss(e[:1], e[:1], e[1:], temperature=1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-15)
+
+
+def test_sup_con_hand_values_and_pairs_as_nt_xent():
+    # x0 = x1 = e1 (label 0), x2 = e2 (label 1), tau = 1: anchor 0's positive has s = 1, its other
+    # candidate s = 0: log(1 + e^-1); x2 has no positive: 0, left out of the mean
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=f64)
+    y = torch.tensor([0, 0, 1])
+    expected = math.log(1 + math.exp(-1))
+    assert_close(F.sup_con_loss(x, y, temperature=1.0, reduction="none"), torch.tensor([expected, expected, 0.0], dtype=f64))
+    assert F.sup_con_loss(x, y, temperature=1.0).item() == pytest.approx(expected, rel=1e-15)
+    # two views of N samples labelled by sample: exactly NT-Xent (one positive, 2N - 2 negatives)
+    a, p = _rand(4, 5, seed=84), _rand(4, 5, seed=85)
+    labels = torch.cat([torch.arange(4), torch.arange(4)])
+    assert_close(F.sup_con_loss(torch.cat([a, p]), labels, temperature=0.3),
+                 F.nt_xent_loss(a, p, temperature=0.3))
+    # no anchor with a positive: the mean is 0/0 with a zero gradient
+    lone = torch.tensor([0, 1, 2])
+    x = x.clone().requires_grad_()
+    out = F.sup_con_loss(x, lone)
+    assert torch.isnan(out) and (torch.autograd.grad(out, x)[0] == 0).all()
