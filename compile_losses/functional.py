@@ -39,6 +39,7 @@ __all__ = [
     "log_cosh_loss",
     "charbonnier_loss",
     "quantile_loss",
+    "multi_quantile_loss",
     "gaussian_nll_loss",
     "poisson_nll_loss",
     "cross_entropy_loss",
@@ -210,6 +211,35 @@ def quantile_loss(
     _check_pair(input, target)
     diff = target - input
     return _weighted(torch.maximum(quantile * diff, (quantile - 1.0) * diff), weight, reduction)
+
+
+def _check_quantiles(quantiles: List[float]) -> None:
+    if len(quantiles) == 0:
+        raise ValueError("quantiles must hold at least one quantile, got []")
+    for q in quantiles:
+        check_in_open_interval(q, "each quantile", 0.0, 1.0)
+
+
+def multi_quantile_loss(
+    input: Tensor, target: Tensor, quantiles: Optional[List[float]] = None, reduction: str = "mean"
+) -> Tensor:
+    """Pinball loss of several quantiles at once. See :class:`compile_losses.losses.MultiQuantileLoss`."""
+    validate_reduction(reduction)
+    if quantiles is None:
+        quantiles = [0.1, 0.5, 0.9]
+    _check_quantiles(quantiles)
+    check_floating(input, "input")
+    check_same_dtype(input, target, "input", "target")
+    if input.dim() < 1 or input.shape[-1] != len(quantiles):
+        raise ValueError("input's last dimension must hold one prediction per quantile ({}), got input {}".format(
+            len(quantiles), fmt_shape(list(input.shape))))
+    if list(target.shape) != list(input.shape[:-1]):
+        raise ValueError("target must have the shape of input without its last (quantile) dimension {}, "
+                         "got input {} and target {}".format(fmt_shape(list(input.shape[:-1])),
+                                                             fmt_shape(list(input.shape)), fmt_shape(list(target.shape))))
+    q = torch.tensor(quantiles, dtype=input.dtype, device=input.device)
+    diff = target.unsqueeze(-1) - input
+    return apply_reduction(torch.maximum(q * diff, (q - 1.0) * diff), reduction)
 
 
 def gaussian_nll_loss(

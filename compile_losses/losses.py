@@ -27,6 +27,7 @@ __all__ = [
     "LogCoshLoss",
     "CharbonnierLoss",
     "QuantileLoss",
+    "MultiQuantileLoss",
     "GaussianNLLLoss",
     "PoissonNLLLoss",
     "CrossEntropyLoss",
@@ -280,6 +281,49 @@ class QuantileLoss(_Loss):
 
     def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         return F.quantile_loss(input, target, weight=weight, quantile=self.quantile, reduction=self.reduction)
+
+
+class MultiQuantileLoss(_Loss):
+    r"""Pinball loss of several quantiles at once: the input's last dimension holds one prediction
+    per quantile, the target one value per prediction (pytorch-forecasting's ``QuantileLoss``).
+
+    .. math::
+        \ell_{n,k} = \max\big(q_k (y_n - x_{n,k}),\ (q_k - 1)(y_n - x_{n,k})\big)
+
+    ``'mean'`` divides by the number of predictions (targets times quantiles). pytorch-forecasting
+    reports twice this value (it doubles the pinball loss so that the median's is the L1 loss);
+    :class:`QuantileLoss` is the one-quantile case (same convention, no factor 2).
+
+    Args:
+        quantiles (list of float, optional): the quantiles :math:`q_k`, each in (0, 1).
+            Default: ``[0.1, 0.5, 0.9]``.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
+
+    Shape:
+        - Input: ``(N, ..., K)`` with :math:`K` = ``len(quantiles)``. Target: ``(N, ...)``.
+        - Output: scalar, or the input's shape with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import MultiQuantileLoss
+        >>> MultiQuantileLoss([0.1, 0.9], reduction="none")(torch.tensor([[0.0, 2.0]]), torch.ones(1))
+        tensor([[0.1000, 0.1000]])
+    """
+
+    quantiles: List[float]
+
+    def __init__(self, quantiles: Optional[List[float]] = None, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        quantiles = [0.1, 0.5, 0.9] if quantiles is None else [float(q) for q in quantiles]
+        if len(quantiles) == 0:
+            raise ValueError("quantiles must hold at least one quantile, got []")
+        for q in quantiles:
+            check_in_open_interval(q, "each quantile", 0.0, 1.0)
+        self.quantiles = quantiles
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multi_quantile_loss(input, target, quantiles=self.quantiles, reduction=self.reduction)
 
 
 class GaussianNLLLoss(_Loss):

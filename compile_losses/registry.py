@@ -168,6 +168,11 @@ def _gaussian_targets(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
     return target, var
 
 
+def _drop_last(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
+    # one target per row of quantile predictions: (N, ..., K) -> (N, ...)
+    return (torch.randn(pred.shape[:-1], generator=gen, dtype=pred.dtype),)
+
+
 def _counts(pred: Tensor, gen: torch.Generator) -> Tuple[Tensor, ...]:
     return (torch.randint(0, 6, pred.shape, generator=gen).to(pred.dtype),)
 
@@ -457,6 +462,16 @@ def _quantile64(input: Tensor, target: Tensor, quantile: float = 0.5, reduction:
     return _reduce64(torch.where(d >= 0, quantile * d, (quantile - 1.0) * d), reduction)
 
 
+def _multi_quantile64(input: Tensor, target: Tensor, quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+                      reduction: str = "mean") -> Tensor:
+    # one column per quantile, written column by column
+    cols = []
+    for k, q in enumerate(quantiles):
+        d = target - input[..., k]
+        cols.append(torch.where(d >= 0, q * d, (q - 1.0) * d))
+    return _reduce64(torch.stack(cols, dim=-1), reduction)
+
+
 def _class_weights_of_targets(input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                               ignore_index: int = -100, **_: Any) -> Tensor:
     """The per-target weight w_{y_n} (0 where ignored): what the class-weighted "mean" sums."""
@@ -690,6 +705,29 @@ LOSSES: Dict[str, LossSpec] = {
                  variants=({}, {"quantile": 0.9}), reference64=_in_float64(_quantile64),
                  error_inputs=_REGRESSION_ERRORS + [_hyper_error({"quantile": 1.0}, r"quantile must be in \(0.0, 1.0\), got 1.0")],
                  twice_differentiable=False, differentiable_targets=(0,), target_like_input=True),
+        LossSpec("multi_quantile", "regression", L.MultiQuantileLoss, F.multi_quantile_loss, 3, _drop_last,
+                 feature_shape=(3,), elementwise=True,
+                 # the prediction's last dimension is the number of quantiles: 3 in every variant
+                 variants=({}, {"quantiles": [0.02, 0.5, 0.98]}, {"quantiles": [0.9, 0.3, 0.6]}),
+                 reference64=_in_float64(_multi_quantile64), twice_differentiable=False,
+                 error_inputs=[
+                     ErrorInput(lambda d: ({}, (torch.zeros(4, 2, dtype=d), torch.zeros(4, dtype=d))), ValueError,
+                                r"input's last dimension must hold one prediction per quantile \(3\), got input \(4, 2\)",
+                                desc="fewer predictions than quantiles"),
+                     ErrorInput(lambda d: ({}, (torch.zeros(4, 3, dtype=d), torch.zeros(4, 3, dtype=d))), ValueError,
+                                r"target must have the shape of input without its last \(quantile\) dimension \(4,\), "
+                                r"got input \(4, 3\) and target \(4, 3\)", desc="target with a quantile dimension"),
+                     ErrorInput(lambda d: ({}, (torch.zeros(4, 3, dtype=d), torch.zeros(4, dtype=torch.int64))), TypeError,
+                                r"input and target must have the same dtype, got input float\d+ and target int64",
+                                desc="integer target"),
+                     ErrorInput(lambda d: ({}, (torch.zeros(4, 3, dtype=torch.int64), torch.zeros(4, dtype=torch.int64))),
+                                TypeError, r"input must be a floating-point tensor, got dtype int64", desc="integer input"),
+                     _hyper_error({"quantiles": []}, r"quantiles must hold at least one quantile, got \[\]"),
+                     _hyper_error({"quantiles": [0.5, 1.0, 0.2]}, r"each quantile must be in \(0.0, 1.0\), got 1.0"),
+                     ErrorInput(lambda d: ({"reduction": "average"}, ()), ValueError,
+                                r"reduction must be one of 'none', 'mean', 'sum', got 'average'", at="init",
+                                desc="unknown reduction")],
+                 differentiable_targets=(0,)),
         LossSpec("gaussian_nll", "regression", L.GaussianNLLLoss, F.gaussian_nll_loss, 1, _gaussian_targets,
                  elementwise=True, variants=({}, {"full": True}), reference=_ref_gaussian,
                  reference64=_in_float64(_ref_gaussian),

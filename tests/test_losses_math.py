@@ -658,3 +658,24 @@ def test_sup_con_hand_values_and_pairs_as_nt_xent():
     x = x.clone().requires_grad_()
     out = F.sup_con_loss(x, lone)
     assert torch.isnan(out) and (torch.autograd.grad(out, x)[0] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# several quantiles at once
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_multi_quantile_columns_are_quantile_losses(reduction: str):
+    x, t = _rand(6, 4, 3, seed=90), _rand(6, 4, seed=91)
+    qs = [0.1, 0.5, 0.9]
+    columns = torch.stack([F.quantile_loss(x[..., k], t, quantile=q, reduction="none") for k, q in enumerate(qs)], -1)
+    expected = {"none": columns, "mean": columns.mean(), "sum": columns.sum()}[reduction]
+    assert_close(F.multi_quantile_loss(x, t, quantiles=qs, reduction=reduction), expected)
+
+
+def test_multi_quantile_hand_value_and_pytorch_forecasting_convention():
+    # target 1; predictions 0 (q = 0.1: under by 1 costs 0.1) and 2 (q = 0.9: over by 1 costs 0.1)
+    out = F.multi_quantile_loss(torch.tensor([[0.0, 2.0]], dtype=f64), torch.ones(1, dtype=f64), quantiles=[0.1, 0.9])
+    assert out.item() == pytest.approx(0.1, rel=1e-15)
+    # pytorch-forecasting's QuantileLoss doubles the pinball loss: its median is the L1 loss, ours half of it
+    x, t = _rand(5, 1, seed=92), _rand(5, seed=93)
+    assert_close(2.0 * F.multi_quantile_loss(x, t, quantiles=[0.5]), TF.l1_loss(x[:, 0], t))
