@@ -783,8 +783,13 @@ def sup_con_loss(input: Tensor, target: Tensor, temperature: float = 0.1, reduct
     mean_log_prob = torch.where(positive, logp, torch.zeros_like(logp)).sum(1) / torch.where(
         has, count, torch.ones_like(count))
     loss = torch.where(has, -mean_log_prob, torch.zeros_like(mean_log_prob))
-    # "mean" averages over the anchors that have a positive (NaN, gradient 0, if none has)
-    return apply_reduction(loss, reduction, has.to(input.dtype).sum() if reduction == "mean" else None)
+    # "mean" averages over the anchors that have a positive; 0 when none has (a batch of distinct
+    # labels must not stop training with a NaN), as pytorch-metric-learning. The divisor is at
+    # least 1 but at most N, so an empty batch's mean is still 0/0, NaN, as torch's losses.
+    if reduction != "mean":
+        return apply_reduction(loss, reduction)
+    anchors = torch.ones_like(count).sum()
+    return apply_reduction(loss, reduction, torch.minimum(has.to(input.dtype).sum().clamp(min=1.0), anchors))
 
 
 def nt_xent_loss(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:

@@ -1072,8 +1072,8 @@ class SupConLoss(_Loss):
         \ell_i = -\frac{1}{|P(i)|} \sum_{j \in P(i)} \log \frac{\exp(s_{ij})}{\sum_{k \ne i} \exp(s_{ik})}
 
     An anchor without positives has :math:`\ell_i = 0` and ``'mean'`` averages over the anchors
-    that have one (NaN with zero gradient when none has, as a cross-entropy whose every target is
-    ignored; pytorch-metric-learning returns 0 there).
+    that have one: 0, with zero gradient, when none has (a batch of distinct labels), as
+    pytorch-metric-learning returns.
 
     Args:
         temperature (float, optional): :math:`\tau`, > 0. Default: 0.1.

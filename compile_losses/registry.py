@@ -629,9 +629,11 @@ def _multiclass_tversky64(input: Tensor, target: Tensor, weight: Optional[Tensor
 
 
 def _sup_con_anchors(input: Tensor, target: Tensor, **_: Any) -> Tensor:
-    """How many anchors have a positive (another sample of their label): what SupCon's "mean" divides by."""
+    """How many anchors have a positive (another sample of their label), at least 1: what SupCon's
+    "mean" divides by."""
     same = target[:, None] == target[None, :]
-    return ((same.sum(1) - 1) > 0).double().sum()
+    return torch.minimum(((same.sum(1) - 1) > 0).double().sum().clamp(min=1.0),
+                         torch.tensor(float(target.shape[0]), dtype=torch.float64))  # 0 for an empty batch
 
 
 def _sup_con64(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:

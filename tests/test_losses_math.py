@@ -653,11 +653,11 @@ def test_sup_con_hand_values_and_pairs_as_nt_xent():
     labels = torch.cat([torch.arange(4), torch.arange(4)])
     assert_close(F.sup_con_loss(torch.cat([a, p]), labels, temperature=0.3),
                  F.nt_xent_loss(a, p, temperature=0.3))
-    # no anchor with a positive: the mean is 0/0 with a zero gradient
-    lone = torch.tensor([0, 1, 2])
-    x = x.clone().requires_grad_()
-    out = F.sup_con_loss(x, lone)
-    assert torch.isnan(out) and (torch.autograd.grad(out, x)[0] == 0).all()
+    # no anchor with a positive (distinct labels, or a batch of 1): 0 with a zero gradient, as pml
+    for labels, xs in ((torch.tensor([0, 1, 2]), x), (torch.tensor([4]), x[:1])):
+        xs = xs.clone().requires_grad_()
+        out = F.sup_con_loss(xs, labels)
+        assert out.item() == 0.0 and (torch.autograd.grad(out, xs)[0] == 0).all()
 
 
 # ---------------------------------------------------------------------------------------------
