@@ -339,6 +339,7 @@ def binary_focal_loss(
     pos_weight: Optional[Tensor] = None,
     ignore_index: Optional[int] = None,
     normalization: str = "elements",
+    class_alpha: Optional[Tensor] = None,
     reduction: str = "mean",
 ) -> Tensor:
     """Binary (sigmoid) focal loss. See :class:`compile_losses.losses.BinaryFocalLoss`."""
@@ -350,6 +351,7 @@ def binary_focal_loss(
         raise ValueError("normalization must be one of 'elements', 'positives', got '{}'".format(normalization))
     _check_pair(input, target)
     _check_pos_weight(input, pos_weight)
+    _check_last_dim_weight(input, class_alpha, "class_alpha")
     valid = torch.ones_like(target)
     if ignore_index is not None:
         # ignored elements count nowhere: loss 0, left out of what "mean" divides by
@@ -362,7 +364,10 @@ def binary_focal_loss(
         # float32 at |x| ~ 17 and would make the gradient of (1 - p_t)^gamma undefined.
         one_minus_pt = torch.sigmoid(input) * (1.0 - target) + torch.sigmoid(-input) * target
         loss = ce * _focal_factor(one_minus_pt, gamma)
-    if alpha >= 0.0:
+    if class_alpha is not None:
+        # one alpha per class of the last dimension (multi-label detection heads), replacing alpha
+        loss = (class_alpha * target + (1.0 - class_alpha) * (1.0 - target)) * loss
+    elif alpha >= 0.0:
         loss = (alpha * target + (1.0 - alpha) * (1.0 - target)) * loss
     if weight is not None:
         check_same_shape(input, weight, "input", "weight")
@@ -381,13 +386,18 @@ def binary_focal_loss(
 
 
 def _check_pos_weight(input: Tensor, pos_weight: Optional[Tensor]) -> None:
-    if pos_weight is not None:
-        check_same_dtype(input, pos_weight, "input", "pos_weight")
+    _check_last_dim_weight(input, pos_weight, "pos_weight")
+
+
+def _check_last_dim_weight(input: Tensor, weight: Optional[Tensor], name: str) -> None:
+    # one value, or one per entry of the input's last dimension (broadcast over the rest)
+    if weight is not None:
+        check_same_dtype(input, weight, "input", name)
         last = input.shape[-1] if input.dim() > 0 else 1
-        if pos_weight.dim() != 1 or (pos_weight.shape[0] != last and pos_weight.shape[0] != 1):
+        if weight.dim() != 1 or (weight.shape[0] != last and weight.shape[0] != 1):
             raise ValueError(
-                "pos_weight must be a 1-D tensor of size 1 or of input's last dimension ({}), got {}".format(
-                    last, fmt_shape(list(pos_weight.shape))
+                "{} must be a 1-D tensor of size 1 or of input's last dimension ({}), got {}".format(
+                    name, last, fmt_shape(list(weight.shape))
                 )
             )
 

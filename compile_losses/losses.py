@@ -507,6 +507,8 @@ class BinaryFocalLoss(_Loss):
         ignore_index (int, optional): a target value (e.g. 255) whose elements count nowhere. Default: None.
         normalization (str, optional): what ``'mean'`` divides by: ``'elements'`` | ``'positives'``.
             Default: ``'elements'``.
+        class_alpha (Tensor, optional): one alpha in [0, 1] per class of the last dimension,
+            shape ``(C,)`` (or ``(1,)``), replacing ``alpha``. Default: None.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
 
     Shape:
@@ -528,9 +530,11 @@ class BinaryFocalLoss(_Loss):
     normalization: str
     ignore_index: Optional[int]
     pos_weight: Optional[Tensor]
+    class_alpha: Optional[Tensor]
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0, pos_weight: Optional[Tensor] = None,
-                 ignore_index: Optional[int] = None, normalization: str = "elements", reduction: str = "mean") -> None:
+                 ignore_index: Optional[int] = None, normalization: str = "elements",
+                 class_alpha: Optional[Tensor] = None, reduction: str = "mean") -> None:
         super().__init__(reduction)
         if alpha >= 0:
             check_in_closed_interval(alpha, "alpha", 0.0, 1.0)
@@ -538,6 +542,7 @@ class BinaryFocalLoss(_Loss):
         if normalization not in ("elements", "positives"):
             raise ValueError("normalization must be one of 'elements', 'positives', got '{}'".format(normalization))
         _optional_buffer(self, "pos_weight", pos_weight)
+        _optional_buffer(self, "class_alpha", class_alpha)
         self.alpha = float(alpha)
         self.gamma = float(gamma)
         self.ignore_index = None if ignore_index is None else int(ignore_index)
@@ -546,7 +551,8 @@ class BinaryFocalLoss(_Loss):
     def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         return F.binary_focal_loss(
             input, target, weight=weight, alpha=self.alpha, gamma=self.gamma, pos_weight=self.pos_weight,
-            ignore_index=self.ignore_index, normalization=self.normalization, reduction=self.reduction,
+            ignore_index=self.ignore_index, normalization=self.normalization, class_alpha=self.class_alpha,
+            reduction=self.reduction,
         )
 
 

@@ -510,7 +510,8 @@ def _binary_focal_divisor(input: Tensor, target: Tensor, ignore_index: Optional[
 
 def _binary_focal64(input: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0,
                     pos_weight: Optional[Tensor] = None, ignore_index: Optional[int] = None,
-                    normalization: str = "elements", reduction: str = "mean") -> Tensor:
+                    normalization: str = "elements", class_alpha: Optional[Tensor] = None,
+                    reduction: str = "mean") -> Tensor:
     divisor = _binary_focal_divisor(input, target, ignore_index, normalization)
     valid = torch.ones_like(target) if ignore_index is None else (target != ignore_index).double()
     target = target * valid
@@ -519,8 +520,9 @@ def _binary_focal64(input: Tensor, target: Tensor, alpha: float = 0.25, gamma: f
     ce = -(pw * target * torch.log(p) + (1.0 - target) * torch.log1p(-p))
     p_t = p * target + (1.0 - p) * (1.0 - target)
     loss = ce * (1.0 - p_t) ** gamma
-    if alpha >= 0:
-        loss = loss * (alpha * target + (1.0 - alpha) * (1.0 - target))
+    a = class_alpha if class_alpha is not None else (alpha if alpha >= 0 else None)
+    if a is not None:
+        loss = loss * (a * target + (1.0 - a) * (1.0 - target))
     return _reduce64(loss * valid, reduction, divisor)
 
 
@@ -761,7 +763,8 @@ LOSSES: Dict[str, LossSpec] = {
         LossSpec("binary_focal", "classification", L.BinaryFocalLoss, F.binary_focal_loss, 1, _binary, elementwise=True,
                  variants=({}, {"alpha": -1.0, "gamma": 1.5}, {"ignore_index": 255},
                            {"normalization": "positives", "pos_weight": torch.tensor([2.0])},
-                           {"ignore_index": 255, "normalization": "positives", "gamma": 0.5}),
+                           {"ignore_index": 255, "normalization": "positives", "gamma": 0.5},
+                           {"class_alpha": torch.tensor([0.4])}),
                  variant_targets={2: _binary_ignored, 4: _binary_ignored},
                  reference64=_in_float64(_binary_focal64), input_kind="logits", mean_divisor=_binary_focal_divisor,
                  error_inputs=_REGRESSION_ERRORS + [
@@ -771,7 +774,11 @@ LOSSES: Dict[str, LossSpec] = {
                      ErrorInput(lambda d: ({"pos_weight": torch.ones(3, dtype=d)}, (torch.zeros(4, 1, dtype=d),
                                                                                     torch.zeros(4, 1, dtype=d))),
                                 ValueError, r"pos_weight must be a 1-D tensor of size 1 or of input's last dimension "
-                                            r"\(1\), got \(3,\)", desc="pos_weight of the wrong size")],
+                                            r"\(1\), got \(3,\)", desc="pos_weight of the wrong size"),
+                     ErrorInput(lambda d: ({"class_alpha": torch.ones(2, dtype=d)}, (torch.zeros(4, 3, dtype=d),
+                                                                                     torch.zeros(4, 3, dtype=d))),
+                                ValueError, r"class_alpha must be a 1-D tensor of size 1 or of input's last dimension "
+                                            r"\(3\), got \(2,\)", desc="class_alpha of the wrong size")],
                  differentiable_targets=_smooth_unless_ignored),
         LossSpec("bce_with_logits", "classification", L.BCEWithLogitsLoss, F.bce_with_logits_loss, 1, _binary,
                  elementwise=True, variants=({}, {"pos_weight": torch.tensor([3.0])}), reference=_ref_bce,

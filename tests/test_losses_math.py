@@ -679,3 +679,12 @@ def test_multi_quantile_hand_value_and_pytorch_forecasting_convention():
     # pytorch-forecasting's QuantileLoss doubles the pinball loss: its median is the L1 loss, ours half of it
     x, t = _rand(5, 1, seed=92), _rand(5, seed=93)
     assert_close(2.0 * F.multi_quantile_loss(x, t, quantiles=[0.5]), TF.l1_loss(x[:, 0], t))
+
+
+def test_binary_focal_class_alpha_is_one_alpha_per_last_dimension_class():
+    x = _rand(5, 3, seed=76, scale=2.0)
+    t = (torch.rand(5, 3, generator=torch.Generator().manual_seed(77)) < 0.5).to(f64)
+    alphas = [0.1, 0.5, 0.8]
+    ours = F.binary_focal_loss(x, t, class_alpha=torch.tensor(alphas, dtype=f64), reduction="none")
+    for c, a in enumerate(alphas):  # column c is the scalar-alpha loss with alpha_c
+        assert_close(ours[:, c], F.binary_focal_loss(x[:, c], t[:, c], alpha=a, reduction="none"))
