@@ -237,9 +237,13 @@ def multi_quantile_loss(
         raise ValueError("target must have the shape of input without its last (quantile) dimension {}, "
                          "got input {} and target {}".format(fmt_shape(list(input.shape[:-1])),
                                                              fmt_shape(list(input.shape)), fmt_shape(list(target.shape))))
-    q = torch.tensor(quantiles, dtype=input.dtype, device=input.device)
-    diff = target.unsqueeze(-1) - input
-    return apply_reduction(torch.maximum(q * diff, (q - 1.0) * diff), reduction)
+    # one column per quantile with q as a Python float: torch.tensor(quantiles) would round them to
+    # float32 under TorchScript (a float64 loss off by 2e-7 relative)
+    columns: List[Tensor] = []
+    for k, q in enumerate(quantiles):
+        diff = target - input[..., k]
+        columns.append(torch.maximum(q * diff, (q - 1.0) * diff))
+    return apply_reduction(torch.stack(columns, dim=-1), reduction)
 
 
 def gaussian_nll_loss(

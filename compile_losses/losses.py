@@ -312,6 +312,7 @@ class MultiQuantileLoss(_Loss):
     """
 
     quantiles: List[float]
+    quantiles_text: str
 
     def __init__(self, quantiles: Optional[List[float]] = None, reduction: str = "mean") -> None:
         super().__init__(reduction)
@@ -321,6 +322,12 @@ class MultiQuantileLoss(_Loss):
         for q in quantiles:
             check_in_open_interval(q, "each quantile", 0.0, 1.0)
         self.quantiles = quantiles
+        # The same quantiles as a plain string setting: what is keyed on a module's plain settings
+        # (the backends' and training graphs' caches of prepared graphs) reads str, not lists.
+        self.quantiles_text = ",".join(repr(q) for q in quantiles)
+
+    def extra_repr(self) -> str:
+        return "quantiles={}, reduction={!r}".format(self.quantiles, self.reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.multi_quantile_loss(input, target, quantiles=self.quantiles, reduction=self.reduction)

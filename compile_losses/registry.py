@@ -5,10 +5,13 @@ inputs (alone, or as targets for a net's prediction) and how its prediction is r
 (``input_kind``), its error inputs with the message they must raise, its float64 reference
 (``reference64``, every loss) and the torch function it must equal (``reference``, if any), the
 shape of ``reduction="none"`` (``none_shape``), what ``"mean"`` divides by when it is not the element
-count (``mean_divisor``), and any per-backend exception with a written reason (``skips``: not run;
-``known_failures``: run, expected to fail; ``tolerances``: loosened). Generic tests iterate this
-table and read nothing per loss from anywhere else: adding a loss is its function (math in
-``functional.py``), its module (``losses.py``), one entry here, and its row in the README's catalogue.
+count (``mean_divisor``), which targets are smooth (``differentiable_targets``), other kinds of
+target some variants take (``variant_targets``: probabilities, one-hot, explicit negatives), and
+any per-backend exception with a written reason (``skips``: not run; ``variant_skips``: one
+variant not run; ``known_failures``: run, expected to fail; ``tolerances``: loosened). Generic
+tests iterate this table and read nothing per loss from anywhere else: adding a loss is its
+function (math in ``functional.py``), its module (``losses.py``), one entry here, and its row in
+the README's catalogue.
 """
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
