@@ -39,6 +39,7 @@ __all__ = [
     "log_cosh_loss",
     "charbonnier_loss",
     "quantile_loss",
+    "multi_quantile_loss",
     "gaussian_nll_loss",
     "poisson_nll_loss",
     "cross_entropy_loss",
@@ -47,8 +48,12 @@ __all__ = [
     "bce_with_logits_loss",
     "dice_loss",
     "tversky_loss",
+    "multiclass_dice_loss",
+    "multiclass_tversky_loss",
     "kl_div_loss",
     "info_nce_loss",
+    "nt_xent_loss",
+    "sup_con_loss",
     "triplet_margin_loss",
     "cosine_embedding_loss",
 ]
@@ -98,6 +103,21 @@ def _check_class_target(input: Tensor, target: Tensor) -> None:
                 fmt_shape(expected), fmt_shape(list(input.shape)), fmt_shape(list(target.shape))
             )
         )
+
+
+def _check_probability_target(input: Tensor, target: Tensor) -> None:
+    # a floating-point target holds class probabilities of the input's shape (N, C, ...)
+    check_floating(input, "input")
+    check_min_ndim(input, "input", 2, "(N, C, ...)")
+    if target.shape != input.shape:
+        expected: List[int] = [input.shape[0]]
+        for s in input.shape[2:]:
+            expected.append(s)
+        raise ValueError(
+            "target must hold class indices of shape {} (int64) or class probabilities of the input's "
+            "shape {}, got a floating-point target of shape {}".format(
+                fmt_shape(expected), fmt_shape(list(input.shape)), fmt_shape(list(target.shape))))
+    check_same_dtype(input, target, "input", "target")
 
 
 def _class_view(weight: Tensor, ndim: int) -> Tensor:
@@ -193,6 +213,39 @@ def quantile_loss(
     return _weighted(torch.maximum(quantile * diff, (quantile - 1.0) * diff), weight, reduction)
 
 
+def _check_quantiles(quantiles: List[float]) -> None:
+    if len(quantiles) == 0:
+        raise ValueError("quantiles must hold at least one quantile, got []")
+    for q in quantiles:
+        check_in_open_interval(q, "each quantile", 0.0, 1.0)
+
+
+def multi_quantile_loss(
+    input: Tensor, target: Tensor, quantiles: Optional[List[float]] = None, reduction: str = "mean"
+) -> Tensor:
+    """Pinball loss of several quantiles at once. See :class:`compile_losses.losses.MultiQuantileLoss`."""
+    validate_reduction(reduction)
+    if quantiles is None:
+        quantiles = [0.1, 0.5, 0.9]
+    _check_quantiles(quantiles)
+    check_floating(input, "input")
+    check_same_dtype(input, target, "input", "target")
+    if input.dim() < 1 or input.shape[-1] != len(quantiles):
+        raise ValueError("input's last dimension must hold one prediction per quantile ({}), got input {}".format(
+            len(quantiles), fmt_shape(list(input.shape))))
+    if list(target.shape) != list(input.shape[:-1]):
+        raise ValueError("target must have the shape of input without its last (quantile) dimension {}, "
+                         "got input {} and target {}".format(fmt_shape(list(input.shape[:-1])),
+                                                             fmt_shape(list(input.shape)), fmt_shape(list(target.shape))))
+    # one column per quantile with q as a Python float: torch.tensor(quantiles) would round them to
+    # float32 under TorchScript (a float64 loss off by 2e-7 relative)
+    columns: List[Tensor] = []
+    for k, q in enumerate(quantiles):
+        diff = target - input[..., k]
+        columns.append(torch.maximum(q * diff, (q - 1.0) * diff))
+    return apply_reduction(torch.stack(columns, dim=-1), reduction)
+
+
 def gaussian_nll_loss(
     input: Tensor, target: Tensor, var: Tensor, full: bool = False, eps: float = 1e-6, reduction: str = "mean"
 ) -> Tensor:
@@ -250,9 +303,20 @@ def cross_entropy_loss(
     """Cross-entropy over class logits. See :class:`compile_losses.losses.CrossEntropyLoss`."""
     validate_reduction(reduction)
     check_in_closed_interval(label_smoothing, "label_smoothing", 0.0, 1.0)
+    num_classes = input.shape[1] if input.dim() > 1 else 1
+    if target.is_floating_point():
+        # class probabilities (mixup, distillation), as F.cross_entropy takes them: smoothing mixes
+        # in the uniform distribution, ignore_index does not apply, "mean" divides by N * d1 * ...
+        _check_probability_target(input, target)
+        _check_class_weight(weight, input, "weight")
+        logp = F.log_softmax(input, dim=1)
+        if weight is not None:
+            logp = logp * _class_view(weight, input.dim())
+        if label_smoothing > 0.0:
+            target = target * (1.0 - label_smoothing) + label_smoothing / num_classes
+        return apply_reduction(-(target * logp).sum(1), reduction)
     _check_class_target(input, target)
     _check_class_weight(weight, input, "weight")
-    num_classes = input.shape[1]
     logp = F.log_softmax(input, dim=1)
     valid = target != ignore_index
     safe = torch.where(valid, target, torch.zeros_like(target))
@@ -271,24 +335,75 @@ def cross_entropy_loss(
 
 
 def binary_focal_loss(
-    input: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean"
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    pos_weight: Optional[Tensor] = None,
+    ignore_index: Optional[int] = None,
+    normalization: str = "elements",
+    class_alpha: Optional[Tensor] = None,
+    reduction: str = "mean",
 ) -> Tensor:
     """Binary (sigmoid) focal loss. See :class:`compile_losses.losses.BinaryFocalLoss`."""
     validate_reduction(reduction)
     if alpha >= 0.0:
         check_in_closed_interval(alpha, "alpha", 0.0, 1.0)
     check_non_negative(gamma, "gamma")
+    if normalization != "elements" and normalization != "positives":
+        raise ValueError("normalization must be one of 'elements', 'positives', got '{}'".format(normalization))
     _check_pair(input, target)
-    ce = _bce_with_logits(input, target, None)
+    _check_pos_weight(input, pos_weight)
+    _check_last_dim_weight(input, class_alpha, "class_alpha")
+    valid = torch.ones_like(target)
+    if ignore_index is not None:
+        # ignored elements count nowhere: loss 0, left out of what "mean" divides by
+        valid = (target != ignore_index).to(input.dtype)
+        target = target * valid
+    ce = _bce_with_logits(input, target, pos_weight)
     loss = ce
     if gamma != 0.0:
         # 1 - p_t written without the cancellation of 1 - sigmoid(x), which saturates to 0 in
         # float32 at |x| ~ 17 and would make the gradient of (1 - p_t)^gamma undefined.
         one_minus_pt = torch.sigmoid(input) * (1.0 - target) + torch.sigmoid(-input) * target
         loss = ce * _focal_factor(one_minus_pt, gamma)
-    if alpha >= 0.0:
+    if class_alpha is not None:
+        # one alpha per class of the last dimension (multi-label detection heads), replacing alpha
+        loss = (class_alpha * target + (1.0 - class_alpha) * (1.0 - target)) * loss
+    elif alpha >= 0.0:
         loss = (alpha * target + (1.0 - alpha) * (1.0 - target)) * loss
+    if weight is not None:
+        check_same_shape(input, weight, "input", "weight")
+        check_same_dtype(input, weight, "input", "weight")
+        loss = loss * weight
+    if ignore_index is not None:
+        loss = loss * valid
+    if reduction != "mean":
+        return apply_reduction(loss, reduction)
+    if normalization == "positives":
+        # RetinaNet: the sum over the number of positives (at least 1), torchvision's detection recipe
+        return apply_reduction(loss, reduction, (target * valid).sum().clamp(min=1.0))
+    if ignore_index is not None:
+        return apply_reduction(loss, reduction, valid.sum())
     return apply_reduction(loss, reduction)
+
+
+def _check_pos_weight(input: Tensor, pos_weight: Optional[Tensor]) -> None:
+    _check_last_dim_weight(input, pos_weight, "pos_weight")
+
+
+def _check_last_dim_weight(input: Tensor, weight: Optional[Tensor], name: str) -> None:
+    # one value, or one per entry of the input's last dimension (broadcast over the rest)
+    if weight is not None:
+        check_same_dtype(input, weight, "input", name)
+        last = input.shape[-1] if input.dim() > 0 else 1
+        if weight.dim() != 1 or (weight.shape[0] != last and weight.shape[0] != 1):
+            raise ValueError(
+                "{} must be a 1-D tensor of size 1 or of input's last dimension ({}), got {}".format(
+                    name, last, fmt_shape(list(weight.shape))
+                )
+            )
 
 
 def _focal_factor(one_minus_pt: Tensor, gamma: float) -> Tensor:
@@ -328,13 +443,24 @@ def focal_loss(
     return apply_reduction(loss, reduction, w_t.sum() if reduction == "mean" else None)
 
 
+def _softplus(x: Tensor) -> Tensor:
+    # log(1 + exp(x)) to full relative accuracy in both tails (log1p(exp(x)) below 0, where it is
+    # tiny; x + log1p(exp(-x)) above), with the exact derivative sigmoid(x) everywhere, x = 0
+    # included. Each branch gets a clamped input, so the branch torch.where does not pick stays
+    # finite and passes a zero gradient (never 0 * inf).
+    pos = x.clamp(min=0.0)
+    neg = x.clamp(max=0.0)
+    return torch.where(x >= 0.0, pos + torch.log1p(torch.exp(-pos)), torch.log1p(torch.exp(neg)))
+
+
 def _bce_with_logits(input: Tensor, target: Tensor, pos_weight: Optional[Tensor]) -> Tensor:
-    # (1 - t) x + (1 + (pw - 1) t) * log(1 + exp(-x)), with log(1 + exp(-x)) written stably.
-    softplus_neg = torch.log1p(torch.exp(-input.abs())) + torch.clamp(-input, min=0.0)
-    if pos_weight is None:
-        return (1.0 - target) * input + softplus_neg
-    log_weight = (pos_weight - 1.0) * target + 1.0
-    return (1.0 - target) * input + log_weight * softplus_neg
+    # -[pw t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))] = pw t softplus(-x) + (1 - t) softplus(x).
+    # Not (1 - t) x + softplus(-x), torch's form: for a confident correct negative (t = 0, x = -15)
+    # that subtracts two numbers near 15 to get 3e-7 and keeps no correct digit in float32.
+    positive = target * _softplus(-input)
+    if pos_weight is not None:
+        positive = pos_weight * positive
+    return positive + (1.0 - target) * _softplus(input)
 
 
 def bce_with_logits_loss(
@@ -347,31 +473,54 @@ def bce_with_logits_loss(
     """Binary cross-entropy on logits. See :class:`compile_losses.losses.BCEWithLogitsLoss`."""
     validate_reduction(reduction)
     _check_pair(input, target)
-    if pos_weight is not None:
-        check_same_dtype(input, pos_weight, "input", "pos_weight")
-        last = input.shape[-1] if input.dim() > 0 else 1
-        if pos_weight.dim() != 1 or (pos_weight.shape[0] != last and pos_weight.shape[0] != 1):
-            raise ValueError(
-                "pos_weight must be a 1-D tensor of size 1 or of input's last dimension ({}), got {}".format(
-                    last, fmt_shape(list(pos_weight.shape))
-                )
-            )
+    _check_pos_weight(input, pos_weight)
     return _weighted(_bce_with_logits(input, target, pos_weight), weight, reduction)
 
 
 # ---------------------------------------------------------------------------------------------
 # dense prediction
 # ---------------------------------------------------------------------------------------------
-def dice_loss(input: Tensor, target: Tensor, smooth: float = 1.0, reduction: str = "mean") -> Tensor:
+def _masked_probabilities(input: Tensor, target: Tensor, ignore_index: Optional[int]) -> List[Tensor]:
+    # sigmoid probabilities and targets, both 0 where the target is ignore_index (counted nowhere)
+    prob = torch.sigmoid(input)
+    if ignore_index is not None:
+        valid = (target != ignore_index).to(input.dtype)
+        return [prob * valid, target * valid]
+    return [prob, target]
+
+
+def dice_loss(
+    input: Tensor,
+    target: Tensor,
+    smooth: float = 1.0,
+    squared_pred: bool = False,
+    ignore_index: Optional[int] = None,
+    reduction: str = "mean",
+) -> Tensor:
     """Soft Dice loss on logits. See :class:`compile_losses.losses.DiceLoss`."""
     validate_reduction(reduction)
     check_non_negative(smooth, "smooth")
     _check_pair(input, target)
     check_min_ndim(input, "input", 2, "(N, ...)")
-    prob = torch.sigmoid(input)
+    masked = _masked_probabilities(input, target, ignore_index)
+    prob, target = masked[0], masked[1]
     inter = _per_sample_sum(prob * target)
-    total = _per_sample_sum(prob) + _per_sample_sum(target)
-    return apply_reduction(1.0 - (2.0 * inter + smooth) / (total + smooth), reduction)
+    if squared_pred:
+        total = _per_sample_sum(prob * prob) + _per_sample_sum(target * target)
+    else:
+        total = _per_sample_sum(prob) + _per_sample_sum(target)
+    return apply_reduction(1.0 - _overlap_ratio(2.0 * inter + smooth, total + smooth), reduction)
+
+
+def _overlap_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    # numerator / denominator of an overlap score, both sums of non-negative terms with
+    # numerator <= denominator. The denominator is 0 only with smooth=0, an empty target and
+    # probabilities that underflow to 0 (float32 logits below ~-104): there the score is its limit
+    # as the probabilities go to 0, which is 0 (loss 1, as float64 computes it), with gradient 0,
+    # instead of 0/0.
+    nonzero = denominator > 0.0
+    safe = torch.where(nonzero, denominator, torch.ones_like(denominator))
+    return torch.where(nonzero, numerator / safe, torch.zeros_like(numerator))
 
 
 def tversky_loss(
@@ -380,6 +529,7 @@ def tversky_loss(
     alpha: float = 0.5,
     beta: float = 0.5,
     smooth: float = 1.0,
+    ignore_index: Optional[int] = None,
     reduction: str = "mean",
 ) -> Tensor:
     """Tversky loss on logits. See :class:`compile_losses.losses.TverskyLoss`."""
@@ -389,12 +539,162 @@ def tversky_loss(
     check_non_negative(smooth, "smooth")
     _check_pair(input, target)
     check_min_ndim(input, "input", 2, "(N, ...)")
-    prob = torch.sigmoid(input)
+    masked = _masked_probabilities(input, target, ignore_index)
+    prob, target = masked[0], masked[1]
     tp = _per_sample_sum(prob * target)
     fp = _per_sample_sum(prob * (1.0 - target))
     fn = _per_sample_sum((1.0 - prob) * target)
-    index = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+    index = _overlap_ratio(tp + smooth, tp + alpha * fp + beta * fn + smooth)
     return apply_reduction(1.0 - index, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-class dense prediction: softmax over dim 1, per-class overlaps
+# ---------------------------------------------------------------------------------------------
+def _check_choice(value: str, name: str, choices: List[str]) -> None:
+    if value not in choices:
+        raise ValueError("{} must be one of {}, got '{}'".format(
+            name, ", ".join(["'" + c + "'" for c in choices]), value))
+
+
+def _class_targets(input: Tensor, target: Tensor, ignore_index: int) -> List[Tensor]:
+    """[one-hot (or probability) target, valid mask (N, 1, ...)] in the input's dtype, from class
+    indices (N, ...) int64 or class probabilities of the input's shape; ``ignore_index`` masks
+    index targets only."""
+    if target.is_floating_point():
+        _check_probability_target(input, target)
+        return [target, torch.ones_like(input[:, :1])]
+    _check_class_target(input, target)
+    valid = (target != ignore_index).unsqueeze(1).to(input.dtype)
+    classes = torch.arange(input.shape[1], device=input.device)
+    one_hot = (target.unsqueeze(1) == _class_view(classes, input.dim())).to(input.dtype)
+    return [one_hot * valid, valid]
+
+
+def _per_class_sum(x: Tensor) -> Tensor:
+    # (N, C, ...) -> (N, C)
+    if x.dim() > 2:
+        return x.flatten(2).sum(2)
+    return x
+
+
+def _class_overlaps(input: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+                    include_background: bool, squared_pred: bool) -> List[Tensor]:
+    """Per (sample, class) sums [TP, sum p, sum t, FP, FN] (squared sums of p and t with
+    ``squared_pred``; FP and FN always plain) and the class weights (C,) or (C - 1,)."""
+    targets = _class_targets(input, target, ignore_index)
+    t, valid = targets[0], targets[1]
+    _check_class_weight(weight, input, "weight")
+    if not include_background and input.shape[1] < 2:
+        raise ValueError("include_background=False needs at least 2 classes, got input of shape {}".format(
+            fmt_shape(list(input.shape))))
+    p = torch.softmax(input, dim=1) * valid
+    if weight is None:
+        w = torch.ones(input.shape[1], dtype=input.dtype, device=input.device)
+    else:
+        w = weight
+    if not include_background:
+        p, t, w = p[:, 1:], t[:, 1:], w[1:]
+    tp = _per_class_sum(p * t)
+    fp = _per_class_sum(p * (1.0 - t))
+    fn = _per_class_sum((1.0 - p) * t)
+    if squared_pred:
+        ps, ts = _per_class_sum(p * p), _per_class_sum(t * t)
+    else:
+        ps, ts = _per_class_sum(p), _per_class_sum(t)
+    return [tp, ps, ts, fp, fn, w]
+
+
+def _class_average(num: Tensor, den: Tensor, w: Tensor, smooth: float, average: str, log: bool = False) -> Tensor:
+    """Per-sample score (N,) from per-class numerators and denominators (N, C): macro averages the
+    classes' scores with weights w; micro pools the weighted sums first. ``log``: -log of each
+    score (floored at 1e-7, as segmentation_models_pytorch's log_loss) instead of the score."""
+    if average == "macro":
+        score = _overlap_ratio(num + smooth, den + smooth)
+        if log:
+            score = -torch.log(score.clamp(min=1e-7))
+        return (score * w).sum(1) / w.sum()
+    score = _overlap_ratio((num * w).sum(1) + smooth, (den * w).sum(1) + smooth)
+    if log:
+        return -torch.log(score.clamp(min=1e-7))
+    return score
+
+
+def _generalized_weights(volume: Tensor, w: Tensor) -> Tensor:
+    # Sudre et al. 2017: 1 / (target volume)^2 per sample and class. A class absent from a sample
+    # gets that sample's largest weight (as MONAI does), or 0 when every class is absent.
+    present = volume > 0.0
+    safe = torch.where(present, volume, torch.ones_like(volume))
+    inv = torch.where(present, 1.0 / (safe * safe), torch.zeros_like(volume))
+    top = inv.amax(1, keepdim=True)
+    return torch.where(present, inv, top.expand_as(inv)) * w
+
+
+def multiclass_dice_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    smooth: float = 1.0,
+    average: str = "macro",
+    include_background: bool = True,
+    ignore_index: int = -100,
+    squared_pred: bool = False,
+    jaccard: bool = False,
+    log_loss: bool = False,
+    reduction: str = "mean",
+) -> Tensor:
+    """Multi-class soft Dice (or Jaccard) on class logits. See :class:`compile_losses.losses.MultiClassDiceLoss`."""
+    validate_reduction(reduction)
+    check_non_negative(smooth, "smooth")
+    _check_choice(average, "average", ["macro", "micro", "generalized"])
+    sums = _class_overlaps(input, target, weight, ignore_index, include_background, squared_pred)
+    tp, ps, ts, w = sums[0], sums[1], sums[2], sums[5]
+    if jaccard:
+        num, den = tp, ps + ts - tp
+    else:
+        num, den = 2.0 * tp, ps + ts
+    if average == "generalized":
+        # Sudre's weights use the target volume sum t = TP + FN (not its squares)
+        score = _class_average(num, den, _generalized_weights(tp + sums[4], w), smooth, "micro", log_loss)
+    else:
+        score = _class_average(num, den, w.unsqueeze(0), smooth, average, log_loss)
+    if log_loss:
+        return apply_reduction(score, reduction)  # already -log of the score(s)
+    return apply_reduction(1.0 - score, reduction)
+
+
+def multiclass_tversky_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    gamma: float = 1.0,
+    smooth: float = 1.0,
+    average: str = "macro",
+    include_background: bool = True,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
+    """Multi-class (focal) Tversky on class logits. See :class:`compile_losses.losses.MultiClassTverskyLoss`."""
+    validate_reduction(reduction)
+    check_non_negative(alpha, "alpha")
+    check_non_negative(beta, "beta")
+    check_positive(gamma, "gamma")
+    check_non_negative(smooth, "smooth")
+    _check_choice(average, "average", ["macro", "micro"])
+    sums = _class_overlaps(input, target, weight, ignore_index, include_background, False)
+    tp, fp, fn, w = sums[0], sums[3], sums[4], sums[5]
+    den = tp + alpha * fp + beta * fn
+    if average == "macro":
+        # focal Tversky per class, then the weighted class average
+        index = _overlap_ratio(tp + smooth, den + smooth)
+        per_class = _focal_factor(1.0 - index, gamma) if gamma != 1.0 else 1.0 - index
+        loss = (per_class * w.unsqueeze(0)).sum(1) / w.sum()
+    else:
+        index = _overlap_ratio((tp * w).sum(1) + smooth, (den * w).sum(1) + smooth)
+        loss = _focal_factor(1.0 - index, gamma) if gamma != 1.0 else 1.0 - index
+    return apply_reduction(loss, reduction)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,14 +725,21 @@ def _check_embeddings(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
 
 
 def info_nce_loss(
-    input: Tensor, target: Tensor, temperature: float = 0.1, symmetric: bool = False, reduction: str = "mean"
+    input: Tensor,
+    target: Tensor,
+    negatives: Optional[Tensor] = None,
+    temperature: float = 0.1,
+    symmetric: bool = False,
+    reduction: str = "mean",
 ) -> Tensor:
-    """InfoNCE / NT-Xent contrastive loss. See :class:`compile_losses.losses.InfoNCELoss`."""
+    """InfoNCE (CLIP-style, N - 1 cross-view negatives, or explicit ones). See :class:`compile_losses.losses.InfoNCELoss`."""
     validate_reduction(reduction)
     check_positive(temperature, "temperature")
     _check_embeddings(input, target, "input", "target")
     a = F.normalize(input, dim=1)
     p = F.normalize(target, dim=1)
+    if negatives is not None:
+        return apply_reduction(_explicit_negatives(a, p, negatives, temperature, symmetric), reduction)
     logits = a @ p.t() / temperature
     # Cross-entropy with labels arange(N), written as the log-softmax diagonal: F.cross_entropy
     # exports to an ONNX SoftmaxCrossEntropyLoss whose output shape fails ONNX shape inference.
@@ -443,6 +750,79 @@ def info_nce_loss(
     if symmetric:
         loss = 0.5 * (loss - torch.log_softmax(logits, dim=0).gather(1, rows).squeeze(1))
     return apply_reduction(loss, reduction)
+
+
+def _explicit_negatives(a: Tensor, p: Tensor, negatives: Tensor, temperature: float, symmetric: bool) -> Tensor:
+    # info-nce-pytorch's negative_keys: (M, D) shared by every anchor ("unpaired") or (N, M, D),
+    # M per anchor ("paired"); the other positives are then no negatives.
+    if symmetric:
+        raise ValueError("symmetric=True needs the in-batch negatives, got explicit negatives")
+    check_same_dtype(a, negatives, "input", "negatives")
+    if negatives.dim() == 2:
+        if negatives.shape[1] != a.shape[1]:
+            raise ValueError("negatives must be (M, D) or (N, M, D) with D = {}, got {}".format(
+                a.shape[1], fmt_shape(list(negatives.shape))))
+        neg = a @ F.normalize(negatives, dim=1).t()
+    elif negatives.dim() == 3:
+        if negatives.shape[0] != a.shape[0] or negatives.shape[2] != a.shape[1]:
+            raise ValueError("negatives must be (M, D) or (N, M, D) with N = {} and D = {}, got {}".format(
+                a.shape[0], a.shape[1], fmt_shape(list(negatives.shape))))
+        neg = (a.unsqueeze(1) * F.normalize(negatives, dim=2)).sum(2)
+    else:
+        raise ValueError("negatives must be (M, D) or (N, M, D) with D = {}, got {}".format(
+            a.shape[1], fmt_shape(list(negatives.shape))))
+    logits = torch.cat([(a * p).sum(1, keepdim=True), neg], dim=1) / temperature
+    return -torch.log_softmax(logits, dim=1)[:, 0]
+
+
+def sup_con_loss(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
+    """Supervised contrastive loss over labels. See :class:`compile_losses.losses.SupConLoss`."""
+    validate_reduction(reduction)
+    check_positive(temperature, "temperature")
+    check_floating(input, "input")
+    check_ndim(input, "input", 2, "embeddings (N, D)")
+    check_class_indices(target, "target")
+    if target.dim() != 1 or target.shape[0] != input.shape[0]:
+        raise ValueError("target must be a 1-D tensor of labels of shape ({},), got {}".format(
+            input.shape[0], fmt_shape(list(target.shape))))
+    z = F.normalize(input, dim=1)
+    idx = torch.arange(input.shape[0], device=input.device)
+    itself = idx.unsqueeze(0) == idx.unsqueeze(1)
+    # self-similarity is left out of the softmax with a finite fill (exp gives exactly 0), which
+    # keeps a lone anchor's row finite where -inf would make it NaN
+    logp = torch.log_softmax((z @ z.t() / temperature).masked_fill(itself, -3.0e38), dim=1)
+    positive = (target.unsqueeze(0) == target.unsqueeze(1)) & ~itself
+    count = positive.to(input.dtype).sum(1)
+    has = count > 0.0
+    mean_log_prob = torch.where(positive, logp, torch.zeros_like(logp)).sum(1) / torch.where(
+        has, count, torch.ones_like(count))
+    loss = torch.where(has, -mean_log_prob, torch.zeros_like(mean_log_prob))
+    # "mean" averages over the anchors that have a positive; 0 when none has (a batch of distinct
+    # labels must not stop training with a NaN), as pytorch-metric-learning. The divisor is at
+    # least 1 but at most N, so an empty batch's mean is still 0/0, NaN, as torch's losses.
+    if reduction != "mean":
+        return apply_reduction(loss, reduction)
+    anchors = torch.ones_like(count).sum()
+    return apply_reduction(loss, reduction, torch.minimum(has.to(input.dtype).sum().clamp(min=1.0), anchors))
+
+
+def nt_xent_loss(input: Tensor, target: Tensor, temperature: float = 0.1, reduction: str = "mean") -> Tensor:
+    """SimCLR's NT-Xent (2N - 2 negatives). See :class:`compile_losses.losses.NTXentLoss`."""
+    validate_reduction(reduction)
+    check_positive(temperature, "temperature")
+    _check_embeddings(input, target, "input", "target")
+    n = input.shape[0]
+    z = F.normalize(torch.cat([input, target], dim=0), dim=1)
+    logits = z @ z.t() / temperature
+    # Every other embedding of either view is a negative; only self-similarity is left out.
+    # The masks come from arange comparisons and the positive is gathered (no eye/diagonal),
+    # which export with a dynamic batch on both ONNX exporters.
+    idx = torch.arange(2 * n, device=input.device)
+    logits = logits.masked_fill(idx.unsqueeze(0) == idx.unsqueeze(1), float("-inf"))
+    positive = torch.where(idx < n, idx + n, idx - n).unsqueeze(1)  # the other view
+    per_view = -torch.log_softmax(logits, dim=1).gather(1, positive).squeeze(1)
+    # one value per pair: the mean of its two views' losses, so "mean" is SimCLR's mean over 2N
+    return apply_reduction(0.5 * (per_view[:n] + per_view[n:]), reduction)
 
 
 def triplet_margin_loss(

@@ -5,7 +5,7 @@ Every module here scripts with ``torch.jit.script``, compiles with ``torch.compi
 and exports to ONNX with a dynamic batch dimension. Settings are checked once, as Python numbers,
 when the module is built; inside ``forward`` only shapes and dtypes are checked.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,7 @@ __all__ = [
     "LogCoshLoss",
     "CharbonnierLoss",
     "QuantileLoss",
+    "MultiQuantileLoss",
     "GaussianNLLLoss",
     "PoissonNLLLoss",
     "CrossEntropyLoss",
@@ -35,8 +36,12 @@ __all__ = [
     "BCEWithLogitsLoss",
     "DiceLoss",
     "TverskyLoss",
+    "MultiClassDiceLoss",
+    "MultiClassTverskyLoss",
     "KLDivLoss",
     "InfoNCELoss",
+    "NTXentLoss",
+    "SupConLoss",
     "TripletMarginLoss",
     "CosineEmbeddingLoss",
 ]
@@ -278,6 +283,56 @@ class QuantileLoss(_Loss):
         return F.quantile_loss(input, target, weight=weight, quantile=self.quantile, reduction=self.reduction)
 
 
+class MultiQuantileLoss(_Loss):
+    r"""Pinball loss of several quantiles at once: the input's last dimension holds one prediction
+    per quantile, the target one value per prediction (pytorch-forecasting's ``QuantileLoss``).
+
+    .. math::
+        \ell_{n,k} = \max\big(q_k (y_n - x_{n,k}),\ (q_k - 1)(y_n - x_{n,k})\big)
+
+    ``'mean'`` divides by the number of predictions (targets times quantiles). pytorch-forecasting
+    reports twice this value (it doubles the pinball loss so that the median's is the L1 loss);
+    :class:`QuantileLoss` is the one-quantile case (same convention, no factor 2).
+
+    Args:
+        quantiles (list of float, optional): the quantiles :math:`q_k`, each in (0, 1).
+            Default: ``[0.1, 0.5, 0.9]``.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
+
+    Shape:
+        - Input: ``(N, ..., K)`` with :math:`K` = ``len(quantiles)``. Target: ``(N, ...)``.
+        - Output: scalar, or the input's shape with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import MultiQuantileLoss
+        >>> MultiQuantileLoss([0.1, 0.9], reduction="none")(torch.tensor([[0.0, 2.0]]), torch.ones(1))
+        tensor([[0.1000, 0.1000]])
+    """
+
+    quantiles: List[float]
+    quantiles_text: str
+
+    def __init__(self, quantiles: Optional[List[float]] = None, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        quantiles = [0.1, 0.5, 0.9] if quantiles is None else [float(q) for q in quantiles]
+        if len(quantiles) == 0:
+            raise ValueError("quantiles must hold at least one quantile, got []")
+        for q in quantiles:
+            check_in_open_interval(q, "each quantile", 0.0, 1.0)
+        self.quantiles = quantiles
+        # The same quantiles as a plain string setting: what is keyed on a module's plain settings
+        # (the backends' and training graphs' caches of prepared graphs) reads str, not lists.
+        self.quantiles_text = ",".join(repr(q) for q in quantiles)
+
+    def extra_repr(self) -> str:
+        return "quantiles={}, reduction={!r}".format(self.quantiles, self.reduction)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multi_quantile_loss(input, target, quantiles=self.quantiles, reduction=self.reduction)
+
+
 class GaussianNLLLoss(_Loss):
     r"""Gaussian negative log-likelihood of the target under :math:`\mathcal N(x, \sigma^2)`.
 
@@ -366,8 +421,8 @@ class PoissonNLLLoss(_Loss):
 # classification
 # ---------------------------------------------------------------------------------------------
 class CrossEntropyLoss(_Loss):
-    r"""Cross-entropy between class logits and class-index targets, with class weights,
-    ``ignore_index`` and label smoothing.
+    r"""Cross-entropy between class logits and class-index or class-probability targets, with
+    class weights, ``ignore_index`` and label smoothing.
 
     .. math::
         \ell_n = (1 - \varepsilon)\, w_{y_n} (-\log p_{n, y_n})
@@ -375,7 +430,13 @@ class CrossEntropyLoss(_Loss):
         \quad p_n = \mathrm{softmax}(x_n)
 
     and :math:`\ell_n = 0` where :math:`y_n` is ``ignore_index``. ``'mean'`` divides the sum by
-    :math:`\sum_n w_{y_n}` over the targets not ignored. Equal to ``F.cross_entropy``. Class indices
+    :math:`\sum_n w_{y_n}` over the targets not ignored. Equal to ``F.cross_entropy``.
+
+    A floating-point target of the input's shape holds class probabilities (mixup, distillation):
+    :math:`\ell_n = -\sum_c w_c \tilde y_{n,c} \log p_{n,c}` with
+    :math:`\tilde y = (1 - \varepsilon) y + \varepsilon / C`; ``ignore_index`` does not apply and
+    ``'mean'`` divides by the number of samples (times spatial positions), not by the weights, as
+    ``F.cross_entropy`` does (timm's ``SoftTargetCrossEntropy`` is the unweighted ``'mean'``). Class indices
     out of range raise torch's index error in eager; ``verify`` and the CLI check them up front.
 
     Args:
@@ -386,8 +447,9 @@ class CrossEntropyLoss(_Loss):
 
     Shape:
         - Input: ``(N, C)`` or ``(N, C, d1, ...)`` logits, floating point.
-        - Target: ``(N,)`` or ``(N, d1, ...)`` int64 class indices.
-        - Output: scalar, or the target's shape with ``'none'``.
+        - Target: ``(N,)`` or ``(N, d1, ...)`` int64 class indices, or class probabilities of the
+          input's shape and dtype.
+        - Output: scalar, or ``(N,)`` / ``(N, d1, ...)`` with ``'none'``.
 
     Example::
 
@@ -434,15 +496,31 @@ class BinaryFocalLoss(_Loss):
         \ell_n = \alpha_t (1 - p_t)^\gamma \, \mathrm{BCE}(x_n, y_n),\quad
         p_t = p y + (1 - p)(1 - y),\ \alpha_t = \alpha y + (1 - \alpha)(1 - y),\ p = \sigma(x_n)
 
-    With ``gamma=0`` and ``alpha<0`` it is ``F.binary_cross_entropy_with_logits``.
+    With ``gamma=0`` and ``alpha<0`` it is ``F.binary_cross_entropy_with_logits``. The cross-entropy
+    is computed as :math:`p_c y \,\mathrm{softplus}(-x) + (1 - y)\,\mathrm{softplus}(x)`, exact
+    for confident correct logits in float32 (torch's and torchvision's form cancels there).
+    ``pos_weight`` scales the positive term as in ``BCEWithLogitsLoss``; a per-element ``weight``
+    passed to ``forward`` scales each element. Elements whose target equals ``ignore_index`` count
+    nowhere. ``'mean'`` divides by the number of elements not ignored, or with
+    ``normalization='positives'`` by the sum of the targets not ignored (at least 1): RetinaNet's
+    normalization by the number of positive anchors, as torchvision's detection code does with
+    ``reduction='sum'``.
 
     Args:
         alpha (float, optional): weight of the positive class in [0, 1]; negative disables. Default: 0.25.
         gamma (float, optional): focusing exponent, >= 0. Default: 2.0.
+        pos_weight (Tensor, optional): weight of positives, shape ``(1,)`` or ``(C,)`` for the last
+            dimension. Default: None.
+        ignore_index (int, optional): a target value (e.g. 255) whose elements count nowhere. Default: None.
+        normalization (str, optional): what ``'mean'`` divides by: ``'elements'`` | ``'positives'``.
+            Default: ``'elements'``.
+        class_alpha (Tensor, optional): one alpha in [0, 1] per class of the last dimension,
+            shape ``(C,)`` (or ``(1,)``), replacing ``alpha``. Default: None.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
 
     Shape:
-        - Input: any shape of logits. Target: the same shape, probabilities in [0, 1].
+        - Input: any shape of logits. Target and optional weight: the same shape, targets in [0, 1]
+          (or ``ignore_index``).
         - Output: scalar, or the input's shape with ``'none'``.
 
     Example::
@@ -453,20 +531,36 @@ class BinaryFocalLoss(_Loss):
         tensor(0.6931)
     """
 
-    __constants__ = ["reduction", "alpha", "gamma"]
+    __constants__ = ["reduction", "alpha", "gamma", "normalization"]
     alpha: float
     gamma: float
+    normalization: str
+    ignore_index: Optional[int]
+    pos_weight: Optional[Tensor]
+    class_alpha: Optional[Tensor]
 
-    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean") -> None:
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, pos_weight: Optional[Tensor] = None,
+                 ignore_index: Optional[int] = None, normalization: str = "elements",
+                 class_alpha: Optional[Tensor] = None, reduction: str = "mean") -> None:
         super().__init__(reduction)
         if alpha >= 0:
             check_in_closed_interval(alpha, "alpha", 0.0, 1.0)
         check_non_negative(gamma, "gamma")
+        if normalization not in ("elements", "positives"):
+            raise ValueError("normalization must be one of 'elements', 'positives', got '{}'".format(normalization))
+        _optional_buffer(self, "pos_weight", pos_weight)
+        _optional_buffer(self, "class_alpha", class_alpha)
         self.alpha = float(alpha)
         self.gamma = float(gamma)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.normalization = normalization
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.binary_focal_loss(input, target, alpha=self.alpha, gamma=self.gamma, reduction=self.reduction)
+    def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        return F.binary_focal_loss(
+            input, target, weight=weight, alpha=self.alpha, gamma=self.gamma, pos_weight=self.pos_weight,
+            ignore_index=self.ignore_index, normalization=self.normalization, class_alpha=self.class_alpha,
+            reduction=self.reduction,
+        )
 
 
 class FocalLoss(_Loss):
@@ -564,10 +658,19 @@ class DiceLoss(_Loss):
         \ell_n = 1 - \frac{2 \sum_i p_{n,i} y_{n,i} + s}{\sum_i p_{n,i} + \sum_i y_{n,i} + s},
         \quad p = \sigma(x)
 
-    where :math:`i` runs over every non-batch element (channels and pixels).
+    where :math:`i` runs over every non-batch element (channels and pixels); with ``squared_pred``
+    the denominator is Milletari's :math:`\sum_i p_{n,i}^2 + \sum_i y_{n,i}^2`. An empty target
+    with an empty prediction scores 0 with ``smooth > 0`` (:math:`1 - s/s`); with ``smooth=0`` an
+    empty target scores 1 whatever the prediction (the limit of :math:`1 - 0/\sum_i p_{n,i}`, also
+    where the probabilities underflow to exactly 0), with finite gradients.
 
     Args:
-        smooth (float, optional): :math:`s`, >= 0, keeps empty masks finite. Default: 1.0.
+        smooth (float, optional): :math:`s`, >= 0; > 0 makes an empty mask predicted empty a
+            perfect score. Default: 1.0.
+        squared_pred (bool, optional): square :math:`p` and :math:`y` in the denominator (V-Net's
+            form; MONAI's ``squared_pred``). Default: False.
+        ignore_index (int, optional): a target value (e.g. 255) whose elements count nowhere
+            (neither prediction nor target). Default: None.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
 
     Shape:
@@ -582,16 +685,22 @@ class DiceLoss(_Loss):
         tensor(0.)
     """
 
-    __constants__ = ["reduction", "smooth"]
+    __constants__ = ["reduction", "smooth", "squared_pred"]
     smooth: float
+    squared_pred: bool
+    ignore_index: Optional[int]
 
-    def __init__(self, smooth: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, smooth: float = 1.0, squared_pred: bool = False, ignore_index: Optional[int] = None,
+                 reduction: str = "mean") -> None:
         super().__init__(reduction)
         check_non_negative(smooth, "smooth")
         self.smooth = float(smooth)
+        self.squared_pred = bool(squared_pred)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.dice_loss(input, target, smooth=self.smooth, reduction=self.reduction)
+        return F.dice_loss(input, target, smooth=self.smooth, squared_pred=self.squared_pred,
+                           ignore_index=self.ignore_index, reduction=self.reduction)
 
 
 class TverskyLoss(_Loss):
@@ -602,12 +711,15 @@ class TverskyLoss(_Loss):
         TP = \textstyle\sum p y,\ FP = \sum p (1 - y),\ FN = \sum (1 - p) y
 
     With ``alpha = beta = 0.5`` it is the soft Dice loss with ``smooth`` doubled:
-    ``TverskyLoss(0.5, 0.5, smooth=s)`` equals ``DiceLoss(smooth=2 * s)``.
+    ``TverskyLoss(0.5, 0.5, smooth=s)`` equals ``DiceLoss(smooth=2 * s)``. With ``smooth=0`` a
+    zero denominator (an empty target, probabilities that underflow to 0) is its limit: index 0,
+    loss 1, finite gradients.
 
     Args:
         alpha (float, optional): weight of false positives, >= 0. Default: 0.5.
         beta (float, optional): weight of false negatives, >= 0. Default: 0.5.
         smooth (float, optional): :math:`s`, >= 0. Default: 1.0.
+        ignore_index (int, optional): a target value whose elements count nowhere. Default: None.
         reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
 
     Shape:
@@ -626,9 +738,12 @@ class TverskyLoss(_Loss):
     alpha: float
     beta: float
     smooth: float
+    ignore_index: Optional[int]
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0, ignore_index: Optional[int] = None,
+                 reduction: str = "mean") -> None:
         super().__init__(reduction)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
         check_non_negative(alpha, "alpha")
         check_non_negative(beta, "beta")
         check_non_negative(smooth, "smooth")
@@ -638,7 +753,183 @@ class TverskyLoss(_Loss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.tversky_loss(
-            input, target, alpha=self.alpha, beta=self.beta, smooth=self.smooth, reduction=self.reduction
+            input, target, alpha=self.alpha, beta=self.beta, smooth=self.smooth, ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+
+def _check_average(average: str, choices: List[str]) -> str:
+    if average not in choices:
+        raise ValueError("average must be one of {}, got '{}'".format(", ".join(["'" + c + "'" for c in choices]), average))
+    return average
+
+
+class MultiClassDiceLoss(_Loss):
+    r"""Multi-class soft Dice (or Jaccard) loss on class logits, one value per sample
+    (Milletari et al., 2016; Sudre et al., 2017, for the generalized form).
+
+    With :math:`p = \mathrm{softmax}(x)` over dim 1 and :math:`t` the one-hot target, per sample
+    :math:`n` and class :math:`c` (sums over the pixels :math:`i`):
+
+    .. math::
+        I_{nc} = \textstyle\sum_i p_{nci} t_{nci},\quad
+        S_{nc} = \sum_i p_{nci}^{(2)} + \sum_i t_{nci}^{(2)},\quad
+        D_{nc} = \frac{2 I_{nc} + s}{S_{nc} + s}\ \Big(\text{Jaccard: } \frac{I_{nc} + s}{S_{nc} - I_{nc} + s}\Big)
+
+    (squares only with ``squared_pred``, Milletari's denominator). ``average``:
+
+    - ``'macro'``: :math:`\ell_n = 1 - \sum_c w_c D_{nc} / \sum_c w_c`, each class counts alike
+      (MONAI's ``DiceLoss`` with softmax, one-hot target and ``reduction='mean'``);
+    - ``'micro'``: the sums are pooled over classes (weighted by :math:`w_c`) before the ratio;
+    - ``'generalized'``: pooled with weights :math:`w_c / (\sum_i t_{nci})^2` per sample
+      (Sudre's Generalized Dice); a class absent from a sample gets that sample's largest weight,
+      as MONAI's ``GeneralizedDiceLoss`` does.
+
+    A class absent from both target and prediction scores :math:`s/s = 1` (loss 0) with
+    ``smooth > 0``; with ``smooth=0`` a zero denominator is the limit, score 0 (loss 1), finite
+    gradients. Softmax probabilities are never exactly 0, so with a small ``smooth`` an absent class
+    costs up to 1 in ``'macro'`` (segmentation_models_pytorch instead drops classes absent from the
+    target; ``'micro'`` and ``'generalized'`` are the usual answers).
+
+    Args:
+        weight (Tensor, optional): per-class weights :math:`w`, ``(C,)``. Default: None (all 1).
+        smooth (float, optional): :math:`s`, >= 0. Default: 1.0.
+        average (str, optional): ``'macro'`` | ``'micro'`` | ``'generalized'``. Default: ``'macro'``.
+        include_background (bool, optional): False leaves class 0 out. Default: True.
+        ignore_index (int, optional): an index target value whose pixels count nowhere (neither
+            prediction nor target). Probability targets have no ignored pixels. Default: -100.
+        squared_pred (bool, optional): square :math:`p` and :math:`t` in the denominator. Default: False.
+        jaccard (bool, optional): the soft Jaccard (IoU) index instead of Dice. Default: False.
+        log_loss (bool, optional): :math:`-\log D` instead of :math:`1 - D` (per class, then
+            averaged, in ``'macro'``), with :math:`D` floored at 1e-7 as segmentation_models_pytorch
+            does. Default: False.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``; ``'mean'`` is the batch mean.
+            Default: ``'mean'``.
+
+    Shape:
+        - Input: ``(N, C, d1, ...)`` or ``(N, C)`` logits.
+        - Target: ``(N, d1, ...)`` int64 class indices, or class probabilities (one-hot) of the
+          input's shape and dtype.
+        - Output: scalar, or ``(N,)`` with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import MultiClassDiceLoss
+        >>> logits = torch.tensor([[[50.0, -50.0], [-50.0, 50.0]]])  # (N=1, C=2, 2 pixels)
+        >>> MultiClassDiceLoss(smooth=0.0)(logits, torch.tensor([[0, 1]]))
+        tensor(0.)
+    """
+
+    __constants__ = ["reduction", "smooth", "average", "include_background", "ignore_index", "squared_pred", "jaccard",
+                     "log_loss"]
+    smooth: float
+    average: str
+    include_background: bool
+    ignore_index: int
+    squared_pred: bool
+    jaccard: bool
+    log_loss: bool
+    weight: Optional[Tensor]
+
+    def __init__(self, weight: Optional[Tensor] = None, smooth: float = 1.0, average: str = "macro",
+                 include_background: bool = True, ignore_index: int = -100, squared_pred: bool = False,
+                 jaccard: bool = False, log_loss: bool = False, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        check_non_negative(smooth, "smooth")
+        self.average = _check_average(average, ["macro", "micro", "generalized"])
+        _optional_buffer(self, "weight", weight)
+        self.smooth = float(smooth)
+        self.include_background = bool(include_background)
+        self.ignore_index = int(ignore_index)
+        self.squared_pred = bool(squared_pred)
+        self.jaccard = bool(jaccard)
+        self.log_loss = bool(log_loss)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multiclass_dice_loss(
+            input, target, weight=self.weight, smooth=self.smooth, average=self.average,
+            include_background=self.include_background, ignore_index=self.ignore_index,
+            squared_pred=self.squared_pred, jaccard=self.jaccard, log_loss=self.log_loss, reduction=self.reduction,
+        )
+
+
+class MultiClassTverskyLoss(_Loss):
+    r"""Multi-class Tversky and focal Tversky loss on class logits, one value per sample
+    (Salehi et al., 2017; Abraham and Khan, 2019).
+
+    With :math:`p = \mathrm{softmax}(x)` over dim 1, :math:`t` the one-hot target and sums over
+    the pixels of sample :math:`n`, class :math:`c`: :math:`TP = \sum p t`,
+    :math:`FP = \sum p (1 - t)`, :math:`FN = \sum (1 - p) t` and
+
+    .. math::
+        T_{nc} = \frac{TP + s}{TP + \alpha FP + \beta FN + s},\quad
+        \ell_n = \frac{\sum_c w_c (1 - T_{nc})^\gamma}{\sum_c w_c}\ (\text{'macro'}),\quad
+        \ell_n = (1 - T_n)^\gamma\ (\text{'micro'})
+
+    where ``'micro'`` pools :math:`w_c`-weighted TP, FP, FN over classes first. The exponent is
+    applied as :math:`(1 - T)^\gamma`, as segmentation_models_pytorch does; Abraham and Khan write
+    :math:`1/\gamma`. With ``alpha = beta = 0.5`` and ``gamma = 1`` it is
+    :class:`MultiClassDiceLoss` with ``smooth`` doubled. Empty classes as in :class:`MultiClassDiceLoss`.
+
+    Args:
+        weight (Tensor, optional): per-class weights :math:`w`, ``(C,)``. Default: None (all 1).
+        alpha (float, optional): weight of false positives, >= 0. Default: 0.5.
+        beta (float, optional): weight of false negatives, >= 0. Default: 0.5.
+        gamma (float, optional): focal exponent, > 0 (1: plain Tversky). Default: 1.0.
+        smooth (float, optional): :math:`s`, >= 0. Default: 1.0.
+        average (str, optional): ``'macro'`` | ``'micro'``. Default: ``'macro'``.
+        include_background (bool, optional): False leaves class 0 out. Default: True.
+        ignore_index (int, optional): an index target value whose pixels count nowhere. Default: -100.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``; ``'mean'`` is the batch mean.
+            Default: ``'mean'``.
+
+    Shape:
+        - Input: ``(N, C, d1, ...)`` or ``(N, C)`` logits.
+        - Target: ``(N, d1, ...)`` int64 class indices, or class probabilities of the input's shape.
+        - Output: scalar, or ``(N,)`` with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import MultiClassTverskyLoss
+        >>> logits = torch.tensor([[[50.0, -50.0], [-50.0, 50.0]]])
+        >>> MultiClassTverskyLoss(alpha=0.3, beta=0.7, gamma=2.0)(logits, torch.tensor([[0, 1]]))
+        tensor(0.)
+    """
+
+    __constants__ = ["reduction", "alpha", "beta", "gamma", "smooth", "average", "include_background", "ignore_index"]
+    alpha: float
+    beta: float
+    gamma: float
+    smooth: float
+    average: str
+    include_background: bool
+    ignore_index: int
+    weight: Optional[Tensor]
+
+    def __init__(self, weight: Optional[Tensor] = None, alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0,
+                 smooth: float = 1.0, average: str = "macro", include_background: bool = True,
+                 ignore_index: int = -100, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        check_non_negative(alpha, "alpha")
+        check_non_negative(beta, "beta")
+        check_positive(gamma, "gamma")
+        check_non_negative(smooth, "smooth")
+        self.average = _check_average(average, ["macro", "micro"])
+        _optional_buffer(self, "weight", weight)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.gamma = float(gamma)
+        self.smooth = float(smooth)
+        self.include_background = bool(include_background)
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multiclass_tversky_loss(
+            input, target, weight=self.weight, alpha=self.alpha, beta=self.beta, gamma=self.gamma,
+            smooth=self.smooth, average=self.average, include_background=self.include_background,
+            ignore_index=self.ignore_index, reduction=self.reduction,
         )
 
 
@@ -687,13 +978,20 @@ class KLDivLoss(_Loss):
 # metric learning
 # ---------------------------------------------------------------------------------------------
 class InfoNCELoss(_Loss):
-    r"""InfoNCE (NT-Xent) contrastive loss: each row of the input must pick its own positive out
-    of the batch (van den Oord et al., 2018; Chen et al., 2020, SimCLR).
+    r"""InfoNCE contrastive loss, CLIP-style: each anchor (row of the input) must pick its own
+    positive out of the batch's targets (van den Oord et al., 2018; Radford et al., 2021, CLIP).
 
     .. math::
         \ell_n = -\log \frac{\exp(\cos(x_n, y_n)/\tau)}{\sum_m \exp(\cos(x_n, y_m)/\tau)}
 
-    ``symmetric`` averages both directions (as CLIP does).
+    The negatives of anchor :math:`n` are the :math:`N - 1` other targets only (cross-view). This is
+    not SimCLR's NT-Xent, which also counts the other anchors (:math:`2N - 2` negatives, same view
+    included): use :class:`NTXentLoss` for that. ``symmetric`` averages both directions (as CLIP does).
+
+    With ``negatives`` passed to ``forward`` (info-nce-pytorch's ``negative_keys``) the negatives
+    are those instead of the other targets: ``(M, D)`` shared by every anchor (``'unpaired'``) or
+    ``(N, M, D)``, :math:`M` per anchor (``'paired'``):
+    :math:`\ell_n = -\log \frac{e^{\cos(x_n, y_n)/\tau}}{e^{\cos(x_n, y_n)/\tau} + \sum_m e^{\cos(x_n, k_{(n)m})/\tau}}`.
 
     Args:
         temperature (float, optional): :math:`\tau`, > 0. Default: 0.1.
@@ -702,6 +1000,7 @@ class InfoNCELoss(_Loss):
 
     Shape:
         - Input (anchors) and target (positives): ``(N, D)`` embeddings.
+        - Negatives (optional): ``(M, D)`` or ``(N, M, D)``, the input's dtype.
         - Output: scalar, or ``(N,)`` with ``'none'``.
 
     Example::
@@ -723,10 +1022,99 @@ class InfoNCELoss(_Loss):
         self.temperature = float(temperature)
         self.symmetric = bool(symmetric)
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, negatives: Optional[Tensor] = None) -> Tensor:
         return F.info_nce_loss(
-            input, target, temperature=self.temperature, symmetric=self.symmetric, reduction=self.reduction
+            input, target, negatives=negatives, temperature=self.temperature, symmetric=self.symmetric,
+            reduction=self.reduction,
         )
+
+
+class NTXentLoss(_Loss):
+    r"""NT-Xent, SimCLR's normalized temperature-scaled cross-entropy (Chen et al., 2020): the two
+    views :math:`x_n, y_n` of each sample are positives, every other embedding of either view a
+    negative (:math:`2N - 2` of them, same-view ones included).
+
+    With :math:`z = (x_1, \dots, x_N, y_1, \dots, y_N)`, :math:`s_{ij} = \cos(z_i, z_j) / \tau`
+    and :math:`p(i)` the other view of :math:`i`:
+
+    .. math::
+        \ell_n = \tfrac12 \big(L_n + L_{n+N}\big),\quad
+        L_i = -\log \frac{\exp(s_{i, p(i)})}{\sum_{k \ne i} \exp(s_{ik})}
+
+    so ``'mean'`` is SimCLR's mean over the :math:`2N` views (pytorch-metric-learning's
+    ``NTXentLoss`` on labels ``cat([arange(N), arange(N)])``). :class:`InfoNCELoss` is the CLIP-style
+    loss with only the :math:`N - 1` cross-view negatives.
+
+    Args:
+        temperature (float, optional): :math:`\tau`, > 0. Default: 0.1.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
+
+    Shape:
+        - Input and target (the two views): ``(N, D)`` embeddings.
+        - Output: scalar, or ``(N,)`` with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import NTXentLoss
+        >>> e = torch.eye(2)
+        >>> NTXentLoss(temperature=1.0)(e, e)  # log(2 + e) - 1
+        tensor(0.5514)
+    """
+
+    __constants__ = ["reduction", "temperature"]
+    temperature: float
+
+    def __init__(self, temperature: float = 0.1, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        check_positive(temperature, "temperature")
+        self.temperature = float(temperature)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.nt_xent_loss(input, target, temperature=self.temperature, reduction=self.reduction)
+
+
+class SupConLoss(_Loss):
+    r"""Supervised contrastive loss (Khosla et al., 2020): every other embedding with the same
+    label is a positive, every other embedding a candidate (pytorch-metric-learning's
+    ``SupConLoss`` on ``(N, D)`` embeddings and labels).
+
+    With :math:`s_{ij} = \cos(x_i, x_j) / \tau` and :math:`P(i) = \{j \ne i : y_j = y_i\}`:
+
+    .. math::
+        \ell_i = -\frac{1}{|P(i)|} \sum_{j \in P(i)} \log \frac{\exp(s_{ij})}{\sum_{k \ne i} \exp(s_{ik})}
+
+    An anchor without positives has :math:`\ell_i = 0` and ``'mean'`` averages over the anchors
+    that have one: 0, with zero gradient, when none has (a batch of distinct labels), as
+    pytorch-metric-learning returns.
+
+    Args:
+        temperature (float, optional): :math:`\tau`, > 0. Default: 0.1.
+        reduction (str, optional): ``'none'`` | ``'mean'`` | ``'sum'``. Default: ``'mean'``.
+
+    Shape:
+        - Input: ``(N, D)`` embeddings. Target: ``(N,)`` int64 labels.
+        - Output: scalar, or ``(N,)`` with ``'none'``.
+
+    Example::
+
+        >>> import torch
+        >>> from compile_losses.losses import SupConLoss
+        >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+        >>> SupConLoss(temperature=1.0, reduction="none")(x, torch.tensor([0, 0, 1]))  # log(1 + e^-1)
+        tensor([0.3133, 0.3133, 0.0000])
+    """
+
+    __constants__ = ["reduction", "temperature"]
+    temperature: float
+
+    def __init__(self, temperature: float = 0.1, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        check_positive(temperature, "temperature")
+        self.temperature = float(temperature)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.sup_con_loss(input, target, temperature=self.temperature, reduction=self.reduction)
 
 
 class TripletMarginLoss(_Loss):

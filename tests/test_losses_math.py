@@ -1,10 +1,10 @@
 """The math of each loss, checked against things the code under test did not compute.
 
-- Losses with no torch equivalent (log-cosh, Charbonnier, quantile, focal, binary focal, Dice,
-  Tversky, InfoNCE) against an independent float64 formula written here element by element in plain
-  Python (``math``), for values, and against hand-derived derivatives or autograd of an independent
-  torch formula, for gradients.
-- Hand-computed values (worked out on paper; the arithmetic is in the comments).
+Every loss's float64 reference formula lives in its registry entry (``LossSpec.reference64``) and
+the generic tests (test_losses_registry.py) compare every variant and reduction against it. Here:
+
+- Hand-derived derivatives (log-cosh, Charbonnier, quantile) and hand-computed values (worked out
+  on paper; the arithmetic is in the comments).
 - Degenerate-case equivalences with torch built-ins: FocalLoss(gamma=0) is F.cross_entropy,
   BinaryFocalLoss(alpha<0, gamma=0) is BCE-with-logits, Tversky(0.5, 0.5) is Dice, Quantile(0.5) is
   half L1, SmoothL1(beta) is Huber(beta) / beta, InfoNCE is cross-entropy over cosine logits.
@@ -12,7 +12,7 @@
   class targets, clamped variance, 0 log 0, overflow-free extremes, out-of-range class indices.
 """
 import math
-from typing import Callable, List, Sequence
+from typing import Callable, List
 
 import pytest
 import torch
@@ -31,31 +31,16 @@ def _rand(*shape: int, seed: int = 0, scale: float = 1.0) -> Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=f64) * scale
 
 
-def _reduce(values: List[float], reduction: str, shape: Sequence[int]) -> Tensor:
-    """Reduce a Python list of per-element losses (row-major) the way the docs say."""
-    t = torch.tensor(values, dtype=f64).reshape(tuple(shape))
-    if reduction == "none":
-        return t
-    return t.sum() if reduction == "sum" else torch.tensor(math.fsum(values) / len(values), dtype=f64)
-
-
 def _grad(fn: Callable[..., Tensor], *args: Tensor) -> List[Tensor]:
     leaves = [a.detach().clone().requires_grad_() for a in args]
     return list(torch.autograd.grad(fn(*leaves).sum(), leaves))
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
 # ---------------------------------------------------------------------------------------------
 # log-cosh
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_log_cosh_formula(reduction: str):
+def test_log_cosh_derivative_is_tanh():
     x, t = _rand(6, 3, seed=1, scale=3.0), _rand(6, 3, seed=2)
-    expected = [math.log(math.cosh(a - b)) for a, b in zip(x.flatten().tolist(), t.flatten().tolist())]
-    assert_close(L.LogCoshLoss(reduction=reduction)(x, t), _reduce(expected, reduction, x.shape))
     # d/dx log cosh(x - t) = tanh(x - t)
     (gx,) = _grad(lambda a: L.LogCoshLoss(reduction="none")(a, t), x)
     assert_close(gx, torch.tanh(x - t))
@@ -77,11 +62,8 @@ def test_log_cosh_hand_values_and_no_overflow():
 # Charbonnier
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("eps", [1e-3, 0.5])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_charbonnier_formula(reduction: str, eps: float):
+def test_charbonnier_derivative(eps: float):
     x, t = _rand(5, 4, seed=3), _rand(5, 4, seed=4)
-    expected = [math.hypot(a - b, eps) for a, b in zip(x.flatten().tolist(), t.flatten().tolist())]
-    assert_close(L.CharbonnierLoss(eps=eps, reduction=reduction)(x, t), _reduce(expected, reduction, x.shape))
     # d/dx sqrt(d^2 + eps^2) = d / sqrt(d^2 + eps^2)
     (gx,) = _grad(lambda a: L.CharbonnierLoss(eps=eps, reduction="none")(a, t), x)
     d = (x - t).flatten().tolist()
@@ -100,19 +82,10 @@ def test_charbonnier_hand_value():
 # quantile (pinball)
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("q", [0.1, 0.5, 0.9])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_quantile_formula(reduction: str, q: float):
+def test_quantile_slopes(q: float):
     x, t = _rand(8, 2, seed=5), _rand(8, 2, seed=6)
-    expected = []
-    slopes = []
-    for a, b in zip(x.flatten().tolist(), t.flatten().tolist()):
-        if b >= a:  # under-prediction costs q per unit
-            expected.append(q * (b - a))
-            slopes.append(-q)
-        else:  # over-prediction costs 1 - q per unit
-            expected.append((1.0 - q) * (a - b))
-            slopes.append(1.0 - q)
-    assert_close(L.QuantileLoss(quantile=q, reduction=reduction)(x, t), _reduce(expected, reduction, x.shape))
+    # under-prediction costs q per unit (slope -q), over-prediction 1 - q (slope 1 - q)
+    slopes = [-q if b >= a else 1.0 - q for a, b in zip(x.flatten().tolist(), t.flatten().tolist())]
     (gx,) = _grad(lambda a: L.QuantileLoss(quantile=q, reduction="none")(a, t), x)
     assert_close(gx, torch.tensor(slopes, dtype=f64).reshape(x.shape))
 
@@ -194,48 +167,6 @@ def test_bce_weight_matches_torch(reduction: str):
 # ---------------------------------------------------------------------------------------------
 # cross-entropy and multi-class focal
 # ---------------------------------------------------------------------------------------------
-def _focal_formula(x: Tensor, y: Tensor, gamma: float, weight=None, ignore_index: int = -100) -> List[List[float]]:
-    """Per-sample [loss, class weight] for (N, C) logits, in plain Python."""
-    rows = []
-    for logits, label in zip(x.tolist(), y.tolist()):
-        if label == ignore_index:
-            rows.append([0.0, 0.0])
-            continue
-        top = max(logits)
-        denom = math.fsum(math.exp(v - top) for v in logits)
-        p = math.exp(logits[label] - top) / denom
-        w = 1.0 if weight is None else float(weight[label])
-        rows.append([-w * (1.0 - p) ** gamma * math.log(p), w])
-    return rows
-
-
-def _focal_torch(x: Tensor, y: Tensor, gamma: float) -> Tensor:
-    # independent torch formula (softmax by exp / sum) for autograd gradients, no ignore, no weight
-    p = torch.exp(x) / torch.exp(x).sum(1, keepdim=True)
-    pt = p.gather(1, y[:, None])[:, 0]
-    return -((1.0 - pt) ** gamma) * torch.log(pt)
-
-
-@pytest.mark.parametrize("gamma", [0.5, 2.0, 3.0])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_focal_formula(reduction: str, gamma: float):
-    x = _rand(9, 5, seed=15, scale=2.0)
-    y = torch.randint(0, 5, (9,), generator=torch.Generator().manual_seed(16))
-    weight = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=f64)
-    y[2] = 4  # an ignored sample
-    rows = _focal_formula(x, y, gamma, weight, ignore_index=4)
-    losses = [r[0] for r in rows]
-    out = L.FocalLoss(weight=weight, gamma=gamma, ignore_index=4, reduction=reduction)(x, y)
-    if reduction == "mean":  # divided by the summed weights of the targets not ignored
-        expected = torch.tensor(math.fsum(losses) / math.fsum(r[1] for r in rows), dtype=f64)
-    else:
-        expected = _reduce(losses, reduction, (9,))
-    assert_close(out, expected)
-    y2 = torch.randint(0, 5, (9,), generator=torch.Generator().manual_seed(17))
-    ours = lambda a: L.FocalLoss(gamma=gamma, reduction="none")(a, y2)  # noqa: E731
-    assert_close(_grad(ours, x), _grad(lambda a: _focal_torch(a, y2, gamma), x))
-
-
 def test_focal_hand_value():
     # two equal logits: p = 1/2, loss = (1/2)^2 * log 2 = 0.17328679513998632
     out = F.focal_loss(torch.zeros(1, 2, dtype=f64), torch.tensor([0]), gamma=2.0)
@@ -308,34 +239,6 @@ def test_class_index_out_of_range_raises_in_eager():
 # ---------------------------------------------------------------------------------------------
 # binary focal
 # ---------------------------------------------------------------------------------------------
-def _binary_focal_formula(x: float, t: float, alpha: float, gamma: float) -> float:
-    p = _sigmoid(x)
-    ce = -(t * math.log(p) + (1.0 - t) * math.log(1.0 - p))
-    p_t = p * t + (1.0 - p) * (1.0 - t)
-    loss = ce * (1.0 - p_t) ** gamma
-    if alpha >= 0.0:
-        loss *= alpha * t + (1.0 - alpha) * (1.0 - t)
-    return loss
-
-
-@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.5, 1.0), (-1.0, 1.5), (0.9, 0.0)])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_binary_focal_formula(reduction: str, alpha: float, gamma: float):
-    x = _rand(6, 4, seed=22, scale=2.0)
-    t = (torch.rand(6, 4, generator=torch.Generator().manual_seed(23)) < 0.5).to(f64)
-    t[0] = 0.3  # soft targets are allowed too
-    expected = [_binary_focal_formula(a, b, alpha, gamma) for a, b in zip(x.flatten().tolist(), t.flatten().tolist())]
-    assert_close(L.BinaryFocalLoss(alpha=alpha, gamma=gamma, reduction=reduction)(x, t), _reduce(expected, reduction, x.shape))
-
-    def indep(a: Tensor) -> Tensor:  # the same formula in torch, for autograd
-        p = torch.sigmoid(a)
-        ce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
-        loss = ce * (1 - (p * t + (1 - p) * (1 - t))) ** gamma
-        return loss * (alpha * t + (1 - alpha) * (1 - t)) if alpha >= 0 else loss
-
-    assert_close(_grad(lambda a: L.BinaryFocalLoss(alpha=alpha, gamma=gamma, reduction="none")(a, t), x), _grad(indep, x))
-
-
 def test_binary_focal_hand_value():
     # x = 0, t = 1: CE = log 2, p_t = 1/2, (1/2)^2 = 1/4, alpha_t = 1/4 -> log(2) / 16 = 0.043321698784996576
     out = F.binary_focal_loss(torch.zeros(1, dtype=f64), torch.ones(1, dtype=f64), alpha=0.25, gamma=2.0)
@@ -366,43 +269,6 @@ def test_binary_focal_is_finite_at_extreme_logits():
 # ---------------------------------------------------------------------------------------------
 # Dice and Tversky
 # ---------------------------------------------------------------------------------------------
-def _tversky_formula(x: Tensor, t: Tensor, alpha: float, beta: float, smooth: float) -> List[float]:
-    out = []
-    for xs, ts in zip(x.flatten(1).tolist(), t.flatten(1).tolist()):
-        p = [_sigmoid(v) for v in xs]
-        tp = math.fsum(a * b for a, b in zip(p, ts))
-        fp = math.fsum(a * (1 - b) for a, b in zip(p, ts))
-        fn = math.fsum((1 - a) * b for a, b in zip(p, ts))
-        out.append(1.0 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
-    return out
-
-
-def _dice_formula(x: Tensor, t: Tensor, smooth: float) -> List[float]:
-    out = []
-    for xs, ts in zip(x.flatten(1).tolist(), t.flatten(1).tolist()):
-        p = [_sigmoid(v) for v in xs]
-        out.append(1.0 - (2.0 * math.fsum(a * b for a, b in zip(p, ts)) + smooth) / (math.fsum(p) + math.fsum(ts) + smooth))
-    return out
-
-
-@pytest.mark.parametrize("smooth", [0.0, 1.0])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_dice_formula(reduction: str, smooth: float):
-    x = _rand(4, 2, 3, 3, seed=25, scale=2.0)
-    t = (torch.rand(4, 2, 3, 3, generator=torch.Generator().manual_seed(26)) < 0.4).to(f64)
-    out = L.DiceLoss(smooth=smooth, reduction=reduction)(x, t)
-    assert_close(out, _reduce(_dice_formula(x, t, smooth), reduction, (4,)))
-
-
-@pytest.mark.parametrize("alpha,beta", [(0.3, 0.7), (1.0, 1.0), (0.0, 2.0)])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_tversky_formula(reduction: str, alpha: float, beta: float):
-    x = _rand(3, 1, 4, 4, seed=27, scale=2.0)
-    t = (torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(28)) < 0.5).to(f64)
-    out = L.TverskyLoss(alpha=alpha, beta=beta, smooth=0.5, reduction=reduction)(x, t)
-    assert_close(out, _reduce(_tversky_formula(x, t, alpha, beta, 0.5), reduction, (3,)))
-
-
 @pytest.mark.parametrize("smooth", [0.0, 1.0])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_tversky_half_half_is_dice(reduction: str, smooth: float):
@@ -475,31 +341,6 @@ def test_poisson_nll_full_target_gradient_is_finite():
 # ---------------------------------------------------------------------------------------------
 # InfoNCE
 # ---------------------------------------------------------------------------------------------
-def _info_nce_formula(a: Tensor, p: Tensor, tau: float, symmetric: bool) -> List[float]:
-    def cos(u: List[float], v: List[float]) -> float:
-        return math.fsum(x * y for x, y in zip(u, v)) / (math.sqrt(math.fsum(x * x for x in u)) * math.sqrt(math.fsum(y * y for y in v)))
-
-    rows, cols = a.tolist(), p.tolist()
-    sim = [[cos(u, v) / tau for v in cols] for u in rows]
-    n = len(rows)
-    out = []
-    for i in range(n):
-        row = -sim[i][i] + math.log(math.fsum(math.exp(sim[i][m]) for m in range(n)))
-        if symmetric:
-            col = -sim[i][i] + math.log(math.fsum(math.exp(sim[m][i]) for m in range(n)))
-            row = 0.5 * (row + col)
-        out.append(row)
-    return out
-
-
-@pytest.mark.parametrize("tau,symmetric", [(0.1, False), (0.5, True), (1.0, False)])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_info_nce_formula(reduction: str, tau: float, symmetric: bool):
-    a, p = _rand(6, 5, seed=34), _rand(6, 5, seed=35)
-    out = L.InfoNCELoss(temperature=tau, symmetric=symmetric, reduction=reduction)(a, p)
-    assert_close(out, _reduce(_info_nce_formula(a, p, tau, symmetric), reduction, (6,)))
-
-
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_info_nce_is_cross_entropy_over_cosine_logits(reduction: str):
     a, p = _rand(7, 4, seed=36), _rand(7, 4, seed=37)
@@ -528,3 +369,322 @@ def test_column_prediction_never_broadcasts_against_flat_target():
     # nn.MSELoss would broadcast (10, 1) against (10,) to (10, 10) with only a warning
     with pytest.raises(ValueError, match=r"got input \(10, 1\) and target \(10,\)"):
         L.MSELoss()(torch.zeros(10, 1), torch.zeros(10))
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17's defects: each test fails on the code before its fix
+# ---------------------------------------------------------------------------------------------
+def test_info_nce_is_not_nt_xent_and_says_which_negatives_count():
+    # InfoNCELoss called itself SimCLR's NT-Xent; it is the CLIP-style loss (N - 1 cross-view negatives)
+    doc = L.InfoNCELoss.__doc__ or ""
+    assert "(NT-Xent)" not in doc and "N - 1" in doc and "NTXentLoss" in doc
+    a, p = _rand(6, 5, seed=40), _rand(6, 5, seed=41)
+    assert abs(F.info_nce_loss(a, p, temperature=0.5).item() - F.nt_xent_loss(a, p, temperature=0.5).item()) > 0.1
+
+
+def test_nt_xent_hand_value():
+    # z = (e1, e2, e1, e2), tau = 1: view 0's positive has cosine 1, its 2N - 2 = 2 negatives cosine 0
+    # (one of them the other anchor): -1 + log(e^1 + e^0 + e^0) = log(2 + e) - 1 = 0.5514447139320511
+    e = torch.eye(2, dtype=f64)
+    assert F.nt_xent_loss(e, e, temperature=1.0).item() == pytest.approx(math.log(2.0 + math.e) - 1.0, rel=1e-15)
+    # InfoNCE on the same batch has only the cross-view negative: log(1 + 1/e)
+    assert F.info_nce_loss(e, e, temperature=1.0).item() == pytest.approx(math.log(1.0 + math.exp(-1.0)), rel=1e-15)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_nt_xent_is_cross_entropy_over_all_other_views(reduction: str):
+    a, p = _rand(5, 4, seed=42), _rand(5, 4, seed=43)
+    ours = lambda x, y: L.NTXentLoss(temperature=0.3, reduction=reduction)(x, y)  # noqa: E731
+
+    def ref(x: Tensor, y: Tensor) -> Tensor:  # SimCLR's formulation with torch's cross-entropy
+        z = torch.cat([x, y])
+        logits = TF.cosine_similarity(z[:, None, :], z[None, :, :], dim=-1) / 0.3
+        logits = logits - torch.diag(torch.full((10,), float("inf"), dtype=f64)).nan_to_num(posinf=1e30)
+        labels = torch.cat([torch.arange(5, 10), torch.arange(0, 5)])
+        per_view = TF.cross_entropy(logits, labels, reduction="none")
+        per_pair = 0.5 * (per_view[:5] + per_view[5:])
+        return {"none": per_pair, "mean": per_view.mean(), "sum": per_pair.sum()}[reduction]
+
+    assert_close(ours(a, p), ref(a, p))
+    for g, rg in zip(_grad(ours, a, p), _grad(ref, a, p)):
+        assert_close(g, rg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64], ids=["float32", "float64"])
+@pytest.mark.parametrize("logit", [-100.0, -200.0, -1000.0])
+def test_empty_mask_with_smooth_zero_is_the_limit_not_nan(logit: float, dtype: torch.dtype):
+    # an empty target and a saturated prediction: 0/0 before the fix (float32 from -104 down)
+    x = torch.full((2, 1, 3, 3), logit, dtype=dtype, requires_grad=True)
+    t = torch.zeros(2, 1, 3, 3, dtype=dtype)
+    for fn in (lambda a: F.dice_loss(a, t, smooth=0.0, reduction="sum"),
+               lambda a: F.tversky_loss(a, t, alpha=0.3, beta=0.7, smooth=0.0, reduction="sum"),
+               lambda a: F.tversky_loss(a, t, alpha=0.0, beta=1.0, smooth=0.0, reduction="sum")):
+        out = fn(x)
+        (g,) = torch.autograd.grad(out, x)
+        assert out.item() == 2.0  # each sample scores 1, as 1 - 0 / sum(p) does for any p > 0
+        assert torch.isfinite(g).all() and (g == 0).all()
+    # with smooth > 0 an empty mask predicted empty is a perfect score
+    assert F.dice_loss(x.detach(), t, smooth=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+_TAIL_LOGITS = [-50.0, -30.0, -15.0, -8.0, -3.0, 0.0, 3.0, 8.0, 15.0, 30.0, 50.0]
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0])
+def test_bce_is_exact_for_confident_correct_logits_in_float32(target: float):
+    # (1 - t) x + softplus(-x) cancels for t = 0, x = -15 (value 3.06e-7 lost in float32)
+    x = torch.tensor(_TAIL_LOGITS)
+    t = torch.full_like(x, target)
+    ours = lambda a: F.bce_with_logits_loss(a, t, reduction="none")  # noqa: E731
+    exact = lambda a: t.double() * torch.log1p(torch.exp(-a)) + (1 - t.double()) * torch.log1p(torch.exp(a))  # noqa: E731
+    assert_close(ours(x), exact(x.double()).float(), rtol=2e-6, atol=0.0)
+    # gradient: sigmoid(x) - t, to full relative accuracy as well (written as -sigmoid(-x) for t = 1)
+    x64, t64 = x.double(), t.double()
+    slope = (1 - t64) * torch.sigmoid(x64) - t64 * torch.sigmoid(-x64)
+    assert_close(_grad(ours, x)[0], slope.float(), rtol=2e-6, atol=0.0)
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0])
+def test_binary_focal_is_exact_for_confident_correct_logits_in_float32(target: float):
+    # target 0, logit -15: 2.1e-20 (was 0.0); logit -8: was off by 8.6e-4 relative
+    x = torch.tensor([v for v in _TAIL_LOGITS if abs(v) <= 15.0])
+    t = torch.full_like(x, target)
+    ours = lambda a: F.binary_focal_loss(a, t, reduction="none")  # noqa: E731
+
+    def exact(a: Tensor) -> Tensor:
+        t64 = t.double()
+        ce = t64 * torch.log1p(torch.exp(-a)) + (1 - t64) * torch.log1p(torch.exp(a))
+        one_minus_pt = t64 * torch.sigmoid(-a) + (1 - t64) * torch.sigmoid(a)
+        return (0.25 * t64 + 0.75 * (1 - t64)) * one_minus_pt ** 2 * ce
+
+    assert_close(ours(x), exact(x.double()).float(), rtol=1e-5, atol=0.0)
+    if target == 0.0:
+        assert ours(x)[0].item() == pytest.approx(2.1e-20, rel=0.01)  # the issue's value at -15
+    assert_close(_grad(ours, x)[0], _grad(exact, x.double())[0].float(), rtol=1e-5, atol=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-class Dice and Tversky (softmax over classes)
+# ---------------------------------------------------------------------------------------------
+def _seg(n: int = 3, c: int = 4, h: int = 5, seed: int = 50):
+    x = _rand(n, c, h, h, seed=seed, scale=2.0)
+    y = torch.randint(0, c, (n, h, h), generator=torch.Generator().manual_seed(seed + 1))
+    return x, y
+
+
+@pytest.mark.parametrize("average", ["macro", "micro"])
+def test_multiclass_tversky_half_half_is_multiclass_dice(average: str):
+    x, y = _seg()
+    tv = lambda a: L.MultiClassTverskyLoss(alpha=0.5, beta=0.5, smooth=0.5, average=average, reduction="none")(a, y)  # noqa: E731
+    dice = lambda a: L.MultiClassDiceLoss(smooth=1.0, average=average, reduction="none")(a, y)  # noqa: E731
+    assert_close(tv(x), dice(x))
+    assert_close(_grad(tv, x), _grad(dice, x))
+
+
+def test_multiclass_dice_of_two_classes_without_background_is_binary_dice():
+    # softmax over logits (0, x) is sigmoid(x): class 1 alone is the sigmoid Dice of x
+    x = _rand(4, 1, 3, 3, seed=52, scale=2.0)
+    y = (torch.rand(4, 3, 3, generator=torch.Generator().manual_seed(53)) < 0.5).long()
+    ours = lambda a: L.MultiClassDiceLoss(include_background=False, reduction="none")(  # noqa: E731
+        torch.cat([torch.zeros_like(a), a], dim=1), y)
+    binary = lambda a: L.DiceLoss(reduction="none")(a, y[:, None].to(f64))  # noqa: E731
+    assert_close(ours(x), binary(x))
+    assert_close(_grad(ours, x), _grad(binary, x))
+
+
+def test_multiclass_one_hot_target_equals_index_target():
+    x, y = _seg(seed=54)
+    one_hot = TF.one_hot(y, 4).movedim(-1, 1).to(f64)
+    for module in (L.MultiClassDiceLoss(average="generalized"), L.MultiClassTverskyLoss(gamma=2.0)):
+        assert_close(module(x, one_hot), module(x, y))
+
+
+def test_multiclass_ignored_pixels_count_nowhere():
+    # ignoring pixels equals dropping them: one sample, pixels flattened
+    x, y = _seg(n=1, seed=56)
+    y[0, 0, :3] = 2
+    keep = (y != 2).flatten()
+    flat_x, flat_y = x.flatten(2), y.flatten(1)
+    dropped_y = torch.where(flat_y == 2, torch.zeros_like(flat_y), flat_y)
+    for cls, kw in ((L.MultiClassDiceLoss, {"jaccard": True}), (L.MultiClassTverskyLoss, {"alpha": 0.3, "beta": 0.7})):
+        ours = cls(ignore_index=2, **kw)(x, y)
+        ref = cls(**kw)(flat_x[:, :, keep], dropped_y[:, keep])
+        assert_close(ours, ref)
+
+
+def test_multiclass_dice_hand_values():
+    # saturated logits, 2 classes, 4 pixels: target (0, 0, 1, 1), prediction (0, 1, 1, 1), smooth 0
+    x = torch.tensor([[[40.0, -40.0, -40.0, -40.0], [-40.0, 40.0, 40.0, 40.0]]], dtype=f64)
+    y = torch.tensor([[0, 0, 1, 1]])
+    # class 0: I = 1, S = 1 + 2 = 3, D = 2/3; class 1: I = 2, S = 3 + 2 = 5, D = 4/5
+    # macro: 1 - (2/3 + 4/5)/2 = 4/15; micro: 1 - 2*3 / 8 = 1/4; jaccard macro: 1 - (1/2 + 2/3)/2 = 5/12
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0), torch.tensor(4.0 / 15.0, dtype=f64))
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, average="micro"), torch.tensor(0.25, dtype=f64))
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, jaccard=True), torch.tensor(5.0 / 12.0, dtype=f64))
+    # generalized: volumes 2 and 2, equal weights 1/4: the same as micro here
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, average="generalized"), torch.tensor(0.25, dtype=f64))
+    # target (0, 0, 0, 1): volumes 3 and 1, weights 1/9 and 1; class 0: I = 1, S = 4; class 1: I = 1, S = 4
+    y2 = torch.tensor([[0, 0, 0, 1]])
+    gdl = 1.0 - 2.0 * (1 / 9 * 1 + 1 * 1) / (1 / 9 * 4 + 1 * 4)
+    assert_close(F.multiclass_dice_loss(x, y2, smooth=0.0, average="generalized"), torch.tensor(gdl, dtype=f64))
+    # focal Tversky, alpha 0.3, beta 0.7, gamma 2, class 1 of y: TP = 2, FP = 1, FN = 0: T = 2 / 2.3
+    t1 = 2.0 / 2.3
+    # class 0: TP = 1, FP = 0, FN = 1: T = 1 / 1.7
+    t0 = 1.0 / 1.7
+    expected = 0.5 * ((1 - t0) ** 2 + (1 - t1) ** 2)
+    assert_close(F.multiclass_tversky_loss(x, y, alpha=0.3, beta=0.7, gamma=2.0, smooth=0.0),
+                 torch.tensor(expected, dtype=f64))
+
+
+def test_log_dice_and_squared_pred_hand_values():
+    x = torch.tensor([[[40.0, -40.0, -40.0, -40.0], [-40.0, 40.0, 40.0, 40.0]]], dtype=f64)
+    y = torch.tensor([[0, 0, 1, 1]])
+    # per-class Dice 2/3 and 4/5 (see above): log-Dice macro averages -log of each, micro -log(3/4)
+    expected = 0.5 * (-math.log(2.0 / 3.0) - math.log(4.0 / 5.0))
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, log_loss=True), torch.tensor(expected, dtype=f64))
+    assert_close(F.multiclass_dice_loss(x, y, smooth=0.0, log_loss=True, average="micro"),
+                 torch.tensor(-math.log(0.75), dtype=f64))
+    # Milletari's denominator: p = 1/2 on 4 pixels, all positive: 1 - 2*2 / (4 * 1/4 + 4) = 1/5
+    z = torch.zeros(1, 4, dtype=f64)
+    assert_close(F.dice_loss(z, torch.ones(1, 4, dtype=f64), smooth=0.0, squared_pred=True), torch.tensor(0.2, dtype=f64))
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-entropy with probability targets (mixup, distillation)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spatial", [False, True], ids=["flat", "spatial"])
+@pytest.mark.parametrize("kwargs", [{}, {"label_smoothing": 0.2},
+                                    {"weight": torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=f64), "label_smoothing": 0.1}],
+                         ids=["plain", "smoothing", "weight+smoothing"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_with_probability_targets_is_torchs(reduction: str, kwargs, spatial: bool):
+    shape = (6, 5, 3, 2) if spatial else (9, 5)
+    x = _rand(*shape, seed=60)
+    t = torch.softmax(_rand(*shape, seed=61), dim=1)
+    ours = lambda a, b: L.CrossEntropyLoss(reduction=reduction, **kwargs)(a, b)  # noqa: E731
+    ref = lambda a, b: TF.cross_entropy(a, b, reduction=reduction, **kwargs)  # noqa: E731
+    assert_close(ours(x, t), ref(x, t))
+    for g, rg in zip(_grad(ours, x, t), _grad(ref, x, t)):
+        assert_close(g, rg)
+
+
+def test_cross_entropy_one_hot_probabilities_equal_class_indices():
+    x = _rand(7, 4, seed=62)
+    y = torch.randint(0, 4, (7,), generator=torch.Generator().manual_seed(63))
+    one_hot = TF.one_hot(y, 4).to(f64)
+    for reduction in REDUCTIONS:
+        assert_close(F.cross_entropy_loss(x, one_hot, label_smoothing=0.3, reduction=reduction),
+                     F.cross_entropy_loss(x, y, label_smoothing=0.3, reduction=reduction))
+    # mixup: a convex mix of two one-hot targets is the same mix of the two losses
+    y2 = torch.roll(y, 1)
+    mixed = 0.7 * one_hot + 0.3 * TF.one_hot(y2, 4).to(f64)
+    assert_close(F.cross_entropy_loss(x, mixed, reduction="none"),
+                 0.7 * F.cross_entropy_loss(x, y, reduction="none") + 0.3 * F.cross_entropy_loss(x, y2, reduction="none"))
+
+
+# ---------------------------------------------------------------------------------------------
+# binary focal, Dice, Tversky: ignore_index, pos_weight, weights, RetinaNet's normalization
+# ---------------------------------------------------------------------------------------------
+def _binary_with_void(seed: int):
+    x = _rand(1, 12, seed=seed, scale=2.0)
+    t = (torch.rand(1, 12, generator=torch.Generator().manual_seed(seed + 1)) < 0.5).to(f64)
+    t[0, ::4] = 255.0
+    return x, t, t[0] != 255.0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_ignored_elements_equal_dropped_elements(reduction: str):
+    x, t, keep = _binary_with_void(70)
+    xs, ts = x[:, keep], t[:, keep]
+    for fn, kw in ((F.binary_focal_loss, {"gamma": 1.5}), (F.dice_loss, {"smooth": 0.5}),
+                   (F.tversky_loss, {"alpha": 0.3, "beta": 0.7})):
+        assert_close(fn(x, t, ignore_index=255, reduction=reduction, **kw), fn(xs, ts, reduction=reduction, **kw))
+        (g,) = _grad(lambda a: fn(a, t, ignore_index=255, reduction=reduction, **kw), x)
+        assert (g[0, ~keep] == 0).all()
+
+
+def test_binary_focal_positives_normalization_is_retinanets():
+    # torchvision's RetinaNet: sigmoid_focal_loss(..., reduction="sum") / max(1, number of positives)
+    x, t, keep = _binary_with_void(72)
+    none = F.binary_focal_loss(x, t, ignore_index=255, reduction="none")
+    positives = float(((t == 1.0) & keep).sum())
+    assert_close(F.binary_focal_loss(x, t, ignore_index=255, normalization="positives"), none.sum() / max(1.0, positives))
+    # no positive at all: divided by 1, not 0
+    zeros = torch.zeros_like(x)
+    assert_close(F.binary_focal_loss(x, zeros, normalization="positives"), F.binary_focal_loss(x, zeros, reduction="sum"))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_focal_pos_weight_and_weight_without_focusing_are_torchs_bce(reduction: str):
+    x, t, w = _rand(6, 3, seed=74, scale=3.0), torch.rand(6, 3, dtype=f64), torch.rand(6, 3, dtype=f64)
+    pw = torch.tensor([0.5, 2.0, 3.0], dtype=f64)
+    ours = lambda a: L.BinaryFocalLoss(alpha=-1.0, gamma=0.0, pos_weight=pw, reduction=reduction)(a, t, w)  # noqa: E731
+    ref = lambda a: TF.binary_cross_entropy_with_logits(a, t, weight=w, pos_weight=pw, reduction=reduction)  # noqa: E731
+    assert_close(ours(x), ref(x))
+    assert_close(_grad(ours, x), _grad(ref, x))
+
+
+# ---------------------------------------------------------------------------------------------
+# contrastive: explicit negatives (info-nce-pytorch) and label-based positives (SupCon)
+# ---------------------------------------------------------------------------------------------
+def test_info_nce_with_negatives_is_cross_entropy_with_the_positive_first():
+    a, p = _rand(5, 4, seed=80), _rand(5, 4, seed=81)
+    for negatives in (_rand(7, 4, seed=82), _rand(5, 3, 4, seed=83)):
+        n = TF.normalize(negatives, dim=-1)
+        neg = TF.normalize(a, dim=1) @ n.t() if n.dim() == 2 else torch.einsum("nd,nmd->nm", TF.normalize(a, dim=1), n)
+        logits = torch.cat([TF.cosine_similarity(a, p, dim=1)[:, None], neg], dim=1) / 0.2
+        ref = TF.cross_entropy(logits, torch.zeros(5, dtype=torch.long), reduction="none")
+        assert_close(F.info_nce_loss(a, p, negatives, temperature=0.2, reduction="none"), ref)
+    # hand value: orthonormal positive and one orthogonal negative, tau = 1: log(1 + e^-1)
+    e = torch.eye(2, dtype=f64)
+    assert F.info_nce_loss(e[:1], e[:1], e[1:], temperature=1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-15)
+
+
+def test_sup_con_hand_values_and_pairs_as_nt_xent():
+    # x0 = x1 = e1 (label 0), x2 = e2 (label 1), tau = 1: anchor 0's positive has s = 1, its other
+    # candidate s = 0: log(1 + e^-1); x2 has no positive: 0, left out of the mean
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=f64)
+    y = torch.tensor([0, 0, 1])
+    expected = math.log(1 + math.exp(-1))
+    assert_close(F.sup_con_loss(x, y, temperature=1.0, reduction="none"), torch.tensor([expected, expected, 0.0], dtype=f64))
+    assert F.sup_con_loss(x, y, temperature=1.0).item() == pytest.approx(expected, rel=1e-15)
+    # two views of N samples labelled by sample: exactly NT-Xent (one positive, 2N - 2 negatives)
+    a, p = _rand(4, 5, seed=84), _rand(4, 5, seed=85)
+    labels = torch.cat([torch.arange(4), torch.arange(4)])
+    assert_close(F.sup_con_loss(torch.cat([a, p]), labels, temperature=0.3),
+                 F.nt_xent_loss(a, p, temperature=0.3))
+    # no anchor with a positive (distinct labels, or a batch of 1): 0 with a zero gradient, as pml
+    for labels, xs in ((torch.tensor([0, 1, 2]), x), (torch.tensor([4]), x[:1])):
+        xs = xs.clone().requires_grad_()
+        out = F.sup_con_loss(xs, labels)
+        assert out.item() == 0.0 and (torch.autograd.grad(out, xs)[0] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# several quantiles at once
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_multi_quantile_columns_are_quantile_losses(reduction: str):
+    x, t = _rand(6, 4, 3, seed=90), _rand(6, 4, seed=91)
+    qs = [0.1, 0.5, 0.9]
+    columns = torch.stack([F.quantile_loss(x[..., k], t, quantile=q, reduction="none") for k, q in enumerate(qs)], -1)
+    expected = {"none": columns, "mean": columns.mean(), "sum": columns.sum()}[reduction]
+    assert_close(F.multi_quantile_loss(x, t, quantiles=qs, reduction=reduction), expected)
+
+
+def test_multi_quantile_hand_value_and_pytorch_forecasting_convention():
+    # target 1; predictions 0 (q = 0.1: under by 1 costs 0.1) and 2 (q = 0.9: over by 1 costs 0.1)
+    out = F.multi_quantile_loss(torch.tensor([[0.0, 2.0]], dtype=f64), torch.ones(1, dtype=f64), quantiles=[0.1, 0.9])
+    assert out.item() == pytest.approx(0.1, rel=1e-15)
+    # pytorch-forecasting's QuantileLoss doubles the pinball loss: its median is the L1 loss, ours half of it
+    x, t = _rand(5, 1, seed=92), _rand(5, seed=93)
+    assert_close(2.0 * F.multi_quantile_loss(x, t, quantiles=[0.5]), TF.l1_loss(x[:, 0], t))
+
+
+def test_binary_focal_class_alpha_is_one_alpha_per_last_dimension_class():
+    x = _rand(5, 3, seed=76, scale=2.0)
+    t = (torch.rand(5, 3, generator=torch.Generator().manual_seed(77)) < 0.5).to(f64)
+    alphas = [0.1, 0.5, 0.8]
+    ours = F.binary_focal_loss(x, t, class_alpha=torch.tensor(alphas, dtype=f64), reduction="none")
+    for c, a in enumerate(alphas):  # column c is the scalar-alpha loss with alpha_c
+        assert_close(ours[:, c], F.binary_focal_loss(x[:, c], t[:, c], alpha=a, reduction="none"))

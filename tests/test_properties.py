@@ -11,11 +11,15 @@ import torch
 from hypothesis import assume, given
 
 from compile_losses.registry import LOSSES
-from strategies import INPUT_KIND, cases, none_shape
+from strategies import SCALES, cases, none_shape
 
 
 def test_every_loss_is_classified() -> None:
-    assert set(INPUT_KIND) == set(LOSSES), "classify new losses in INPUT_KIND"
+    for spec in LOSSES.values():
+        for variant in spec.variants:
+            assert spec.kind(variant) in SCALES, "{}: input_kind {!r} has no value regimes".format(
+                spec.name, spec.kind(variant))
+        assert spec.none_shape in ("input", "target", "sample"), spec.name
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -25,9 +29,10 @@ def test_finite_and_shaped(name: str) -> None:
     @given(cases(spec))
     def check(case) -> None:
         pred, targets, kwargs, desc = case
-        if "ignore_index" in kwargs and kwargs["reduction"] == "mean":
-            # the mean over no counted target is 0/0, NaN, as in F.cross_entropy
-            assume(bool((targets[0] != kwargs["ignore_index"]).any()))
+        if spec.mean_divisor is not None and kwargs["reduction"] == "mean":
+            # the mean over nothing counted (every target ignored, no anchor with a positive) is 0/0
+            kw = {k: v for k, v in kwargs.items() if k != "reduction"}
+            assume(bool(spec.mean_divisor(pred, *targets, **kw) != 0))
         pred = pred.detach().requires_grad_(True)
         module = spec.build(**kwargs)
         out = module(pred, *targets)
@@ -42,11 +47,6 @@ def test_finite_and_shaped(name: str) -> None:
     check()
 
 
-def _plain(variant_kwargs: dict) -> bool:
-    # class weights / ignore_index change what "mean" divides by (as in F.cross_entropy)
-    return "weight" not in variant_kwargs and "ignore_index" not in variant_kwargs
-
-
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_reductions_agree_with_none(name: str) -> None:
     spec = LOSSES[name]
@@ -54,13 +54,15 @@ def test_reductions_agree_with_none(name: str) -> None:
     @given(cases(spec))
     def check(case) -> None:
         pred, targets, kwargs, desc = case
-        if not _plain(kwargs):
-            return
         kw = {k: v for k, v in kwargs.items() if k != "reduction"}
         none = spec.build(reduction="none", **kw)(pred, *targets)
         total = spec.build(reduction="sum", **kw)(pred, *targets)
         mean = spec.build(reduction="mean", **kw)(pred, *targets)
         torch.testing.assert_close(total, none.sum(), msg=desc)
-        torch.testing.assert_close(mean, none.mean(), msg=desc)
+        if spec.mean_divisor is None:
+            torch.testing.assert_close(mean, none.mean(), msg=desc)
+        else:  # the registry's rule for what "mean" divides by (class weights of counted targets)
+            divisor = spec.mean_divisor(pred, *targets, **kw).to(none.dtype)
+            torch.testing.assert_close(mean, none.sum() / divisor, msg=desc, equal_nan=True)
 
     check()
