@@ -8,7 +8,7 @@ verbs say in one line (exit 2) that they need torch.
 import argparse
 import importlib
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..errors import UsageError
 
@@ -20,13 +20,29 @@ VERBS = {
     "bench": ("bench_cmd", "throughput benchmarks, plot, summary and regression gate"),
 }
 RUNTIME_VERBS = ("check-bundle",)
-# the torch side of the project; a missing one of these is "this verb needs torch", not a bug
-TORCH_SIDE = ("torch", "onnx", "onnxscript", "functorch", "sympy")
+# What the runtime side needs; every other dependency of the project is the torch side, and a
+# missing one of those is "this verb needs torch", not a bug.
+RUNTIME_DEPENDENCIES = ("numpy", "onnxruntime")
+
+
+def _torch_side() -> Tuple[str, ...]:
+    """The project's dependencies the runtime does not need (from the installed metadata), and
+    torch's own (functorch, sympy); ``torch`` alone where the project is not installed."""
+    import importlib.metadata
+    import re
+
+    try:
+        requires = importlib.metadata.requires("compile_losses") or []
+    except importlib.metadata.PackageNotFoundError:
+        requires = []
+    names = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].strip().lower().replace("-", "_")
+             for r in requires if "extra ==" not in r}
+    return tuple(sorted((names | {"torch"}) - set(RUNTIME_DEPENDENCIES))) + ("functorch", "sympy")
 
 
 def _missing_torch_side(exc: ImportError) -> bool:
     name = getattr(exc, "name", None) or ""
-    return isinstance(exc, ModuleNotFoundError) and name.split(".")[0] in TORCH_SIDE
+    return isinstance(exc, ModuleNotFoundError) and name.split(".")[0] in _torch_side()
 
 
 def _needs_torch(verb: str, exc: ImportError) -> UsageError:
