@@ -18,13 +18,10 @@ PLUGIN = ["-p", "extra_backend"]
 
 @pytest.fixture
 def registered():  # type: ignore[no-untyped-def]
-    import extra_backend  # noqa: F401  (registers on import)
+    import extra_backend
 
-    if NAME not in BACKENDS:  # a previous test removed it
-        from compile_losses.backends.compile import CompileBackend
-
-        register(CompileBackend(NAME, compiler="aot_eager_decomp_partition", cost=1.0))
-    yield BACKENDS[NAME]
+    assert NAME not in BACKENDS, "only the -p extra_backend plugin or this fixture registers it"
+    yield register(extra_backend.adapter())
     unregister(NAME)
 
 
