@@ -10,11 +10,12 @@ from compile_losses.resolve import make_case, parse_kwargs, parse_tensor_spec, r
 
 def test_tensor_specs() -> None:
     gen = torch.Generator().manual_seed(0)
-    # a floating spec follows the case's dtype: `verify --input float32[N,64]` runs its float64 case
-    # in float64 (it stayed float32 and the net's float64 weights refused it)
+    # the float64 case widens floating specs: `verify --input float32[N,64]` runs its float64 case in
+    # float64 (it stayed float32 and the net's float64 weights refused it); other cases keep the spec's
     x = parse_tensor_spec("float32[N,32]").make(5, torch.float64, gen)
     assert x.shape == (5, 32) and x.dtype == torch.float64
-    assert parse_tensor_spec("float64[N,2]").make(3, torch.float32, gen).dtype == torch.float32
+    assert parse_tensor_spec("float64[N,2]").make(3, torch.float32, gen).dtype == torch.float64
+    assert parse_tensor_spec("float16[N,2]").make(3, torch.float32, gen).dtype == torch.float16
     labels = parse_tensor_spec("int64[N]{0..9}").make(1000, torch.float32, gen)
     assert labels.dtype == torch.int64 and int(labels.min()) == 0 and int(labels.max()) == 9
     var = parse_tensor_spec("float32[N,1]{0.1:2}").make(1000, torch.float32, gen)

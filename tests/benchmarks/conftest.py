@@ -18,6 +18,7 @@ Every callable comes from ``compile_losses.backends`` (one data path); nothing i
 import contextlib
 import gc
 import importlib
+import math
 import os
 import platform
 import shutil
@@ -120,11 +121,12 @@ _FULL_SHAPES_BY_NAME = {"info_nce": (4096, (128,))}  # its cost is the N x N sim
 
 def _loss_case(name: str, mode: str) -> LossCase:
     spec = registry.LOSSES[name]
+    per_sample = int(math.prod(spec.feature_shape))  # elementwise losses may take several per sample
     if mode.startswith("smoke"):
-        batch, feature = (64, spec.feature_shape) if not spec.elementwise else (1024, (1,))
-        return LossCase(name, batch, feature)
+        batch = 64 if not spec.elementwise else max(1, 1024 // per_sample)
+        return LossCase(name, batch, spec.feature_shape)
     if spec.elementwise:
-        return LossCase(name, 2 ** 24 if mode == "full" else 2 ** 22, (1,))
+        return LossCase(name, (2 ** 24 if mode == "full" else 2 ** 22) // per_sample, spec.feature_shape)
     batch, feature = _FULL_SHAPES_BY_NAME.get(name, _FULL_SHAPES[spec.family])
     return LossCase(name, batch if mode == "full" else max(batch // 4, 16), feature)
 
