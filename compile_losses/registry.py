@@ -682,6 +682,10 @@ _NT_XENT_ONNX_FINDING = (
     "differs from eager by 6.3e-4 absolute (1.9e-7 relative, gradients ~3e3 from 1/||x||) where eager equals its "
     "float64 reference exactly, so clause 2 (2x eager's error + 4 ulps) fails; at ordinary scales it passes. "
     "The same ill-conditioned point as info_nce's onnx finding, here in float64")
+_SUP_CON_ONNX_FINDING = (
+    "finding (not yet diagnosed): float64 embeddings of scale 1e-6: onnxruntime's d/dpred differs from eager by "
+    "0.022 absolute (1.1e-7 relative) where eager equals its float64 reference exactly, so clause 2 fails; the same "
+    "normalization of near-zero embeddings as nt_xent's and info_nce's onnx findings")
 _TRIPLET_SCRIPT_FINDING = (
     "finding: late in the whole slow run torch.jit.script raises \"Can't redefine method: forward on class "
     "TripletMarginLoss\" (passes alone): TorchScript type-cache clash")
@@ -855,7 +859,7 @@ LOSSES: Dict[str, LossSpec] = {
                  differentiable_targets=(0, 1)),
         LossSpec("sup_con", "metric", L.SupConLoss, F.sup_con_loss, 8, _few_labels, feature_shape=(8,),
                  variants=({}, {"temperature": 0.5}), reference64=_in_float64(_sup_con64), none_shape="sample",
-                 mean_divisor=_sup_con_anchors,
+                 mean_divisor=_sup_con_anchors, known_failures={"onnx": _SUP_CON_ONNX_FINDING},
                  error_inputs=[
                      ErrorInput(lambda d: ({}, (torch.zeros(8, dtype=d), torch.zeros(8, dtype=torch.int64))), ValueError,
                                 r"input must be 2-dimensional embeddings \(N, D\), got shape \(8,\)",
