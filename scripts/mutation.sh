@@ -20,10 +20,10 @@ declare -A PATHS=(
   [gate]=compile_losses/bench/gate.py
 )
 declare -A RUNNERS=(
-  [rule]="$PYTEST tests/test_parity.py -k 'clause or non_finite or tolerance or planted or nondeterministic or float64 or lr'"
-  [reduction]="$PYTEST tests/test_losses_math.py tests/test_losses_registry.py -k 'not script and not compile and not onnx'"
-  [programs]="$PYTEST tests/test_backends.py tests/test_training.py -k 'train_step or loss_and_grad or signature' -m 'not onnx and not aoti'"
-  [gate]="$PYTEST tests/test_bench_gate.py"
+  [rule]="$PYTEST tests/test_rule_pins.py tests/test_parity.py -k 'test_rule_pins or clause or non_finite or tolerance or planted or nondeterministic or reference_in_float64 or lr'"
+  [reduction]="$PYTEST tests/test_reduction_pins.py tests/test_losses_math.py -k 'test_reduction_pins or not (script or compile or onnx)'"
+  [programs]="$PYTEST tests/test_programs_pins.py"
+  [gate]="$PYTEST tests/test_gate_pins.py tests/test_bench_gate.py"
 )
 targets=("${@:-rule reduction programs gate}")
 for t in ${targets[@]}; do

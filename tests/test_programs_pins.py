@@ -1,0 +1,210 @@
+"""The eager programs and the train-step signature, pinned: the SGD update, the learning rate's
+checks, the cotangent of an unreduced loss, the gradients of unused parameters, and every name and
+order of the train-step calling convention.
+
+The mutation run (``scripts/mutation.sh programs``) holds ``compile_losses/programs.py`` and
+``compile_losses/signature.py`` to these tests. Expected values are worked out here by hand.
+"""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compile_losses import losses as L
+from compile_losses import programs as P
+from compile_losses import signature as S
+
+
+# --- check_lr ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lr", [0.5, 3, np.float32(0.25), np.int64(2)])
+def test_check_lr_takes_real_numbers_above_zero(lr: object) -> None:
+    out = P.check_lr(lr)
+    assert type(out) is float and out == float(lr)
+
+
+@pytest.mark.parametrize("lr, kind, message", [
+    (True, TypeError, "lr must be a real number, got bool"),
+    ("0.1", TypeError, "lr must be a real number, got str"),
+    (None, TypeError, "lr must be a real number, got NoneType"),
+    (0, ValueError, "lr must be a finite number > 0, got 0.0"),
+    (-0.5, ValueError, "lr must be a finite number > 0, got -0.5"),
+    (float("nan"), ValueError, "lr must be a finite number > 0, got nan"),
+    (float("inf"), ValueError, "lr must be a finite number > 0, got inf"),
+])
+def test_check_lr_refuses_with_the_argument_named(lr: object, kind: type, message: str) -> None:
+    with pytest.raises(kind) as err:
+        P.check_lr(lr)
+    assert str(err.value) == message
+
+
+def test_check_lr_names_the_argument_it_was_given() -> None:
+    with pytest.raises(ValueError, match=r"^--lr must be a finite number > 0, got -1.0$"):
+        P.check_lr(-1, "--lr")
+
+
+# --- the update and the cotangent ------------------------------------------------------------------
+def test_sgd_update_is_p_minus_lr_times_grad_and_changes_nothing_in_place() -> None:
+    p = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
+    g = {"w": torch.tensor([0.5, -1.0]), "b": torch.tensor([2.0])}
+    out = P.sgd_update(p, g, 0.25)
+    assert torch.equal(out["w"], torch.tensor([0.875, 2.25])) and torch.equal(out["b"], torch.tensor([0.0]))
+    assert torch.equal(p["w"], torch.tensor([1.0, 2.0]))  # inputs untouched
+    assert list(out) == ["w", "b"]
+    # a tensor lr, as the traced graphs pass it
+    assert torch.equal(P.sgd_update(p, g, torch.tensor(2.0))["b"], torch.tensor([-3.5]))
+
+
+def test_seed_grad_is_none_for_a_scalar_and_ones_for_an_unreduced_loss() -> None:
+    assert P.seed_grad(torch.tensor(3.0)) is None
+    seed = P.seed_grad(torch.zeros(2, 3, dtype=torch.float64))
+    assert seed is not None and seed.dtype == torch.float64 and torch.equal(seed, torch.ones(2, 3, dtype=torch.float64))
+    one = P.seed_grad(torch.zeros(1))
+    assert one is not None and torch.equal(one, torch.ones(1))
+
+
+def test_trainable_keeps_requires_grad_parameters_in_order() -> None:
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    net[0].bias.requires_grad_(False)
+    assert [n for n, _ in P.trainable(net)] == ["0.weight", "1.weight", "1.bias"]
+
+
+# --- loss and gradient ---------------------------------------------------------------------------
+def test_loss_and_grad_of_a_scalar_loss() -> None:
+    pred, target = torch.tensor([[1.0], [3.0]]), torch.tensor([[0.0], [1.0]])
+    value, dpred = P.eager_loss_and_grad(L.MSELoss())(pred, target)
+    assert float(value) == 2.5                      # (1 + 4) / 2
+    assert torch.equal(dpred, torch.tensor([[1.0], [2.0]]))  # 2 (p - t) / 2
+    assert not value.requires_grad and not pred.requires_grad and pred.grad is None
+
+
+def test_loss_and_grad_of_an_unreduced_loss_is_the_vjp_with_ones() -> None:
+    pred, target = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])
+    value, dpred = P.autograd_loss_and_grad(lambda p, t: (p - t) ** 3)(pred, target)
+    assert torch.equal(value, torch.tensor([1.0, 8.0]))
+    assert torch.equal(dpred, torch.tensor([3.0, 12.0]))
+
+
+# --- the train step --------------------------------------------------------------------------------
+def _net() -> nn.Module:
+    net = nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        net.bias.copy_(torch.tensor([0.5]))
+    return net
+
+
+def test_eager_train_step_gradients_and_update_by_hand() -> None:
+    net = _net()
+    x, t = torch.tensor([[1.0, 2.0], [3.0, 1.0]]), torch.tensor([[0.0], [1.0]])
+    # pred = [-0.5, 2.5]; residual r = pred - t = [-0.5, 1.5]; loss = (0.25 + 2.25) / 2 = 1.25
+    # dL/dpred = r; dL/dw = r^T x = [-0.5 + 4.5, -1 + 1.5] = [4, 0.5]; dL/db = 1
+    step = P.eager_train_step(net, L.MSELoss(), 0.5)(x, t)
+    assert isinstance(step, S.TrainStepResult)
+    assert float(step.loss) == 1.25 and not step.loss.requires_grad
+    assert torch.equal(step.grads["weight"], torch.tensor([[4.0, 0.5]]))
+    assert torch.equal(step.grads["bias"], torch.tensor([1.0]))
+    assert torch.equal(step.new_params["weight"], torch.tensor([[-1.0, -1.25]]))
+    assert torch.equal(step.new_params["bias"], torch.tensor([0.0]))
+    assert not step.new_params["weight"].requires_grad
+    # nothing changed in place, no .grad left behind
+    assert torch.equal(net.weight.detach(), torch.tensor([[1.0, -1.0]])) and net.weight.grad is None
+
+
+def test_eager_train_step_reads_parameters_at_call_time_and_skips_frozen_ones() -> None:
+    net = _net()
+    step = P.eager_train_step(net, L.MSELoss(), 1.0)
+    with torch.no_grad():
+        net.bias.copy_(torch.tensor([1.5]))
+    net.weight.requires_grad_(False)
+    x, t = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0]])
+    out = step(x, t)  # pred = 1 - 2 + 1.5 = 0.5; loss 0.25; dL/db = 1
+    assert list(out.grads) == ["bias"] and float(out.loss) == 0.25
+    assert torch.equal(out.new_params["bias"], torch.tensor([0.5]))
+
+
+def test_a_parameter_the_loss_does_not_reach_gets_a_zero_gradient() -> None:
+    used, unused = torch.tensor([2.0], requires_grad=True), torch.tensor([5.0, 6.0], requires_grad=True)
+    step = P.autograd_train_step(lambda x: (used * x).sum(), [("used", used), ("unused", unused)], 0.1)
+    out = step(torch.tensor([3.0]))
+    assert float(out.loss) == 6.0
+    assert torch.equal(out.grads["used"], torch.tensor([3.0])) and torch.equal(out.grads["unused"], torch.zeros(2))
+    assert torch.equal(out.new_params["unused"], torch.tensor([5.0, 6.0]))
+    assert torch.allclose(out.new_params["used"], torch.tensor([1.7]))
+
+
+def test_an_unreduced_train_step_loss_is_seeded_with_ones() -> None:
+    w = torch.tensor([2.0], requires_grad=True)
+    out = P.autograd_train_step(lambda x: w * x, [("w", w)], 1.0)(torch.tensor([1.0, 3.0]))
+    assert torch.equal(out.grads["w"], torch.tensor([4.0]))  # sum of x
+    assert torch.equal(out.new_params["w"], torch.tensor([-2.0]))
+
+
+# --- the signature ---------------------------------------------------------------------------------
+def test_opset_and_safe_names() -> None:
+    assert S.OPSET == 18
+    assert S.onnx_safe_name("fc1.weight") == "fc1_weight"
+    assert S.onnx_safe_name("a-b.c_d9") == "a_b_c_d9"
+
+
+class _TwoTargets(nn.Module):
+    def forward(self, input, target, var, *, eps=1.0):  # noqa: ANN001
+        return ((input - target) ** 2 / var).mean()
+
+
+def test_target_names_follow_the_forward_signature_then_number_the_rest() -> None:
+    assert S.target_names(_TwoTargets(), 2) == ["target", "var"]
+    assert S.target_names(_TwoTargets(), 1) == ["target"]
+    assert S.target_names(_TwoTargets(), 4) == ["target", "var", "target2", "target3"]
+    assert S.target_names(object(), 2) == ["target0", "target1"]  # no forward: numbered
+
+
+def test_signature_names_roles_and_order() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    net[0].bias.requires_grad_(False)
+    sig = S.TrainStepSignature.of(net, _TwoTargets(), 2)
+    assert sig.params == ("0.weight", "2.weight", "2.bias") and sig.targets == ("target", "var")
+    assert sig.input == "x" and sig.lr == "lr"
+    assert sig.param_inputs == ["0_weight", "2_weight", "2_bias"]
+    assert sig.input_names == ["0_weight", "2_weight", "2_bias", "x", "target", "var", "lr"]
+    assert sig.input_roles == ["param", "param", "param", "input", "target", "target", "lr"]
+    assert sig.output_names == ["loss", "grad_0_weight", "grad_2_weight", "grad_2_bias",
+                                "new_0_weight", "new_2_weight", "new_2_bias"]
+    assert sig.param_table[1] == {"name": "2.weight", "input": "2_weight", "grad": "grad_2_weight",
+                                  "new": "new_2_weight"}
+    assert len(sig.param_table) == 3
+
+
+def test_signature_flat_inputs_and_result() -> None:
+    sig = S.TrainStepSignature(("a", "b"), ("target",))
+    flat = sig.flat_inputs({"b": 2, "a": 1, "extra": 9}, "X", ["T"], 0.1)
+    assert flat == (1, 2, "X", "T", 0.1)
+    with pytest.raises(KeyError) as err:
+        sig.flat_inputs({"a": 1}, "X", ["T"], 0.1)
+    assert err.value.args[0] == "params is missing ['b'] (the train step trains ['a', 'b'])"
+    with pytest.raises(TypeError) as err:
+        sig.flat_inputs({"a": 1, "b": 2}, "X", [], 0.1)
+    assert str(err.value) == "the train step takes (x, target), got 1 tensors"
+    res = sig.result(["L", "ga", "gb", "na", "nb"])
+    assert res == S.TrainStepResult("L", {"a": "ga", "b": "gb"}, {"a": "na", "b": "nb"})
+    with pytest.raises(ValueError) as err:
+        sig.result(["L", "ga", "gb", "na"])
+    assert str(err.value) == "a train step returns 1 + 2 x 2 outputs, got 4"
+
+
+def test_signature_refuses_nets_without_trainable_parameters_and_clashing_names() -> None:
+    frozen = nn.Linear(2, 1).requires_grad_(False)
+    with pytest.raises(ValueError) as err:
+        S.TrainStepSignature.of(frozen, L.MSELoss(), 1)
+    assert str(err.value) == "net must have at least one parameter with requires_grad=True, got none in Linear"
+    with pytest.raises(ValueError) as err:
+        S.TrainStepSignature(("a.b", "a_b"), ("target",)).check_unique("owner")
+    assert str(err.value) == ("graph input/output names must be unique, got 'a_b' twice (parameter names after "
+                              "replacing '.' by '_', targets of owner)")
+
+    class XTarget(nn.Module):
+        def forward(self, input, x):  # noqa: ANN001  (a target named like the net's input)
+            return (input - x).abs().mean()
+
+    with pytest.raises(ValueError, match="got 'x' twice.*targets of .*XTarget"):
+        S.TrainStepSignature.of(nn.Linear(2, 1), XTarget(), 1)
+    S.TrainStepSignature(("a", "b"), ("target",)).check_unique("owner")  # distinct names pass
