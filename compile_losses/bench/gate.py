@@ -115,6 +115,8 @@ class Row:
             return "missing"
         if self.threshold is None:
             return "ungated"
+        if change is None:  # a baseline of 0 (or less) gives no ratio to hold a run to
+            return "invalid"
         if change > self.threshold:
             return "SLOWER"
         if change < 1.0 / self.threshold:
@@ -130,7 +132,7 @@ class GateReport:
 
     @property
     def failures(self) -> List[Row]:
-        return [r for r in self.rows if r.status == "SLOWER"]
+        return [r for r in self.rows if r.status in ("SLOWER", "invalid")]
 
     @property
     def compared(self) -> List[Row]:
@@ -139,7 +141,8 @@ class GateReport:
 
     @property
     def ok(self) -> bool:
-        """Passes when nothing got slower beyond its threshold and at least one case was compared."""
+        """Passes when nothing got slower beyond its threshold (and no baseline is 0 or less) and at
+        least one case was compared."""
         return not self.failures and bool(self.compared)
 
     def to_json(self) -> Dict[str, Any]:
