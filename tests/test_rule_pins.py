@@ -99,9 +99,20 @@ def test_cosine_of_gradients() -> None:
     assert anti["cosine"] == pytest.approx(-1.0, rel=1e-12)
     zeros = torch.zeros(3, dtype=F32)
     assert judge(zeros.clone(), zeros, zeros.double(), gradient=True)["cosine"] == 1.0
-    # one side zero, the other not: cosine 0 (the clamp keeps it finite)
+    # one side zero, the other not: cosine 0
     one_zero = judge(torch.tensor([0.0, 0.0, 1e-3]), zeros, zeros.double(), gradient=True)
     assert one_zero["cosine"] == 0.0
+    reverse = judge(zeros.clone(), torch.tensor([0.0, 0.0, 1e-3]), torch.tensor([0.0, 0.0, 1e-3], dtype=torch.float64),
+                    gradient=True)
+    assert reverse["cosine"] == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1.2e-150, 1e200])
+def test_cosine_of_tiny_and_huge_gradients_neither_underflows_nor_overflows(scale: float) -> None:
+    g = torch.tensor([3.0, 4.0], dtype=torch.float64) * scale   # |g|^2 under- or overflows float64
+    assert judge(g.clone(), g, g, gradient=True)["cosine"] == pytest.approx(1.0, rel=1e-12)
+    h = torch.tensor([4.0, -3.0], dtype=torch.float64) * scale  # orthogonal
+    assert judge(h, g, g, gradient=True)["cosine"] == pytest.approx(0.0, abs=1e-12)
 
 
 # --- clause 1 ------------------------------------------------------------------------------------
@@ -165,12 +176,13 @@ def test_clause_two_scales_its_floor_with_the_largest_reference_magnitude() -> N
 
 # --- the float64 case and the self-agreement check ------------------------------------------------
 def test_float64_case_widens_floats_keeps_integers_and_copies_the_modules() -> None:
-    net, loss = nn.Linear(2, 1), nn.CrossEntropyLoss()
+    net, loss = nn.Linear(2, 1), nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0]))
     x, idx = torch.randn(3, 2), torch.tensor([0, 1, 1])
     net64, loss64, case, lg = rule.float64_case(net, loss, (x, idx), (x.clone(), idx))
     assert net64 is not net and net64.weight.dtype == torch.float64 and net.weight.dtype == F32
     assert torch.equal(net64.weight, net.weight.double())
-    assert loss64 is not loss
+    assert loss64 is not loss and loss64.weight.dtype == torch.float64
+    assert loss.weight.dtype == F32  # the original's buffers are not converted with the copy
     assert case[0].dtype == torch.float64 and torch.equal(case[0], x.double())
     assert case[1].dtype == torch.int64 and lg[1].dtype == torch.int64
     assert lg[0].dtype == torch.float64

@@ -65,9 +65,7 @@ def judge(actual: Any, expected: Tensor, reference64: Tensor, *, gradient: bool 
     rel = torch.where(e != 0, diff / e.abs(), torch.where(diff == 0, torch.zeros_like(diff), torch.full_like(diff, math.inf)))
     out["max_rel"] = float(rel.max())
     if gradient:
-        na, ne = a.flatten().norm(), e.flatten().norm()
-        out["cosine"] = 1.0 if float(na) == 0.0 and float(ne) == 0.0 else float(
-            torch.dot(a.flatten(), e.flatten()) / (na * ne).clamp_min(1e-300))
+        out["cosine"] = _cosine(a.flatten(), e.flatten())
     err_b = float((a - r).abs().max())
     err_e = float((e - r).abs().max())
     out["err_backend64"], out["err_eager64"] = err_b, err_e
@@ -85,6 +83,17 @@ def judge(actual: Any, expected: Tensor, reference64: Tensor, *, gradient: bool 
         return dict(out, status=PASS, clause=2)
     return dict(out, status=FAIL, detail="error vs float64 {:.3g} > 2 x eager's {:.3g} + {} ulps ({:.3g})".format(
         err_b, err_e, ULPS, floor))
+
+
+def _cosine(a: Tensor, e: Tensor) -> float:
+    """Cosine similarity of two float64 vectors: 1 when both are zero, 0 when one is. Each is scaled
+    by its largest magnitude, then by its norm, so tiny (1e-160) and huge (1e200) gradients neither
+    underflow nor overflow the squares (``Tensor.norm`` does not scale)."""
+    ma, me = float(a.abs().max()), float(e.abs().max())
+    if ma == 0.0 or me == 0.0:
+        return 1.0 if ma == me else 0.0
+    a, e = a / ma, e / me
+    return float(torch.dot(a / a.norm(), e / e.norm()))
 
 
 def _bitwise_equal(a: Any, b: Any) -> bool:
