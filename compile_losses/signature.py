@@ -30,7 +30,7 @@ class TrainStepResult(NamedTuple):
 
 def onnx_safe_name(name: str) -> str:
     """``fc1.weight`` -> ``fc1_weight``: parameter names as graph input names."""
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def target_names(loss: Any, count: int) -> List[str]:
@@ -109,8 +109,9 @@ class TrainStepSignature:
         k = len(self.params)
         if len(outputs) != 1 + 2 * k:
             raise ValueError("a train step returns 1 + 2 x {} outputs, got {}".format(k, len(outputs)))
-        return TrainStepResult(outputs[0], dict(zip(self.params, outputs[1:1 + k])),
-                               dict(zip(self.params, outputs[1 + k:])))
+        grads, new = outputs[1:1 + k], outputs[1 + k:]
+        return TrainStepResult(outputs[0], dict(zip(self.params, grads, strict=True)),
+                               dict(zip(self.params, new, strict=True)))
 
     def check_unique(self, owner: str) -> None:
         seen = set()

@@ -5,6 +5,8 @@ order of the train-step calling convention.
 The mutation run (``scripts/mutation.sh programs``) holds ``compile_losses/programs.py`` and
 ``compile_losses/signature.py`` to these tests. Expected values are worked out here by hand.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -184,6 +186,13 @@ def test_signature_flat_inputs_and_result() -> None:
     with pytest.raises(TypeError) as err:
         sig.flat_inputs({"a": 1, "b": 2}, "X", [], 0.1)
     assert str(err.value) == "the train step takes (x, target), got 1 tensors"
+    with pytest.raises(TypeError) as err:
+        sig.flat_inputs({"a": 1, "b": 2}, "X", ["T", "U"], 0.1)
+    assert str(err.value) == "the train step takes (x, target), got 3 tensors"
+    one = S.TrainStepSignature(("w",), ())
+    assert one.result(["L", "g", "n"]) == S.TrainStepResult("L", {"w": "g"}, {"w": "n"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        one.input = "y"  # type: ignore[misc]
     res = sig.result(["L", "ga", "gb", "na", "nb"])
     assert res == S.TrainStepResult("L", {"a": "ga", "b": "gb"}, {"a": "na", "b": "nb"})
     with pytest.raises(ValueError) as err:
@@ -205,6 +214,8 @@ def test_signature_refuses_nets_without_trainable_parameters_and_clashing_names(
         def forward(self, input, x):  # noqa: ANN001  (a target named like the net's input)
             return (input - x).abs().mean()
 
-    with pytest.raises(ValueError, match="got 'x' twice.*targets of .*XTarget"):
+    with pytest.raises(ValueError) as err:
         S.TrainStepSignature.of(nn.Linear(2, 1), XTarget(), 1)
+    assert str(err.value).endswith("got 'x' twice (parameter names after replacing '.' by '_', targets of "
+                                   "{}.{})".format(__name__, XTarget.__qualname__))
     S.TrainStepSignature(("a", "b"), ("target",)).check_unique("owner")  # distinct names pass
