@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--statistic", choices=("median", "min", "mean"), default=None,
                         help="which statistic of each case the gates compare (default: min for --compare, "
                              "median for --gate-against-ref); the table always shows medians")
+    parser.add_argument("--alpha", type=_alpha, default=None,
+                        help="--compare fails a case beyond its threshold only when a Mann-Whitney U test over "
+                             "the per-round ratios says slower at this two-sided level (default 0.01); rows "
+                             "without rounds keep the threshold's decision")
     parser.add_argument("--from-json", metavar="PATH", nargs="+",
                         help="summarize / gate existing pytest-benchmark JSON instead of running")
     parser.add_argument("--record-baseline", action="store_true",
@@ -44,6 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch intra-op threads (default 1 on the CPU, like the onnxruntime sessions; "
                              "0 = torch's default); recorded with every result")
     parser.add_argument("-k", dest="select", metavar="EXPR", help="pytest -k expression to run a subset")
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError("--alpha must be a number in (0, 1), got {!r}".format(text))
+    return value
 
 
 def _default_thresholds() -> Optional[str]:
@@ -136,7 +150,12 @@ def run(args: argparse.Namespace) -> int:
     summary = report.summary_markdown(current, "median", title)
     print(summary)
     if compare_path is not None:
-        result = gate.compare_ratios(current, load([str(compare_path)]), thresholds, args.statistic or "min")
+        from ..bench import stats
+
+        alpha = stats.DEFAULT_ALPHA if args.alpha is None else args.alpha
+        baseline = load([str(compare_path)])
+        result = stats.evidence_gate(gate.compare_ratios(current, baseline, thresholds, args.statistic or "min"),
+                                     current, baseline, alpha)
         summary += "\n" + result.to_markdown() + "\n"
         print(result.to_markdown(only_notable=True))
         failed |= not result.ok
