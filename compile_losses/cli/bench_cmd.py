@@ -4,6 +4,7 @@
     compile-losses bench --quick --compare auto           # + ratio gate vs this machine's baseline
     compile-losses bench --quick --gate-against-ref HEAD  # + interleaved gate vs a git ref
     compile-losses bench --from-json run.json --compare base.json   # gate existing results only
+    compile-losses bench --quick --record --history-plot history.png  # append to the history, plot it
 
 Exit codes: 0 done (gate passed, if asked); 1 the gate found a slowdown or the run failed;
 2 bad usage. pytest-benchmark's own ``--benchmark-compare`` stays available for absolute
@@ -40,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--compare fails a case beyond its threshold only when a Mann-Whitney U test over "
                              "the per-round ratios says slower at this two-sided level (default 0.01); rows "
                              "without rounds keep the threshold's decision")
+    parser.add_argument("--record", metavar="PATH", nargs="?", const="", default=None,
+                        help="append this run (commit, date, versions, per-case medians and ratios) as one JSON line "
+                             "to a history file (default .benchmarks/history.jsonl at the checkout's root)")
+    parser.add_argument("--history-plot", metavar="PNG",
+                        help="plot the history (--record's file, or --history) over commits: each case's ratio to "
+                             "eager, one colour per backend; without --record it only plots, running nothing")
+    parser.add_argument("--history", metavar="PATH", help="the history file --history-plot reads (default: as --record)")
     parser.add_argument("--from-json", metavar="PATH", nargs="+",
                         help="summarize / gate existing pytest-benchmark JSON instead of running")
     parser.add_argument("--record-baseline", action="store_true",
@@ -87,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import gate, report, runner
     from ..bench.results import load
 
+    if args.history_plot and args.record is None:
+        others = [flag for flag, given in (("--from-json", args.from_json), ("--compare", args.compare),
+                                           ("--gate-against-ref", args.gate_against_ref),
+                                           ("--record-baseline", args.record_baseline)) if given]
+        if others:
+            raise UsageError("--history-plot without --record only plots the history; it takes no {} "
+                             "(add --record to record this run first)".format(", ".join(others)))
+        return _plot_history(args)
     mode = "quick" if args.quick else "full"
     device = "cuda" if args.gpu else "cpu"
     if args.gate_against_ref and args.from_json:
@@ -163,8 +179,28 @@ def run(args: argparse.Namespace) -> int:
         summary_path.write_text(summary)
     if not args.from_json or args.plot:
         report.plot(current, str(plot_path), "median", title)
-    print("wrote {}".format(", ".join(str(p) for p in _written(args, json_path, plot_path, summary_path))))
+    written = _written(args, json_path, plot_path, summary_path)
+    if args.record is not None:
+        from ..bench import history
+
+        record_path = Path(args.record) if args.record else history.default_path()
+        history.append(record_path, history.entry(current))
+        written.append(record_path)
+        if args.history_plot:
+            _plot_history(args, record_path)
+            written.append(Path(args.history_plot))
+    print("wrote {}".format(", ".join(str(p) for p in written)))
     return 1 if failed else 0
+
+
+def _plot_history(args: argparse.Namespace, path: Optional[Path] = None) -> int:
+    from ..bench import history
+
+    path = path or (Path(args.history) if args.history else (Path(args.record) if args.record else history.default_path()))
+    history.plot(history.read(path), args.history_plot)
+    if args.record is None:
+        print("wrote {}".format(args.history_plot))
+    return 0
 
 
 def _strip_raw_timings(path: Path) -> None:
