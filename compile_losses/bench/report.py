@@ -152,8 +152,8 @@ def backend_colors(names: Iterable[str]) -> Dict[str, str]:
 def plot(run: Run, path: str, statistic: str = "median", title: str = "compile_losses benchmarks") -> None:
     """What a user decides on: each backend's time against eager's for the same work, per case, as
     dots on a log-ratio axis (1.0 = eager, the reference; left of it faster), one panel per workload,
-    one colour per backend throughout; in the loss panels the triad (the memory roofline: no loss over
-    those bytes can be faster) on the same axis. Compile time (seconds, not a ratio) is its own small
+    one colour per backend throughout; in the loss panels the triad over as many elements (the memory
+    roofline: a streaming pass reading two tensors and writing one) on the same axis. Compile time (seconds, not a ratio) is its own small
     panel at the bottom. Ratios are the paired ones where the run recorded them (as the gate reads)."""
     import matplotlib
 
@@ -233,7 +233,7 @@ def plot(run: Run, path: str, statistic: str = "median", title: str = "compile_l
     handles.append(Line2D([], [], color=REFERENCE_COLOR, label="eager: the reference (1.0)"))
     if roofline_drawn:
         handles.append(Line2D([], [], color=TRIAD_COLOR, marker="|", markersize=12, markeredgewidth=2.5, linestyle="",
-                              label="triad over the same bytes (memory roofline)"))
+                              label="triad over as many elements (memory roofline)"))
     # the title heads the shared legend: one block above the panels, nothing drawn over them
     legend = fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 5), fontsize=8,
                         frameon=False, title=title, title_fontproperties={"size": 11, "weight": "bold"})

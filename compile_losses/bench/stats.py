@@ -203,8 +203,7 @@ class EvidenceGate:
 
     def to_markdown(self, only_notable: bool = False) -> str:
         r = self.report
-        rows = [row for row in r.rows if not only_notable or self.decision(row) != "ok"
-                or self.evidence_for(row).verdict in (SLOWER, FASTER)]
+        rows = [row for row in r.rows if not only_notable or self.decision(row) != "ok"]
         head = ("Gate ({}, {} of each run; Mann-Whitney U over rounds, alpha {}): {} compared, {} beyond threshold, "
                 "{} of them slower with confidence or without rounds, {} new, {} missing: {}").format(
             r.mode, r.statistic, self.alpha, len(r.compared), len(r.failures), len(self.failures),
