@@ -166,3 +166,42 @@ def test_rows_without_rounds_keep_the_threshold_decision(tmp_path):
     judged = stats.evidence_gate(report, cur, base)
     (row,) = report.rows
     assert judged.evidence_for(row).verdict == stats.NO_ROUNDS and judged.decision(row) == "FAIL"
+
+
+def _timed(tmp_path, name, rng, onnx_scale):
+    """One interleaved round's run: each backend's per-round times in stats "data"."""
+    data = _json(None)
+    for b in data["benchmarks"]:
+        scale = onnx_scale if b["extra_info"]["backend"] == "onnx" else 1.0
+        b["stats"]["data"] = [t * scale * b["stats"]["median"] for t in _rounds(rng, 200)]
+        b["stats"]["median"] = stats._median(b["stats"]["data"])
+    return load([_load(tmp_path, name, data)])
+
+
+def test_interleaved_gate_reads_the_rounds_times(tmp_path):
+    rng = random.Random(1)
+    base = [_timed(tmp_path, "b{}.json".format(i), rng, 1.0) for i in range(2)]
+    same = [_timed(tmp_path, "s{}.json".format(i), rng, 1.0) for i in range(2)]
+    slow = [_timed(tmp_path, "x{}.json".format(i), rng, 2.0) for i in range(2)]
+    assert base[0].results["seed-train seed+mse-b10 cpu onnx"].rounds  # the data came through load()
+    judged = stats.interleaved_evidence(gate.compare_interleaved(base, same, gate.Thresholds()), base, same)
+    assert judged.ok and {judged.evidence_for(r).n_current for r in judged.report.rows} == {2 * stats.SAMPLE_ROUNDS}
+    judged = stats.interleaved_evidence(gate.compare_interleaved(base, slow, gate.Thresholds()), base, slow)
+    assert [(r.key, judged.decision(r)) for r in judged.failures] == [("seed-train seed+mse-b10 cpu onnx", "FAIL")]
+    assert judged.evidence_for(judged.failures[0]).verdict == stats.SLOWER
+    assert "per-round times" in judged.to_json()["test"]
+
+
+def test_cli_interleaved_gate_uses_the_evidence(tmp_path, monkeypatch, capsys):
+    from compile_losses.bench import runner
+
+    rng = random.Random(2)
+    base = [_timed(tmp_path, "b{}.json".format(i), rng, 1.0) for i in range(2)]
+    slow = [_timed(tmp_path, "x{}.json".format(i), rng, 2.0) for i in range(2)]
+    monkeypatch.setattr(runner, "run_interleaved", lambda *a, **k: (base, slow))
+    out = tmp_path / "cur.json"
+    assert main(["bench", "--gate-against-ref", "HEAD", "--json", str(out), "--plot", str(tmp_path / "p.png")]) == 1
+    gate_json = json.loads(out.with_suffix(".gate.json").read_text())
+    assert [(r["key"], r["decision"]) for r in gate_json["rows"]
+            if r["decision"] != "ok"] == [("seed-train seed+mse-b10 cpu onnx", "FAIL")]
+    assert "slower with confidence" in capsys.readouterr().out

@@ -170,6 +170,7 @@ class EvidenceGate:
     report: "GateReport"
     evidence: Dict[Tuple[str, str], Evidence]
     alpha: float
+    test: str = "Mann-Whitney U over per-round paired ratios"
 
     def evidence_for(self, row: "Row") -> Evidence:
         return self.evidence.get((row.key, row.metric), Evidence(NO_ROUNDS))
@@ -195,7 +196,7 @@ class EvidenceGate:
 
     def to_json(self) -> Dict:
         data = self.report.to_json()
-        data.update(ok=self.ok, alpha=self.alpha, test="Mann-Whitney U over per-round paired ratios")
+        data.update(ok=self.ok, alpha=self.alpha, test=self.test)
         for row, out in zip(self.report.rows, data["rows"]):
             ev = self.evidence_for(row)
             out.update(evidence=ev.verdict, p=ev.p, rounds=[ev.n_baseline, ev.n_current], decision=self.decision(row))
@@ -204,9 +205,9 @@ class EvidenceGate:
     def to_markdown(self, only_notable: bool = False) -> str:
         r = self.report
         rows = [row for row in r.rows if not only_notable or self.decision(row) != "ok"]
-        head = ("Gate ({}, {} of each run; Mann-Whitney U over rounds, alpha {}): {} compared, {} beyond threshold, "
+        head = ("Gate ({}, {} of each run; {}, alpha {}): {} compared, {} beyond threshold, "
                 "{} of them slower with confidence or without rounds, {} new, {} missing: {}").format(
-            r.mode, r.statistic, self.alpha, len(r.compared), len(r.failures), len(self.failures),
+            r.mode, r.statistic, self.test, self.alpha, len(r.compared), len(r.failures), len(self.failures),
             sum(x.status == "new" for x in r.rows), sum(x.status == "missing" for x in r.rows),
             "PASS" if self.ok else "FAIL")
         lines = [head, "", "| case | backend | metric | baseline | current | change | threshold (why) | status "
@@ -236,3 +237,22 @@ def evidence_gate(report: "GateReport", current: "Run", baseline: "Run", alpha: 
         evidence[(row.key, row.metric)] = decide(paired_rounds(base.extra, row.metric) if base else None,
                                                  paired_rounds(cur.extra, row.metric) if cur else None, alpha)
     return EvidenceGate(report, evidence, alpha)
+
+
+def interleaved_evidence(report: "GateReport", baseline_runs: Sequence["Run"], current_runs: Sequence["Run"],
+                         alpha: float = DEFAULT_ALPHA) -> EvidenceGate:
+    """Each row of ``report`` (from ``gate.compare_interleaved``) judged by the U test over the
+    rounds' times (pytest-benchmark's per-round data), each run's sampled to ``SAMPLE_ROUNDS`` so
+    every run weighs the same, pooled over the runs of each side."""
+    def pooled(runs: Sequence["Run"], key: str) -> Optional[List[float]]:
+        out: List[float] = []
+        for run in runs:
+            result = run.results.get(key)
+            if result is None or not result.rounds:
+                return None
+            out += sample_rounds(result.rounds)
+        return out or None
+
+    evidence = {(row.key, row.metric): decide(pooled(baseline_runs, row.key), pooled(current_runs, row.key), alpha)
+                for row in report.rows}
+    return EvidenceGate(report, evidence, alpha, "Mann-Whitney U over per-round times, pooled over runs")

@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which statistic of each case the gates compare (default: min for --compare, "
                              "median for --gate-against-ref); the table always shows medians")
     parser.add_argument("--alpha", type=_alpha, default=None,
-                        help="--compare fails a case beyond its threshold only when a Mann-Whitney U test over "
-                             "the per-round ratios says slower at this two-sided level (default 0.01); rows "
+                        help="--compare (and --gate-against-ref) fail a case beyond its threshold only when a "
+                             "Mann-Whitney U test over the per-round ratios (times) says slower at this two-sided level (default 0.01); rows "
                              "without rounds keep the threshold's decision")
     parser.add_argument("--record", metavar="PATH", nargs="?", const="", default=None,
                         help="append this run (commit, date, versions, per-case medians and ratios) as one JSON line "
@@ -132,7 +132,11 @@ def run(args: argparse.Namespace) -> int:
         out_dir = Path(tempfile.mkdtemp(prefix="cl-bench-interleaved-"))
         base_runs, cur_runs = runner.run_interleaved(args.gate_against_ref, out_dir, rounds=args.rounds, mode=mode,
                                                      gpu=args.gpu, select=args.select, threads=threads)
-        interleaved = gate.compare_interleaved(base_runs, cur_runs, thresholds, args.statistic or "median")
+        from ..bench import stats
+
+        interleaved = stats.interleaved_evidence(
+            gate.compare_interleaved(base_runs, cur_runs, thresholds, args.statistic or "median"), base_runs, cur_runs,
+            stats.DEFAULT_ALPHA if args.alpha is None else args.alpha)
         # The last working-tree round is this run's result for the table, the plot and --compare.
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(Path(cur_runs[-1].sources[0]).read_text())
