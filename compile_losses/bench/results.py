@@ -24,6 +24,7 @@ class Result:
     backend: str
     stats: Dict[str, float]
     extra: Dict[str, Any] = field(default_factory=dict)
+    rounds: Tuple[float, ...] = ()  # each round's time, when the JSON has them (stats "data")
 
     @property
     def key(self) -> str:
@@ -94,7 +95,8 @@ def _result(bench: Dict[str, Any], source: str) -> Result:
         raise UsageError("{}: benchmark {!r} lacks extra_info {} (not from tests/benchmarks?)".format(
             source, bench.get("fullname", "?"), ", ".join(missing)))
     stats = {k: float(bench["stats"][k]) for k in ("min", "max", "mean", "median", "stddev", "rounds")}
-    return Result(extra["workload"], extra["case"], extra["device"], extra["backend"], stats, extra)
+    rounds = tuple(float(t) for t in bench["stats"].get("data") or ())
+    return Result(extra["workload"], extra["case"], extra["device"], extra["backend"], stats, extra, rounds)
 
 
 def read_json(path: Any, cannot_read: str, not_json: str) -> Any:

@@ -4,6 +4,7 @@
     compile-losses bench --quick --compare auto           # + ratio gate vs this machine's baseline
     compile-losses bench --quick --gate-against-ref HEAD  # + interleaved gate vs a git ref
     compile-losses bench --from-json run.json --compare base.json   # gate existing results only
+    compile-losses bench --quick --record --history-plot history.png  # append to the history, plot it
 
 Exit codes: 0 done (gate passed, if asked); 1 the gate found a slowdown or the run failed;
 2 bad usage. pytest-benchmark's own ``--benchmark-compare`` stays available for absolute
@@ -36,6 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--statistic", choices=("median", "min", "mean"), default=None,
                         help="which statistic of each case the gates compare (default: min for --compare, "
                              "median for --gate-against-ref); the table always shows medians")
+    parser.add_argument("--alpha", type=_alpha, default=None,
+                        help="--compare (and --gate-against-ref) fail a case beyond its threshold only when a "
+                             "Mann-Whitney U test over the per-round ratios (times) says slower at this two-sided level (default 0.01); rows "
+                             "without rounds keep the threshold's decision")
+    parser.add_argument("--record", metavar="PATH", nargs="?", const="", default=None,
+                        help="append this run (commit, date, versions, per-case medians and ratios) as one JSON line "
+                             "to a history file (default .benchmarks/history.jsonl at the checkout's root)")
+    parser.add_argument("--history-plot", metavar="PNG",
+                        help="plot the history (--record's file, or --history) over commits: each case's ratio to "
+                             "eager, one colour per backend; without --record it only plots, running nothing")
+    parser.add_argument("--history", metavar="PATH", help="the history file --history-plot reads (default: as --record)")
     parser.add_argument("--from-json", metavar="PATH", nargs="+",
                         help="summarize / gate existing pytest-benchmark JSON instead of running")
     parser.add_argument("--record-baseline", action="store_true",
@@ -44,6 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch intra-op threads (default 1 on the CPU, like the onnxruntime sessions; "
                              "0 = torch's default); recorded with every result")
     parser.add_argument("-k", dest="select", metavar="EXPR", help="pytest -k expression to run a subset")
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError("--alpha must be a number in (0, 1), got {!r}".format(text))
+    return value
 
 
 def _default_thresholds() -> Optional[str]:
@@ -73,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import gate, report, runner
     from ..bench.results import load
 
+    if args.history_plot and args.record is None:
+        others = [flag for flag, given in (("--from-json", args.from_json), ("--compare", args.compare),
+                                           ("--gate-against-ref", args.gate_against_ref),
+                                           ("--record-baseline", args.record_baseline)) if given]
+        if others:
+            raise UsageError("--history-plot without --record only plots the history; it takes no {} "
+                             "(add --record to record this run first)".format(", ".join(others)))
+        return _plot_history(args)
     mode = "quick" if args.quick else "full"
     device = "cuda" if args.gpu else "cpu"
     if args.gate_against_ref and args.from_json:
@@ -102,7 +132,11 @@ def run(args: argparse.Namespace) -> int:
         out_dir = Path(tempfile.mkdtemp(prefix="cl-bench-interleaved-"))
         base_runs, cur_runs = runner.run_interleaved(args.gate_against_ref, out_dir, rounds=args.rounds, mode=mode,
                                                      gpu=args.gpu, select=args.select, threads=threads)
-        interleaved = gate.compare_interleaved(base_runs, cur_runs, thresholds, args.statistic or "median")
+        from ..bench import stats
+
+        interleaved = stats.interleaved_evidence(
+            gate.compare_interleaved(base_runs, cur_runs, thresholds, args.statistic or "median"), base_runs, cur_runs,
+            stats.DEFAULT_ALPHA if args.alpha is None else args.alpha)
         # The last working-tree round is this run's result for the table, the plot and --compare.
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(Path(cur_runs[-1].sources[0]).read_text())
@@ -136,7 +170,12 @@ def run(args: argparse.Namespace) -> int:
     summary = report.summary_markdown(current, "median", title)
     print(summary)
     if compare_path is not None:
-        result = gate.compare_ratios(current, load([str(compare_path)]), thresholds, args.statistic or "min")
+        from ..bench import stats
+
+        alpha = stats.DEFAULT_ALPHA if args.alpha is None else args.alpha
+        baseline = load([str(compare_path)])
+        result = stats.evidence_gate(gate.compare_ratios(current, baseline, thresholds, args.statistic or "min"),
+                                     current, baseline, alpha)
         summary += "\n" + result.to_markdown() + "\n"
         print(result.to_markdown(only_notable=True))
         failed |= not result.ok
@@ -144,8 +183,28 @@ def run(args: argparse.Namespace) -> int:
         summary_path.write_text(summary)
     if not args.from_json or args.plot:
         report.plot(current, str(plot_path), "median", title)
-    print("wrote {}".format(", ".join(str(p) for p in _written(args, json_path, plot_path, summary_path))))
+    written = _written(args, json_path, plot_path, summary_path)
+    if args.record is not None:
+        from ..bench import history
+
+        record_path = Path(args.record) if args.record else history.default_path()
+        history.append(record_path, history.entry(current))
+        written.append(record_path)
+        if args.history_plot:
+            _plot_history(args, record_path)
+            written.append(Path(args.history_plot))
+    print("wrote {}".format(", ".join(str(p) for p in written)))
     return 1 if failed else 0
+
+
+def _plot_history(args: argparse.Namespace, path: Optional[Path] = None) -> int:
+    from ..bench import history
+
+    path = path or (Path(args.history) if args.history else (Path(args.record) if args.record else history.default_path()))
+    history.plot(history.read(path), args.history_plot)
+    if args.record is None:
+        print("wrote {}".format(args.history_plot))
+    return 0
 
 
 def _strip_raw_timings(path: Path) -> None:

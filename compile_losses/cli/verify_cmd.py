@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
     parser.add_argument("--detail", action="store_true", help="print every row, not one line per case and backend")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="--all or a list of losses: run the cases in N worker processes (0: one per core), "
+                             "merged into the serial run's report (default 1: in this process)")
 
 
 def _ints(text: str, what: str) -> List[int]:
@@ -87,9 +90,18 @@ def run(args: argparse.Namespace) -> int:
         unknown = [n for n in names or () if n not in LOSSES]
         if unknown:
             raise UsageError("a list of losses takes registry names ({}), got {}".format(", ".join(LOSSES), ", ".join(unknown)))
-        report = verify_registry(losses=names, net=net, alone=not args.no_alone, batches=batches, large=args.large,
-                                 dtypes=dtypes, backends=backends, audit=not args.no_audit, lr=args.lr,
-                                 progress=progress)
+        run_matrix = verify_registry
+        if args.jobs != 1:  # N worker processes, the same rows in the same order (parity/jobs.py)
+            from functools import partial
+
+            from ..parity.jobs import default_jobs, verify_registry_jobs
+
+            if args.jobs < 0:
+                raise UsageError("--jobs must be >= 0 (0: one per core), got {}".format(args.jobs))
+            run_matrix = partial(verify_registry_jobs, args.jobs or default_jobs())
+        report = run_matrix(losses=names, net=net, alone=not args.no_alone, batches=batches, large=args.large,
+                            dtypes=dtypes, backends=backends, audit=not args.no_audit, lr=args.lr,
+                            progress=progress)
     else:
         loss_name = args.loss or DEFAULT_LOSS
         plans = [net] + ([None] if net is not None and not args.no_alone and loss_name in LOSSES

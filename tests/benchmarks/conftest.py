@@ -356,6 +356,19 @@ def _peak_memory_of(call: Callable[[], Any], device: str) -> Optional[int]:
     return _proc_status("VmHWM")
 
 
+PAIRED_ROUNDS = 100
+
+
+def _sample_rounds(values: List[float], k: int = PAIRED_ROUNDS) -> List[float]:
+    """At most ``k`` per-round ratios, evenly spaced in round order, to 4 significant digits: the
+    samples of the gate's U test (compile_losses/bench/stats.py; the same rule as its
+    ``sample_rounds``, repeated here because the instrument never imports compile_losses.bench),
+    small enough for a committed baseline."""
+    if len(values) > k:
+        values = [values[round(i * (len(values) - 1) / (k - 1))] for i in range(k)]
+    return [float("{:.4g}".format(v)) for v in values]
+
+
 def _no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any) -> Any:
         with torch.no_grad():
@@ -494,10 +507,12 @@ class Bench:
             times = times[-len(data):]
             if len(times) != len(data) or min(times) <= 0:
                 continue
-            paired["vs_" + name] = {"median": statistics.median(t / r for t, r in zip(data, times)),
+            ratios = [t / r for t, r in zip(data, times)]
+            paired["vs_" + name] = {"median": statistics.median(ratios),
                                     "min": min(data) / min(times),
                                     "mean": statistics.fmean(data) / statistics.fmean(times),
-                                    "reference_median_s": statistics.median(times)}
+                                    "reference_median_s": statistics.median(times),
+                                    "rounds": _sample_rounds(ratios)}
         self.benchmark.extra_info["paired"] = paired
 
     def _warm_up(self, call: Callable[..., Any], args: Tuple[Any, ...],
