@@ -121,7 +121,10 @@ def test_inductors_own_size_guard_on_a_user_net_is_compiler_internal() -> None:
     audit = compile_audit(module, make, backend=_INDUCTOR)
     assert audit["recompiles"] >= 1 and audit["user_recompiles"] == 0, audit
     assert audit["compiler_recompiles"] == audit["recompiles"], audit
-    assert all(c["frame"].startswith("_inductor") for c in audit["recompile_causes"]), audit
+    # added by inductor's decomposition, or re-checked by AOTAutograd's cache when the graph is
+    # loaded from it: a torch frame outside dynamo's tracing of Python either way
+    assert all(c["frame"].startswith(("_inductor", "_functorch")) for c in audit["recompile_causes"]), audit
+    assert all("linear" in c["source"] for c in audit["recompile_causes"]), audit
     assert audit["status"] == "pass", audit
     strict = compile_audit(module, make, backend=_INDUCTOR, strict=True)
     assert strict["status"] == "fail", strict

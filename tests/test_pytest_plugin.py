@@ -61,6 +61,36 @@ def test_noisy_loss_fails(parity):
 '''
 
 
+REFERENCE = [n for n, b in BACKENDS.items() if b.device == "cpu" and b.reference]
+
+
+def test_assert_parity_returns_the_report_or_raises_with_the_failing_rows_only() -> None:
+    import torch
+    from torch import nn
+
+    from compile_losses.losses import MSELoss
+    from compile_losses.nets import SeedNet
+    from compile_losses.testing import assert_parity
+
+    class NoisyLoss(nn.Module):
+        def forward(self, input, target):  # type: ignore[no-untyped-def]
+            return ((input - target) ** 2).mean() + 1e-3 * torch.rand(())
+
+    torch.manual_seed(0)
+    net, x, y = SeedNet(), torch.randn(4, 32), torch.randn(4, 1)
+    report = assert_parity(net, MSELoss(), x, y, backends=REFERENCE)
+    assert report.ok and report.rows
+    with pytest.raises(AssertionError) as info:
+        assert_parity(net, NoisyLoss(), x, y, backends=REFERENCE, label="noisy case")
+    message = str(info.value)
+    failing = info.value.report.failures
+    assert failing and {r.status for r in failing} == {"nondeterministic"}
+    table_rows = [l for l in message.splitlines() if l.startswith("noisy case")]
+    assert len(table_rows) == len(failing)  # the failing rows, every one, and no passing row
+    assert " pass " not in message
+    assert message.splitlines()[-1].startswith("FAILED ({} failing rows)".format(len(failing)))
+
+
 def _env(tmp_path: Path, **extra: str) -> Dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -96,6 +126,7 @@ def _pytest(project: Path, args: List[str], env: Dict[str, str], plugin: bool = 
     return run.returncode, run.stdout + run.stderr
 
 
+@pytest.mark.slow  # about 10 s: two pytest sessions that import torch
 def test_a_user_project_runs_parity_in_its_own_tests(tmp_path: Path) -> None:
     project = _project(tmp_path, USER_TESTS.replace("{backends}", ",".join(CHEAP)))
     summary = tmp_path / "step_summary.md"
@@ -187,3 +218,15 @@ def test_an_installed_entry_point_loads_without_p(tmp_path: Path) -> None:
                          env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "--compile-losses-backends" in run.stdout and "--compile-losses-report" in run.stdout
+
+
+@pytest.mark.slow
+def test_under_xdist_workers_write_the_json_and_the_controller_the_summary(tmp_path: Path) -> None:
+    pytest.importorskip("xdist")
+    project = _project(tmp_path, USER_TESTS.replace("{backends}", ",".join(CHEAP)))
+    code, out = _pytest(project, ["-p", "xdist.plugin", "-n", "2", "--compile-losses-backends", ",".join(CHEAP)],
+                        _env(tmp_path))
+    assert code == 1 and "2 passed" in out and "1 failed" in out, out
+    assert len(list((project / ".compile_losses" / "reports").glob("*.json"))) == 2
+    md = (project / ".compile_losses" / "summary.md").read_text()
+    assert "2 test(s) checked parity: 1 passed, 1 failed." in md, md

@@ -106,7 +106,7 @@ def _python_params() -> List[object]:
     for body in _blocks("python"):
         first = body.splitlines()[0]
         user_tests = bool(re.search(r"^def test_", body, re.M))  # a test file: pytest with the plugin
-        marks = [pytest.mark.slow] if user_tests else []
+        marks = [pytest.mark.slow]  # a fresh process that imports torch: 3-6 s
         if first in FRAGMENTS:
             marks = [pytest.mark.skip(reason="fragment: {}".format(FRAGMENTS[first]))]
         params.append(pytest.param(body, user_tests, marks=marks, id=first[:50]))
