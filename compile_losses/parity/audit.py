@@ -60,6 +60,7 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
     if not ok:
         return dict(entry, status=UNAVAILABLE, detail=reason)
     causes: List[Dict[str, Any]] = []
+    kinds = {USER: 0, COMPILER: 0}
     try:
         first = make_args(batches[0])
         breaks = graph_breaks(module, first)
@@ -80,12 +81,14 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
             counts.append(b.compile_count(fn))
             new = counts[-1] - (counts[-2] if len(counts) > 1 else 0)
             if i >= 2 and new > 0:  # after the first dynamic compile
-                causes += _explain(n, new, _new_guard_failures(seen))
+                step = _explain(n, new, _new_guard_failures(seen))
+                causes += step
+                # a recompilation is user-avoidable when any guard that failed for it is
+                kinds[USER if any(c["kind"] == USER for c in step) else COMPILER] += new
     except Exception as exc:
         return dict(entry, status=ERROR, detail=_one_line(exc))
     recompiles = counts[-1] - counts[min(1, len(counts) - 1)]
-    user = sum(1 for c in causes if c["kind"] == USER)
-    compiler = sum(1 for c in causes if c["kind"] == COMPILER)
+    user, compiler = kinds[USER], kinds[COMPILER]
     failing = user + (compiler if strict else 0)
     status = PASS if breaks["graph_breaks"] == 0 and failing == 0 else FAIL
     detail = "graph breaks {}; compiled graphs after batch {}: {}; recompiles after the first dynamic compile: {}".format(
