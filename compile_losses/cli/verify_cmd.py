@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32,float64", help="dtypes, comma-separated (default float32,float64)")
     parser.add_argument("--no-alone", action="store_true", help="skip the loss-alone cases")
     parser.add_argument("--no-audit", action="store_true", help="skip the torch.compile audit")
+    parser.add_argument("--strict-audit", action="store_true",
+                        help="fail the audit on compiler-internal recompilations too (default: only graph breaks "
+                             "and user-avoidable recompilations fail it)")
     add_init_arguments(parser)
     parser.add_argument("--input", action="append", default=[], metavar="SPEC",
                         help="net input (or the prediction with --net none) spec, e.g. 'float32[N,32]' (repeatable)")
@@ -67,7 +70,7 @@ def _dtypes(text: str) -> List[torch.dtype]:
 
 def run(args: argparse.Namespace) -> int:
     from ..backends import get_backends
-    from ..parity import ParityReport, Progress, audited, compile_audit, verify, verify_registry
+    from ..parity import ParityReport, Progress, audit_rows, audited, compile_audit, verify, verify_registry
     from ..registry import DEFAULT_LOSS, LOSSES
     from ..resolve import make_case
 
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             run_matrix = partial(verify_registry_jobs, args.jobs or default_jobs())
         report = run_matrix(losses=names, net=net, alone=not args.no_alone, batches=batches, large=args.large,
                             dtypes=dtypes, backends=backends, audit=not args.no_audit, lr=args.lr,
-                            progress=progress)
+                            progress=progress, strict_audit=args.strict_audit)
     else:
         loss_name = args.loss or DEFAULT_LOSS
         plans = [net] + ([None] if net is not None and not args.no_alone and loss_name in LOSSES
@@ -133,13 +136,9 @@ def run(args: argparse.Namespace) -> int:
             first = next((c for c in cases if c.net is None), cases[0])
             module = first.loss if first.net is None else _case_module(first)
             entry = compile_audit(module, lambda n: _args(first.with_batch(n)), label=first.description["name"],
-                                  backend=auditor.name)
+                                  backend=auditor.name, strict=args.strict_audit)
             report.audits.append(entry)
-            if entry["status"] != "pass":
-                from ..parity import Row
-
-                report.rows.append(Row(entry["case"] + " (audit)", entry["backend"], "audit", entry["status"],
-                                       detail=entry["detail"]))
+            report.rows += audit_rows([entry])
         if bar:
             bar.close()
     if args.detail:

@@ -31,7 +31,8 @@ Unit = Tuple[str, str, Dict[str, Any]]  # (kind "parity" | "audit", label, verif
 def plan_units(losses: Optional[Sequence[str]] = None, net: Optional[str] = "seed", alone: bool = True,
                net_cases: bool = True, batches: Sequence[int] = (1, 7, 64), large: int = 2 ** 20,
                dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
-               backends: Optional[Sequence[str]] = None, audit: bool = True, lr: float = 0.01) -> List[Unit]:
+               backends: Optional[Sequence[str]] = None, audit: bool = True, lr: float = 0.01,
+               strict_audit: bool = False) -> List[Unit]:
     """The serial run of ``verify_registry`` with these arguments, as units in its order."""
     from ..backends import get_backends
     from ..registry import LOSSES, NETS
@@ -55,7 +56,8 @@ def plan_units(losses: Optional[Sequence[str]] = None, net: Optional[str] = "see
                            dict(common, losses=[net_spec.loss], net=net_spec.name, alone=False, dtypes=[dtype],
                                 audit=False)) for dtype in dtypes]
     if audit and audited(get_backends(backends)) is not None:
-        units += [("audit", "compile audit {}".format(n), dict(common, losses=[n], net=None, alone=False, audit=True))
+        units += [("audit", "compile audit {}".format(n), dict(common, losses=[n], net=None, alone=False, audit=True,
+                                                                  strict_audit=strict_audit))
                   for n in names if n in LOSSES]
     return units
 

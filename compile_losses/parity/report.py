@@ -128,14 +128,29 @@ class ParityReport:
         parts.append(self.summary_table())
         return "\n".join(parts)
 
+    def verdict(self) -> str:
+        """One line: OK or FAILED with the count of failing rows, cases, rows and seconds."""
+        s = self.summary()
+        verdict = "OK" if s["ok"] else "FAILED ({} failing rows)".format(s["failures"])
+        return "{}: {} cases, {} rows, {:.1f} s".format(verdict, s["cases"], s["rows"], self.seconds)
+
+    def failure_text(self) -> str:
+        """The failing rows only: their table (every row), what each failure says, and the verdict
+        (``assert_parity``'s message; empty rows give the verdict alone)."""
+        failing = self.failures
+        if not failing:
+            return self.verdict()
+        parts = [ParityReport(failing).table(detail=True), "failures:"]
+        parts += ["  {} {} [{}] {}: {}".format(r.backend, r.output, r.case, r.status, r.detail or "-") for r in failing]
+        parts.append(self.verdict())
+        return "\n".join(parts)
+
     def summary_table(self) -> str:
         s = self.summary()
         header = ["backend", "pass (1)", "pass (2)", "fail", "unavailable", "skipped", "unsupported"]
         lines = [[name, str(c["pass_clause1"]), str(c["pass_clause2"]), str(c["fail"]), str(c["unavailable"]),
                   str(c["skipped"]), str(c["unsupported"])] for name, c in s["backends"].items()]
-        verdict = "OK" if s["ok"] else "FAILED ({} failing rows)".format(s["failures"])
-        return "{}\n{}: {} cases, {} rows, {:.1f} s".format(_format(header, lines), verdict, s["cases"], s["rows"],
-                                                          self.seconds)
+        return "{}\n{}".format(_format(header, lines), self.verdict())
 
     def _groups(self) -> List[List[Row]]:
         groups: Dict[Tuple[str, str], List[Row]] = {}

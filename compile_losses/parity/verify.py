@@ -9,7 +9,7 @@ from ..backends import Backend, Unsupported, get_backends, reference_for
 from ..backends.base import to_cpu
 from ..nets import NetWithLoss
 from ..programs import check_lr
-from .audit import audited, compile_audit
+from .audit import audit_rows, audited, compile_audit
 from .progress import Progress
 from .report import ParityReport, Row, _one_line
 from .rule import ERROR, FAIL, NONDET, PASS, SKIPPED, UNAVAILABLE, UNSUPPORTED, _bitwise_equal, float64_case, judge
@@ -24,7 +24,10 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     them). ``backends`` is a list or ``"a,b"`` (default: every backend; those that cannot run here
     say so). Options: ``lr`` (0.01, the train step's), ``label`` (the case's name in rows),
     ``spec`` (registry entry with ``tolerances``/``skips``; found by the loss's class if omitted),
-    ``progress`` (True, a stream, or a :class:`Progress`).
+    ``progress`` (True, a stream, or a :class:`Progress`), ``audit`` (False; True adds the
+    torch.compile audit of the case, over :data:`AUDIT_BATCHES` made by repeating the given batch,
+    through the first chosen ``audited`` backend, if any; a backend name audits through that one) and ``strict_audit`` (False: compiler-internal
+    recompilations fail the audit too, not only graph breaks and user-avoidable ones).
     """
     start = time.perf_counter()
     chosen = get_backends(backends)
@@ -50,6 +53,12 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
             if progress:
                 progress.step("{:<18} {}".format(backend.name, label))
             rows += _backend_rows(backend, ref, label, spec)
+        audit = options.get("audit")
+        auditor = audit if isinstance(audit, str) else (audited(chosen).name if audit and audited(chosen) else None)
+        audits = [] if auditor is None else [compile_audit(
+            ref.case_module, lambda n: tuple(a[torch.arange(n) % a.shape[0]] for a in ref.case_args), label=label,
+            backend=auditor, strict=bool(options.get("strict_audit")))]
+        rows += audit_rows(audits)
     finally:
         for m, mode in modes:
             m.train(mode)
@@ -58,7 +67,7 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     case = {"case": label, "net": type(net).__name__ if net is not None else None, "loss": type(loss).__name__,
             "inputs": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in inputs],
             "targets": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in targets], "lr": lr}
-    return ParityReport(rows, [case], [], time.perf_counter() - start)
+    return ParityReport(rows, [case], audits, time.perf_counter() - start)
 
 
 def _label(net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...]) -> str:
@@ -178,12 +187,13 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
                     net_cases: bool = True, batches: Sequence[int] = (1, 7, 64), large: int = 2 ** 20,
                     dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
                     backends: Union[None, str, Sequence[str]] = None, audit: bool = True, lr: float = 0.01,
-                    progress: Any = None) -> ParityReport:
+                    progress: Any = None, strict_audit: bool = False) -> ParityReport:
     """Every registry loss (or ``losses``) with ``net`` and alone, at ``batches`` and, for the
     elementwise losses alone, at ``large`` elements; in each of ``dtypes``; plus (``net_cases``)
     each larger registry net with its representative loss. One module per (case, dtype) serves
     every batch size, so each backend prepares once per case and runs every batch.
-    ``audit`` adds the torch.compile audit of each loss (float32)."""
+    ``audit`` adds the torch.compile audit of each loss (float32); ``strict_audit`` fails it on
+    compiler-internal recompilations too."""
     from ..registry import LOSSES, NETS
     from ..resolve import make_case
 
@@ -222,12 +232,10 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
                 bar.step("compile audit {}".format(loss_name))
             case = make_case(None, loss_name, batch=1, dtype=torch.float32)
             report.audits.append(compile_audit(case.loss, lambda n, c=case: _args(c.with_batch(n)), label=loss_name,
-                                               backend=auditor.name))
+                                               backend=auditor.name, strict=strict_audit))
     finally:
         if bar and bar is not progress:
             bar.close()
-    for a in report.audits:  # an audit that fails is a failing row too
-        if a["status"] != PASS:
-            report.rows.append(Row(a["case"] + " (audit)", a["backend"], "audit", a["status"], detail=a["detail"]))
+    report.rows += audit_rows(report.audits)
     report.seconds = time.perf_counter() - start
     return report
