@@ -308,3 +308,35 @@ def test_emulate_precision_casts_changes_the_bf16_verdict_to_clause_1():
         assert report.ok, report
         assert all(r.settings["emulate_precision_casts"] is emu for r in report.rows)
     assert all(r.clause == 1 for r in reports[True].rows), reports[True]
+
+
+ALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _registry_matrix(losses, backends, grid, batches=(1, 7), dtypes=ALL_DTYPES, alone=True):
+    from compile_losses.parity import verify_registry
+
+    return verify_registry(losses=losses, batches=batches, large=0, dtypes=dtypes, alone=alone,
+                           backends=backends, audit=False, autocasts=(None, torch.bfloat16), settings_grid=grid)
+
+
+@pytest.mark.slow  # ~20 s: nine training-graph exports (seed+mse in float32, bfloat16, autocast)
+def test_registry_matrix_runs_every_axis_once_per_setting():
+    names = ["eager", _ORT[0].name]
+    report = _registry_matrix(["mse"], names, GRID[:2], batches=(3,), dtypes=(torch.float32, torch.bfloat16),
+                              alone=False)
+    assert report.ok, report
+    axes = {(r.backend, r.dtype, r.autocast, r.ort_threads) for r in report.rows}
+    assert ("eager", "float32", "bfloat16", None) in axes
+    assert {(d, a, t) for b, d, a, t in axes if b == _ORT[0].name} == {
+        (d, None, t) for d in ("float32", "bfloat16") for t in (1, 0)} | {
+        ("float32", "bfloat16", t) for t in (1, 0)}
+    assert not any(r.autocast and r.dtype != "float32" for r in report.rows)  # autocast: float32 parameters
+
+
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_registry_precision_and_settings_matrix_exhaustive(loss_name):
+    """The full product for one loss: every backend x dtype x autocast x onnxruntime level x threads."""
+    report = _registry_matrix([loss_name], None, GRID)
+    assert report.ok, report
