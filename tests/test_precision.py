@@ -40,7 +40,8 @@ def _same_verdict_at_every_level(net, loss_name, backend):
     return first
 
 
-@pytest.mark.parametrize("net,loss_name", [(None, "mse"), (None, "cross_entropy"), ("seed", "huber")])
+@pytest.mark.parametrize("net,loss_name", [(None, "mse"), (None, "cross_entropy"),
+                                           pytest.param("seed", "huber", marks=pytest.mark.slow)])  # + train step
 def test_every_graph_same_verdict_at_every_ort_level_and_thread_count(net, loss_name):
     backend = _ORT[0].name
     statuses = _same_verdict_at_every_level(net, loss_name, backend)
