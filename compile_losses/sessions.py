@@ -8,10 +8,19 @@ onnxruntime's own default (all cores).
 """
 from typing import Any, Optional
 
-__all__ = ["INTRA_OP_THREADS", "OPT_LEVELS", "session_options", "ort_session"]
+__all__ = ["INTRA_OP_THREADS", "OPT_LEVELS", "DEFAULT_OPT_LEVEL", "session_options", "ort_session", "check_ort_settings"]
 
 INTRA_OP_THREADS = 1
 OPT_LEVELS = ("disabled", "basic", "extended", "all")
+DEFAULT_OPT_LEVEL = "all"  # onnxruntime's own default, what an unset opt_level means
+
+
+def check_ort_settings(opt_level: Optional[str], threads: int) -> None:
+    """Refuse an unknown optimization level or a bad thread count before any session is made."""
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise ValueError("threads must be an integer >= 0 (0: all cores), got {!r}".format(threads))
+    if opt_level is not None and opt_level not in OPT_LEVELS:
+        raise ValueError("opt_level must be one of {}, got {!r}".format(list(OPT_LEVELS), opt_level))
 
 
 def session_options(threads: int = INTRA_OP_THREADS, opt_level: Optional[str] = None, log_level: int = 3) -> Any:
@@ -20,8 +29,7 @@ def session_options(threads: int = INTRA_OP_THREADS, opt_level: Optional[str] = 
     (3 errors, 4 fatal only)."""
     import onnxruntime as ort
 
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
-        raise ValueError("threads must be an integer >= 0 (0: all cores), got {!r}".format(threads))
+    check_ort_settings(opt_level, threads)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -31,8 +39,6 @@ def session_options(threads: int = INTRA_OP_THREADS, opt_level: Optional[str] = 
                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-        if opt_level not in levels:
-            raise ValueError("opt_level must be one of {}, got {!r}".format(list(OPT_LEVELS), opt_level))
         options.graph_optimization_level = levels[opt_level]
     return options
 

@@ -61,6 +61,11 @@ class Backend:
     markers: Tuple[str, ...] = ()
     checks_artifacts: Tuple[str, ...] = ()
 
+    # Settings that change a backend's numerics, taken per parity run (not new backend names):
+    # name -> default. A backend reads its own; see settings_scope.
+    setting_defaults: Dict[str, Any] = {}
+    _settings: Dict[str, Any] = {}
+
     _FACTS = ("exported", "cost", "reference", "audited", "not_benchmarked", "quick_bench", "times_build",
               "markers", "checks_artifacts")
 
@@ -80,6 +85,32 @@ class Backend:
         return {"device": self.device, "autograd": self.supports_autograd, "exported": self.exported,
                 "cost": self.cost, "reference": self.reference, "audited": self.audited,
                 "benchmarked": not self.not_benchmarked, "markers": list(self.markers)}
+
+    # -- settings (parity axes) --------------------------------------------------------------
+    def applied_settings(self, settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The settings of ``settings`` this backend takes, with its defaults for the rest."""
+        settings = settings or {}
+        return {k: settings.get(k, d) if settings.get(k) is not None else d for k, d in self.setting_defaults.items()}
+
+    def check_settings(self, applied: Dict[str, Any]) -> None:
+        """Refuse a bad value of one of this backend's settings (raise ValueError naming it)."""
+
+    @contextlib.contextmanager
+    def settings_scope(self, settings: Optional[Dict[str, Any]] = None) -> Iterator[Dict[str, Any]]:
+        """Prepare and run under ``settings`` while the block runs (yields the applied ones);
+        preparations are cached per applied settings."""
+        applied = self.applied_settings(settings)
+        self.check_settings(applied)
+        previous = self._settings
+        self._settings = applied
+        try:
+            with self._settings_context(applied):
+                yield applied
+        finally:
+            self._settings = previous
+
+    def _settings_context(self, applied: Dict[str, Any]) -> Any:
+        return contextlib.nullcontext()
 
     @contextlib.contextmanager
     def parity_mode(self) -> Iterator[None]:
@@ -186,7 +217,7 @@ class Backend:
         if not self.cacheable:
             return build()
         owners = (module,) if owners is None else owners
-        key = (self.name, kind) + structure_key(module, example_inputs)
+        key = (self.name, kind, tuple(sorted(self._settings.items()))) + structure_key(module, example_inputs)
         # Autograd backends read the modules' live parameters: reuse only for the same modules.
         return owned_lru(_CACHE, _CACHE_SIZE, key, owners, build, same_owners=self.supports_autograd)
 

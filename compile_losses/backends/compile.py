@@ -18,7 +18,10 @@ from torch import Tensor, nn
 from .base import Backend, move
 from .eager import cuda_available
 
-__all__ = ["CompileBackend", "graph_breaks", "own_code", "cxx_compiler"]
+__all__ = ["CompileBackend", "INDUCTOR_SETTINGS", "graph_breaks", "own_code", "cxx_compiler"]
+
+# inductor config flags that change numerics, with torch's defaults (a test checks they are torch's)
+INDUCTOR_SETTINGS: Dict[str, bool] = {"emulate_precision_casts": False, "fallback_random": False}
 
 
 class CompileBackend(Backend):
@@ -36,6 +39,25 @@ class CompileBackend(Backend):
         self.compiler = compiler
         self.device = device
         self.fullgraph = fullgraph  # False: graph breaks allowed, as torch.compile's own default
+        # Settings that change numerics (parity axes): inductor's emulate_precision_casts (round
+        # low-precision intermediates as eager does) and fallback_random, and torch.compile's
+        # dynamic= ("auto": static first, dynamic on a second shape; True; False).
+        self.setting_defaults = dict(INDUCTOR_SETTINGS if compiler == "inductor" else {}, dynamic="auto")
+
+    def check_settings(self, applied: Dict[str, Any]) -> None:
+        for key in INDUCTOR_SETTINGS:
+            if key in applied and not isinstance(applied[key], bool):
+                raise ValueError("{} must be True or False, got {!r}".format(key, applied[key]))
+        if "dynamic" in applied and applied["dynamic"] not in ("auto", True, False):
+            raise ValueError("dynamic must be 'auto', True or False, got {!r}".format(applied["dynamic"]))
+
+    def _settings_context(self, applied: Dict[str, Any]) -> Any:
+        patch = {k: applied[k] for k in INDUCTOR_SETTINGS if k in applied}
+        if not patch:
+            return super()._settings_context(applied)
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch(**patch)
 
     def _available(self) -> Tuple[bool, str]:
         if not hasattr(torch, "compile"):
@@ -51,7 +73,9 @@ class CompileBackend(Backend):
 
         used = module if self.device == "cpu" else copy.deepcopy(module).to(self.device)
         counter = CompileCounterWithBackend(self.compiler)
-        compiled = torch.compile(own_code(used), backend=counter, fullgraph=self.fullgraph)
+        dynamic = self._settings.get("dynamic", "auto")
+        compiled = torch.compile(own_code(used), backend=counter, fullgraph=self.fullgraph,
+                                 dynamic=None if dynamic == "auto" else dynamic)
         device = self.device
 
         def run(*inputs: Tensor) -> Any:

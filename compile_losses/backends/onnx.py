@@ -10,7 +10,9 @@
   measures what that costs.
 - The batch dimension (dim 0 of every input) is dynamic; the export runs on a small example.
 - onnxruntime sessions come from :mod:`compile_losses.sessions` (one intra-op thread), the same
-  factory the training graphs and the benchmarks use.
+  factory the training graphs and the benchmarks use. Its graph optimization level and thread
+  count are settings (``ort_opt_level``, ``ort_threads``: see ``Backend.settings_scope``), taken by
+  every graph this adapter runs (forward, loss-and-gradient, train step).
 
 Gradient rows come from the training graphs (:mod:`compile_losses.training`), exported with the
 torch.export-based exporter only.
@@ -32,7 +34,7 @@ from .. import training
 from .._reduction import ONNX_OPTIMIZE, faithful_reductions
 from ..diagnose import quiet_failure, unsupported
 from ..errors import UsageError
-from ..sessions import INTRA_OP_THREADS, ort_session
+from ..sessions import DEFAULT_OPT_LEVEL, INTRA_OP_THREADS, check_ort_settings, ort_session
 from ..signature import OPSET
 from .base import Backend, TrainStepResult, Unsupported, export_example, structure_key
 
@@ -58,6 +60,21 @@ class OnnxBackend(Backend):
         self.runner = runner
         self.provider = provider
         self.device = "cuda" if provider.startswith("CUDA") else "cpu"
+        # onnxruntime's graph optimization level and intra-op threads, for every graph it runs
+        self.setting_defaults = ({"ort_opt_level": DEFAULT_OPT_LEVEL, "ort_threads": INTRA_OP_THREADS}
+                                 if runner == "ort" else {})
+
+    def check_settings(self, applied: Dict[str, Any]) -> None:
+        if self.runner == "ort":
+            check_ort_settings(applied["ort_opt_level"], applied["ort_threads"])
+
+    def _session(self, model: bytes) -> Any:
+        s = self.applied_settings(self._settings)
+        return ort_session(model, self.provider, threads=s["ort_threads"], opt_level=s["ort_opt_level"])
+
+    def _ort_kwargs(self) -> Dict[str, Any]:
+        s = self.applied_settings(self._settings)
+        return {"provider": self.provider, "threads": s["ort_threads"], "opt_level": s["ort_opt_level"]}
 
     def _available(self) -> Tuple[bool, str]:
         import onnx  # noqa: F401  (a missing package is reported by available())
@@ -80,7 +97,16 @@ class OnnxBackend(Backend):
         key = (self.exporter,) + structure_key(module, example_inputs)
         if key not in _EXPORTS:
             _EXPORTS[key] = export_onnx(module, example_inputs, exporter=self.exporter).SerializeToString()
-        return self._runner(_EXPORTS[key]), module
+        try:
+            return self._runner(_EXPORTS[key]), module
+        except Exception as exc:
+            # the TorchScript-based exporter types a bfloat16 mean's division as complex128: a graph
+            # onnxruntime refuses. Its limitation, said as such (any other invalid graph is a failure).
+            if (self.exporter == "legacy" and "INVALID_GRAPH" in str(exc)
+                    and any(t.dtype == torch.bfloat16 for t in example_inputs)):
+                raise Unsupported("the TorchScript-based exporter writes an invalid bfloat16 graph: {}".format(
+                    str(exc).split("Type Error:")[-1].strip()[:200])) from None
+            raise
 
     def _runner(self, model: bytes) -> Callable[..., Any]:
         import numpy as np
@@ -95,7 +121,7 @@ class OnnxBackend(Backend):
             execute = lambda feeds: evaluator.run(None, feeds)  # noqa: E731
         else:
             with self._kernels_or_unsupported():
-                session = ort_session(model, self.provider)
+                session = self._session(model)
             names = [i.name for i in session.get_inputs()]
             execute = lambda feeds: session.run(None, feeds)  # noqa: E731
 
@@ -126,7 +152,7 @@ class OnnxBackend(Backend):
             return self._cached("loss_and_grad", loss, example_inputs, lambda: (self._ref_graph(
                 lambda p: training.export_loss_and_grad_onnx(loss, example, p), params=None), None))[0]
         with self._kernels_or_unsupported():
-            return training.prepare_onnx_loss_and_grad(loss, example, provider=self.provider)
+            return _numpy_feedable(training.prepare_onnx_loss_and_grad(loss, example, **self._ort_kwargs()))
 
     def _exported_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                              lr: float) -> Callable[..., TrainStepResult]:
@@ -140,7 +166,7 @@ class OnnxBackend(Backend):
                 lambda p: training.export_train_step_onnx(net, loss, example, p), params=(net, lr)), None),
                 owners=(net, loss))[0]
         with self._kernels_or_unsupported():
-            return training.prepare_onnx_train_step(net, loss, example, lr, provider=self.provider)
+            return _numpy_feedable(training.prepare_onnx_train_step(net, loss, example, lr, **self._ort_kwargs()))
 
     def _training_exporter(self) -> None:
         if self.exporter != "dynamo":
@@ -175,9 +201,26 @@ class OnnxBackend(Backend):
         return train_step
 
 
+def _check_feedable(inputs: Sequence[Tensor]) -> None:
+    for i, t in enumerate(inputs):
+        if t.dtype == torch.bfloat16:
+            raise Unsupported("onnxruntime's Python API is fed numpy arrays, and numpy has no bfloat16 "
+                              "(input {} is bfloat16)".format(i))
+
+
+def _numpy_feedable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*inputs: Tensor) -> Any:
+        _check_feedable(inputs)
+        return fn(*inputs)
+
+    run.graph_info = getattr(fn, "graph_info", None)  # type: ignore[attr-defined]
+    return run
+
+
 def _feeds(names: Sequence[str], inputs: Sequence[Tensor]) -> Dict[str, Any]:
     import numpy as np
 
+    _check_feedable(inputs)
     return {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(names, inputs)}
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, Tuple
 import torch
 from torch import Tensor, nn
 
-from .base import Backend, export_example
+from .base import Backend, Unsupported, export_example
 
 __all__ = ["ScriptBackend", "TraceBackend", "save_torchscript", "load_torchscript"]
 
@@ -49,6 +49,9 @@ class ScriptBackend(Backend):
         return _jit_available()
 
     def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        reasons = [getattr(m, "jit_unsupported", "") for m in module.modules()]
+        if any(reasons):  # a module that says TorchScript cannot script it, and why
+            raise Unsupported("TorchScript: " + next(r for r in reasons if r))
         with _quiet_jit():
             scripted = torch.jit.script(module)
         return scripted, module  # a scripted module shares its parameters with the original

@@ -45,6 +45,8 @@ class TunedCompileBackend(CompileBackend):
         # where the tuned graph cannot be built (a data-dependent check in the user's loss): what the
         # user gets from torch.compile(loss) with its defaults, graph breaks allowed
         self._default = CompileBackend(name + ":torch.compile", compiler="inductor", fullgraph=False)
+        self.setting_defaults = dict(self.setting_defaults)
+        del self.setting_defaults["dynamic"]  # it builds its own graphs (guard-free, fused): inductor flags only
 
     def prepare(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Any]:
         self._require()

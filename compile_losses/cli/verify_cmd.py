@@ -31,6 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--large", type=int, default=2 ** 20, metavar="ELEMENTS",
                         help="elements of the large case for elementwise registry losses alone (default 2^20; 0: none)")
     parser.add_argument("--dtype", default="float32,float64", help="dtypes, comma-separated (default float32,float64)")
+    parser.add_argument("--autocast", default="", metavar="DTYPES",
+                        help="also run each float32 case under torch.autocast in these dtypes (bfloat16,float16)")
+    parser.add_argument("--ort-opt-level", default="", metavar="LEVELS",
+                        help="onnxruntime graph optimization levels, comma-separated from disabled,basic,extended,all "
+                             "(default: all)")
+    parser.add_argument("--ort-threads", default="", metavar="COUNTS",
+                        help="onnxruntime intra-op thread counts, comma-separated (0: all cores; default 1)")
+    parser.add_argument("--compile-setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="torch.compile setting that changes numerics (emulate_precision_casts, fallback_random: "
+                             "true/false; dynamic: auto/true/false); repeatable")
     parser.add_argument("--no-alone", action="store_true", help="skip the loss-alone cases")
     parser.add_argument("--no-audit", action="store_true", help="skip the torch.compile audit")
     parser.add_argument("--strict-audit", action="store_true",
@@ -50,22 +60,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "merged into the serial run's report (default 1: in this process)")
 
 
-def _ints(text: str, what: str) -> List[int]:
+def _ints(text: str, what: str, minimum: int = 1) -> List[int]:
+    kind = "positive integers" if minimum == 1 else "integers >= {}".format(minimum)
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UsageError("{} must be comma-separated positive integers, got {!r}".format(what, text)) from None
-    if not values or any(v < 1 for v in values):
-        raise UsageError("{} must be comma-separated positive integers, got {!r}".format(what, text))
+        raise UsageError("{} must be comma-separated {}, got {!r}".format(what, kind, text)) from None
+    if not values or any(v < minimum for v in values):
+        raise UsageError("{} must be comma-separated {}, got {!r}".format(what, kind, text))
     return values
 
 
-def _dtypes(text: str) -> List[torch.dtype]:
+def _dtypes(text: str, what: str = "--dtype") -> List[torch.dtype]:
     names = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [n for n in names if n not in _DTYPES]
+    allowed = _DTYPES if what == "--dtype" else {k: v for k, v in _DTYPES.items() if k in ("bfloat16", "float16")}
+    bad = [n for n in names if n not in allowed]
     if bad or not names:
-        raise UsageError("--dtype must be comma-separated from {}, got {!r}".format(", ".join(_DTYPES), text))
+        raise UsageError("{} must be comma-separated from {}, got {!r}".format(what, ", ".join(allowed), text))
     return [_DTYPES[n] for n in names]
+
+
+def _grid(args: argparse.Namespace) -> List[dict]:
+    """The settings combinations: every (ort level, ort threads), with the compile settings."""
+    from ..sessions import OPT_LEVELS
+
+    levels = [v.strip() for v in args.ort_opt_level.split(",") if v.strip()] or [None]
+    bad = [v for v in levels if v is not None and v not in OPT_LEVELS]
+    if bad:
+        raise UsageError("--ort-opt-level must be comma-separated from {}, got {!r}".format(
+            ", ".join(OPT_LEVELS), args.ort_opt_level))
+    threads = [None] if not args.ort_threads.strip() else _ints(args.ort_threads, "--ort-threads", minimum=0)
+    extra = {}
+    for item in args.compile_setting:
+        key, sep, value = item.partition("=")
+        words = {"true": True, "false": False, "auto": "auto"}
+        if not sep or value.strip().lower() not in words:
+            raise UsageError("--compile-setting must be KEY=true|false|auto, got {!r}".format(item))
+        extra[key.strip()] = words[value.strip().lower()]
+    return [dict(extra, **{k: v for k, v in (("ort_opt_level", lv), ("ort_threads", t)) if v is not None})
+            for lv in levels for t in threads]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +109,15 @@ def run(args: argparse.Namespace) -> int:
 
     batches = _ints(args.batch, "--batch")
     dtypes = _dtypes(args.dtype)
+    autocasts = [None] + (_dtypes(args.autocast, "--autocast") if args.autocast.strip() else [])
+    grid = _grid(args)
+    from ..parity.verify import check_settings
+
+    try:
+        for settings in grid:
+            check_settings(settings)
+    except ValueError as exc:
+        raise UsageError("--compile-setting: {}".format(exc)) from None
     backends = [b.name for b in get_backends(args.backends)] if args.backends else None
     net_kwargs = init_kwargs(args, "net") or {}
     loss_kwargs = init_kwargs(args, "loss") or {}
@@ -104,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
             run_matrix = partial(verify_registry_jobs, args.jobs or default_jobs())
         report = run_matrix(losses=names, net=net, alone=not args.no_alone, batches=batches, large=args.large,
                             dtypes=dtypes, backends=backends, audit=not args.no_audit, lr=args.lr,
-                            progress=progress, strict_audit=args.strict_audit)
+                            progress=progress, strict_audit=args.strict_audit,
+                            autocasts=autocasts, settings_grid=grid)
     else:
         loss_name = args.loss or DEFAULT_LOSS
         plans = [net] + ([None] if net is not None and not args.no_alone and loss_name in LOSSES
@@ -126,9 +169,17 @@ def run(args: argparse.Namespace) -> int:
         audit = auditor is not None
         bar = Progress(len(cases) * n_backends + int(audit), progress) if progress else None
         report = ParityReport()
+        from ..parity.verify import settings_runs
+
+        runs = [(a, st, bs) for a in autocasts for st, bs in settings_runs(get_backends(backends), grid)]
+        if bar:
+            bar.total = len(cases) * sum(len(bs) for *_, bs in runs) + int(audit)
         for case in cases:
-            report.extend(verify(case.net, case.loss, case.inputs, case.targets, backends, lr=args.lr,
-                                 label=case.label, progress=bar))
+            for autocast, settings, chosen in runs:
+                if autocast is not None and case.inputs[0].dtype != torch.float32:
+                    continue  # mixed precision: float32 parameters under autocast
+                report.extend(verify(case.net, case.loss, case.inputs, case.targets, chosen, lr=args.lr,
+                                     label=case.label, progress=bar, autocast=autocast, settings=settings))
         if audit:
             if bar:
                 bar.step("compile audit {}".format(loss_name))

@@ -32,14 +32,16 @@ def plan_units(losses: Optional[Sequence[str]] = None, net: Optional[str] = "see
                net_cases: bool = True, batches: Sequence[int] = (1, 7, 64), large: int = 2 ** 20,
                dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
                backends: Optional[Sequence[str]] = None, audit: bool = True, lr: float = 0.01,
-               strict_audit: bool = False) -> List[Unit]:
+               strict_audit: bool = False, autocasts: Sequence[Optional[torch.dtype]] = (None,),
+               settings_grid: Sequence[Dict[str, Any]] = ({},)) -> List[Unit]:
     """The serial run of ``verify_registry`` with these arguments, as units in its order."""
     from ..backends import get_backends
     from ..registry import LOSSES, NETS
     from .audit import audited
 
     names = list(LOSSES) if losses is None else list(losses)
-    common = dict(batches=list(batches), large=large, backends=backends, lr=lr, net_cases=False)
+    common = dict(batches=list(batches), large=large, backends=backends, lr=lr, net_cases=False,
+                  autocasts=list(autocasts), settings_grid=list(settings_grid))
     units: List[Unit] = []
     has_net = net not in (None, "none")
     for loss_name in names:

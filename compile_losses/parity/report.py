@@ -27,6 +27,19 @@ class Row:
     ratio: Optional[float] = None
     tolerance: Optional[str] = None
     detail: str = ""
+    # the axes the row ran under (None: not one this backend takes)
+    dtype: Optional[str] = None
+    autocast: Optional[str] = None
+    ort_opt_level: Optional[str] = None
+    ort_threads: Optional[int] = None
+    sizes: Optional[Dict[str, int]] = None
+    settings: Optional[Dict[str, Any]] = None
+
+    def axes(self) -> Tuple[Any, ...]:
+        """(dtype, autocast, ort_opt_level, ort_threads, other settings): what the summary groups by."""
+        other = ",".join("{}={}".format(k, v) for k, v in sorted((self.settings or {}).items()))
+        return (self.dtype or "-", self.autocast or "-", self.ort_opt_level or "-",
+                "-" if self.ort_threads is None else str(self.ort_threads), other or "-")
 
     @property
     def failed(self) -> bool:
@@ -78,7 +91,7 @@ class ParityReport:
                 "seconds": round(self.seconds, 1), "torch": torch.__version__}
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"summary": self.summary(), "cases": self.cases, "audits": self.audits,
+        return {"summary": dict(self.summary(), by_axes=self.by_axes()), "cases": self.cases, "audits": self.audits,
                 "rows": [asdict(r) for r in self.rows]}
 
     def to_json(self, path: Optional[str] = None) -> str:
@@ -95,6 +108,10 @@ class ParityReport:
         header = ["case", "backend", "output", "status", "clause", "max abs", "max rel", "cosine",
                   "err64 backend", "err64 eager", "ratio"]
         lines: List[List[str]] = []
+        # rows of one case under several settings: say which (ort level/threads, other settings)
+        several = len({(r.ort_opt_level, r.ort_threads, r.axes()[4]) for r in self.rows}) > 1
+        if several:
+            header.insert(2, "settings")
         for group in (self._groups() if not detail else [[r] for r in self.rows]):
             r = _worst(group)
             status = r.status if r.status != PASS else PASS
@@ -103,6 +120,9 @@ class ParityReport:
             lines.append([r.case, r.backend, output, status, ",".join(map(str, clauses)) or "-", _num(r.max_abs),
                           _num(r.max_rel), _num(_min(g.cosine for g in group), 7), _num(r.err_backend64),
                           _num(r.err_eager64), _num(r.ratio, 3)])
+            if several:
+                ort = "ort={}/{}".format(r.ort_opt_level, r.ort_threads) if r.ort_opt_level is not None else ""
+                lines[-1].insert(2, " ".join(x for x in (ort, r.axes()[4] if r.settings else "") if x) or "-")
         return _format(header, lines)
 
     def __str__(self) -> str:
@@ -145,17 +165,35 @@ class ParityReport:
         parts.append(self.verdict())
         return "\n".join(parts)
 
+    def by_axes(self) -> List[Dict[str, Any]]:
+        """Counts per (backend, dtype, autocast, ort_opt_level, ort_threads, other settings)."""
+        per: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+        for r in self.rows:
+            key = (r.backend,) + r.axes()
+            c = per.setdefault(key, dict(zip(("backend", "dtype", "autocast", "ort_opt_level", "ort_threads",
+                                              "settings"), key), pass_clause1=0, pass_clause2=0, fail=0,
+                                         unavailable=0, skipped=0, unsupported=0))
+            if r.status == PASS:
+                c["pass_clause1" if r.clause == 1 else "pass_clause2"] += 1
+            elif r.failed:
+                c["fail"] += 1
+            else:
+                c[r.status] += 1
+        return list(per.values())
+
     def summary_table(self) -> str:
         s = self.summary()
-        header = ["backend", "pass (1)", "pass (2)", "fail", "unavailable", "skipped", "unsupported"]
-        lines = [[name, str(c["pass_clause1"]), str(c["pass_clause2"]), str(c["fail"]), str(c["unavailable"]),
-                  str(c["skipped"]), str(c["unsupported"])] for name, c in s["backends"].items()]
+        header = ["backend", "dtype", "autocast", "ort opt", "ort thr", "settings", "pass (1)", "pass (2)", "fail",
+                  "unavailable", "skipped", "unsupported"]
+        lines = [[c["backend"], c["dtype"], c["autocast"], c["ort_opt_level"], c["ort_threads"], c["settings"],
+                  str(c["pass_clause1"]), str(c["pass_clause2"]), str(c["fail"]), str(c["unavailable"]),
+                  str(c["skipped"]), str(c["unsupported"])] for c in self.by_axes()]
         return "{}\n{}".format(_format(header, lines), self.verdict())
 
     def _groups(self) -> List[List[Row]]:
-        groups: Dict[Tuple[str, str], List[Row]] = {}
+        groups: Dict[Tuple[Any, ...], List[Row]] = {}
         for r in self.rows:
-            groups.setdefault((r.case, r.backend), []).append(r)
+            groups.setdefault((r.case, r.backend) + r.axes(), []).append(r)
         return list(groups.values())
 
 

@@ -10,6 +10,7 @@ from ..backends.base import to_cpu
 from ..nets import NetWithLoss
 from ..programs import check_lr
 from .audit import audit_rows, audited, compile_audit
+from .precision import autocast_modules, check_autocast
 from .progress import Progress
 from .report import ParityReport, Row, _one_line
 from .rule import ERROR, FAIL, NONDET, PASS, SKIPPED, UNAVAILABLE, UNSUPPORTED, _bitwise_equal, float64_case, judge
@@ -27,7 +28,12 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     ``progress`` (True, a stream, or a :class:`Progress`), ``audit`` (False; True adds the
     torch.compile audit of the case, over :data:`AUDIT_BATCHES` made by repeating the given batch,
     through the first chosen ``audited`` backend, if any; a backend name audits through that one) and ``strict_audit`` (False: compiler-internal
-    recompilations fail the audit too, not only graph breaks and user-avoidable ones).
+    recompilations fail the audit too, not only graph breaks and user-avoidable ones), ``settings`` (backend settings that
+    change numerics, e.g. ``{"ort_opt_level": "basic", "ort_threads": 0,
+    "emulate_precision_casts": True}``: each backend takes those it declares, see
+    ``Backend.setting_defaults``), ``autocast`` (``torch.bfloat16``/``torch.float16``: net and loss
+    run under ``torch.autocast``, parameters keep their dtype), ``sizes`` (what the row records as
+    the sizes it ran; default the batch).
     """
     start = time.perf_counter()
     chosen = get_backends(backends)
@@ -39,6 +45,14 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     lr = check_lr(options.get("lr", 0.01))
     spec = options.get("spec") or _registry_spec(loss)
     label = options.get("label") or _label(net, loss, inputs)
+    settings = check_settings(options.get("settings"))
+    autocast = check_autocast(options.get("autocast"))
+    axes = {"dtype": _dtype_name(next((t.dtype for t in inputs + targets if t.is_floating_point()), None)),
+            "autocast": _dtype_name(autocast),
+            "sizes": dict(options.get("sizes") or {"batch": int(inputs[0].shape[0]) if inputs[0].dim() else 1})}
+    if autocast is not None:
+        net, loss = autocast_modules(net, loss, len(inputs), len(targets), autocast)
+        label = "{} autocast={}".format(label, axes["autocast"])
     progress = options.get("progress")
     own_progress = progress is True or (progress is not None and not isinstance(progress, (bool, Progress)))
     if own_progress:
@@ -52,7 +66,9 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
         for backend in chosen:
             if progress:
                 progress.step("{:<18} {}".format(backend.name, label))
-            rows += _backend_rows(backend, ref, label, spec)
+            for row in _backend_rows(backend, ref, label, spec, settings):
+                row.dtype, row.autocast, row.sizes = axes["dtype"], axes["autocast"], axes["sizes"]
+                rows.append(row)
         audit = options.get("audit")
         auditor = audit if isinstance(audit, str) else (audited(chosen).name if audit and audited(chosen) else None)
         audits = [] if auditor is None else [compile_audit(
@@ -66,8 +82,52 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
             progress.close()
     case = {"case": label, "net": type(net).__name__ if net is not None else None, "loss": type(loss).__name__,
             "inputs": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in inputs],
-            "targets": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in targets], "lr": lr}
+            "targets": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in targets], "lr": lr,
+            "dtype": axes["dtype"], "autocast": axes["autocast"], "sizes": axes["sizes"], "settings": settings}
     return ParityReport(rows, [case], audits, time.perf_counter() - start)
+
+
+def _dtype_name(dtype: Optional[torch.dtype]) -> Optional[str]:
+    return None if dtype is None else str(dtype).replace("torch.", "")
+
+
+def setting_names() -> List[str]:
+    """Every setting some registered backend takes (``Backend.setting_defaults``)."""
+    from ..backends import BACKENDS
+
+    return sorted({k for b in BACKENDS.values() for k in b.setting_defaults})
+
+
+def check_settings(settings: Any) -> Dict[str, Any]:
+    """A dict of backend settings, every name one some backend takes (an error naming it otherwise)."""
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise TypeError("settings must be a dict of backend settings, got {}".format(type(settings).__name__))
+    known = setting_names()
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ValueError("settings has unknown name(s) {} (backends take: {})".format(unknown, ", ".join(known)))
+    return dict(settings)
+
+
+def settings_runs(backends: Sequence[Backend], grid: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], List[str]]]:
+    """Each settings combination of ``grid`` with the backends it changes: the first runs every
+    backend, a later one only those whose applied settings it makes new (eager does not run again
+    per onnxruntime level). Empty runs are dropped."""
+    seen: Dict[str, List[Dict[str, Any]]] = {}
+    runs: List[Tuple[Dict[str, Any], List[str]]] = []
+    for settings in list(grid) or [{}]:
+        settings = check_settings(settings)
+        names = []
+        for b in backends:
+            applied = b.applied_settings(settings)
+            if applied not in seen.setdefault(b.name, []):
+                seen[b.name].append(applied)
+                names.append(b.name)
+        if names:
+            runs.append((settings, names))
+    return runs
 
 
 def _label(net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...]) -> str:
@@ -138,7 +198,18 @@ def _run_all(backend: Backend, ref: _References, case_module: nn.Module, loss: n
     return out
 
 
-def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any) -> List[Row]:
+def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any,
+                  settings: Optional[Dict[str, Any]] = None) -> List[Row]:
+    with backend.settings_scope(settings) as applied:
+        rows = _settled_rows(backend, ref, label, spec)
+    ort = {k: applied.pop(k) for k in ("ort_opt_level", "ort_threads") if k in applied}
+    for row in rows:
+        row.ort_opt_level, row.ort_threads = ort.get("ort_opt_level"), ort.get("ort_threads")
+        row.settings = dict(applied)
+    return rows
+
+
+def _settled_rows(backend: Backend, ref: _References, label: str, spec: Any) -> List[Row]:
     name = backend.name
     skips = getattr(spec, "skips", {}) or {}
     if name in skips:
@@ -187,13 +258,16 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
                     net_cases: bool = True, batches: Sequence[int] = (1, 7, 64), large: int = 2 ** 20,
                     dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
                     backends: Union[None, str, Sequence[str]] = None, audit: bool = True, lr: float = 0.01,
-                    progress: Any = None, strict_audit: bool = False) -> ParityReport:
+                    progress: Any = None, strict_audit: bool = False, autocasts: Sequence[Optional[torch.dtype]] = (None,),
+                    settings_grid: Sequence[Dict[str, Any]] = ({},)) -> ParityReport:
     """Every registry loss (or ``losses``) with ``net`` and alone, at ``batches`` and, for the
     elementwise losses alone, at ``large`` elements; in each of ``dtypes``; plus (``net_cases``)
     each larger registry net with its representative loss. One module per (case, dtype) serves
     every batch size, so each backend prepares once per case and runs every batch.
     ``audit`` adds the torch.compile audit of each loss (float32); ``strict_audit`` fails it on
-    compiler-internal recompilations too."""
+    compiler-internal recompilations too. ``autocasts``: each float32
+    case also runs under ``torch.autocast`` in these dtypes (None: without); ``settings_grid``:
+    backend settings combinations (see :func:`settings_runs`)."""
     from ..registry import LOSSES, NETS
     from ..resolve import make_case
 
@@ -215,7 +289,8 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
     chosen = get_backends(backends)
     auditor = audited(chosen) if audit else None
     audits = [n for n in names if n in LOSSES] if auditor is not None else []
-    steps = sum(len(bs) for *_, bs in plan) * len(chosen) + len(audits)
+    runs = [(a, st, names) for a in autocasts for st, names in settings_runs(chosen, settings_grid)]
+    steps = sum(len(bs) for *_, bs in plan) * sum(len(n) for *_, n in runs) + len(audits)
     bar = progress if isinstance(progress, Progress) else (Progress(steps, None if progress is True else progress)
                                                            if progress else None)
     report = ParityReport()
@@ -225,8 +300,11 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
             case = make_case(case_net, loss_name, batch=bs[0], dtype=dtype)
             for n in bs:
                 c = case if n == bs[0] else case.with_batch(n)
-                report.extend(verify(c.net, c.loss, c.inputs, c.targets, [b.name for b in chosen], lr=lr,
-                                     label=c.label, progress=bar))
+                for autocast, settings, names in runs:
+                    if autocast is not None and dtype != torch.float32:
+                        continue  # mixed precision: float32 parameters under autocast
+                    report.extend(verify(c.net, c.loss, c.inputs, c.targets, names, lr=lr, label=c.label,
+                                         progress=bar, autocast=autocast, settings=settings))
         for loss_name in audits:
             if bar:
                 bar.step("compile audit {}".format(loss_name))

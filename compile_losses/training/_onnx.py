@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .._reduction import ONNX_OPTIMIZE
 from ..diagnose import quiet_failure, unsupported
-from ..sessions import ort_session
+from ..sessions import INTRA_OP_THREADS, ort_session
 from ..signature import OPSET, TrainStepResult, TrainStepSignature
 from ._trace import (TracedGraph, faithful_graph, structure_key, trace_loss_and_grad,
                      trace_train_step)
@@ -149,12 +149,13 @@ def _feed(names: Sequence[str], tensors: Sequence[Tensor]) -> Dict[str, Any]:
 
 
 def prepare_onnx_loss_and_grad(loss: nn.Module, example_inputs: Tuple[Tensor, ...],
-                               provider: str = "CPUExecutionProvider") -> Callable[..., Tuple[Tensor, Tensor]]:
+                               provider: str = "CPUExecutionProvider", threads: int = INTRA_OP_THREADS,
+                               opt_level: Optional[str] = None) -> Callable[..., Tuple[Tensor, Tensor]]:
     """``(pred, *targets) -> (loss, d loss / d pred)`` computed by ``loss_and_grad.onnx`` in
     onnxruntime, as torch tensors on the prediction's device."""
     key = structure_key("loss_and_grad", None, loss, example_inputs)
     model, info = _exported(key, lambda p: export_loss_and_grad_onnx(loss, example_inputs, p))
-    session = ort_session(model, provider)
+    session = ort_session(model, provider, threads=threads, opt_level=opt_level)
     names = [i["name"] for i in info["inputs"]]
 
     def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
@@ -167,12 +168,13 @@ def prepare_onnx_loss_and_grad(loss: nn.Module, example_inputs: Tuple[Tensor, ..
 
 
 def prepare_onnx_train_step(net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...], lr: float,
-                            provider: str = "CPUExecutionProvider") -> Callable[..., TrainStepResult]:
+                            provider: str = "CPUExecutionProvider", threads: int = INTRA_OP_THREADS,
+                            opt_level: Optional[str] = None) -> Callable[..., TrainStepResult]:
     """``(x, *targets) -> TrainStepResult`` computed by ``train_step.onnx`` in onnxruntime from
     the net's parameters at call time; the net itself is never changed."""
     key = structure_key("train_step", net, loss, example_inputs)
     model, info = _exported(key, lambda p: export_train_step_onnx(net, loss, example_inputs, p))
-    session = ort_session(model, provider)
+    session = ort_session(model, provider, threads=threads, opt_level=opt_level)
     names = [i["name"] for i in info["inputs"]]
     signature = signature_of(info)
 
