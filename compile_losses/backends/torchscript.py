@@ -10,6 +10,7 @@ the trace.
 """
 import contextlib
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Tuple
 
@@ -38,6 +39,9 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
+_SCRIPT_FAILURES: "weakref.WeakKeyDictionary[type, Exception]" = weakref.WeakKeyDictionary()
+
+
 class ScriptBackend(Backend):
     """``torch.jit.script(module)``."""
 
@@ -49,8 +53,17 @@ class ScriptBackend(Backend):
         return _jit_available()
 
     def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        failed = _SCRIPT_FAILURES.get(type(module))
+        if failed is not None:  # a second attempt on a class TorchScript refused says "Can't redefine method"
+            raise failed
         with _quiet_jit():
-            scripted = torch.jit.script(module)
+            try:
+                scripted = torch.jit.script(module)
+            except (RuntimeError, torch.jit.frontend.FrontendError) as exc:  # the code, not the numbers
+                from ..diagnose import script_unsupported
+
+                _SCRIPT_FAILURES[type(module)] = script_unsupported(exc, module)
+                raise _SCRIPT_FAILURES[type(module)] from None
         return scripted, module  # a scripted module shares its parameters with the original
 
 

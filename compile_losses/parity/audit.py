@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ..backends import BACKENDS, Backend
 from .report import _one_line
-from .rule import ERROR, FAIL, PASS, UNAVAILABLE
+from .rule import ERROR, FAIL, GRAPH_BREAKS, PASS, UNAVAILABLE
 
 
 AUDIT_BATCHES = (1, 7, 64, 4096)
@@ -28,7 +28,7 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
     (none after the first compile with a dynamic batch: the second batch size's), forward and
     backward through the first argument (and any parameters). ``backend``: an audited backend's
     name (default: the first registered one)."""
-    from ..backends.compile import graph_breaks
+    from .breaks import breaks_detail, graph_breaks_at
 
     b = BACKENDS.get(backend) if backend is not None else audited(list(BACKENDS.values()))
     if b is None:
@@ -40,10 +40,10 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
         return dict(entry, status=UNAVAILABLE, detail=reason)
     try:
         first = make_args(batches[0])
-        breaks = graph_breaks(module, first)
-        if breaks["graph_breaks"]:
-            return dict(entry, status=FAIL, graph_breaks=breaks["graph_breaks"], detail="graph breaks {}: {}".format(
-                breaks["graph_breaks"], " | ".join(breaks["reasons"][:3])))
+        breaks = graph_breaks_at(module, first)
+        if breaks["graph_breaks"]:  # torch.compile's defaults run it; fullgraph=True would not
+            return dict(entry, status=GRAPH_BREAKS, graph_breaks=breaks["graph_breaks"], breaks=breaks["breaks"],
+                        detail=breaks_detail(breaks))
         fn = b.audit_callable(module, first)
         counts = []
         for n in batches:

@@ -12,7 +12,9 @@ from ..programs import check_lr
 from .audit import audited, compile_audit
 from .progress import Progress
 from .report import ParityReport, Row, _one_line
-from .rule import ERROR, FAIL, NONDET, PASS, SKIPPED, UNAVAILABLE, UNSUPPORTED, _bitwise_equal, float64_case, judge
+from ..errors import ExportUnsupportedError
+from .rule import (ERROR, FAIL, NONDET, PASS, SKIPPED, UNAVAILABLE, UNCOMPILABLE, UNSUPPORTED, _bitwise_equal,
+                   float64_case, judge)
 
 
 def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
@@ -24,7 +26,8 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     them). ``backends`` is a list or ``"a,b"`` (default: every backend; those that cannot run here
     say so). Options: ``lr`` (0.01, the train step's), ``label`` (the case's name in rows),
     ``spec`` (registry entry with ``tolerances``/``skips``; found by the loss's class if omitted),
-    ``progress`` (True, a stream, or a :class:`Progress`).
+    ``progress`` (True, a stream, or a :class:`Progress`), ``require`` (backend names, a list or
+    ``"a,b"``: their ``uncompilable`` rows fail the report; others' do not).
     """
     start = time.perf_counter()
     chosen = get_backends(backends)
@@ -37,6 +40,7 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     spec = options.get("spec") or _registry_spec(loss)
     label = options.get("label") or _label(net, loss, inputs)
     progress = options.get("progress")
+    require = _required(options.get("require"))
     own_progress = progress is True or (progress is not None and not isinstance(progress, (bool, Progress)))
     if own_progress:
         progress = Progress(len(chosen), None if progress is True else progress)
@@ -49,7 +53,7 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
         for backend in chosen:
             if progress:
                 progress.step("{:<18} {}".format(backend.name, label))
-            rows += _backend_rows(backend, ref, label, spec)
+            rows += _backend_rows(backend, ref, label, spec, require)
     finally:
         for m, mode in modes:
             m.train(mode)
@@ -59,6 +63,15 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
             "inputs": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in inputs],
             "targets": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in targets], "lr": lr}
     return ParityReport(rows, [case], [], time.perf_counter() - start)
+
+
+def _required(require: Union[None, str, Sequence[str]]) -> Tuple[str, ...]:
+    """Backend names from ``require`` (None, ``"a,b"`` or a list), each a registered backend."""
+    if require is None:
+        return ()
+    names = [n.strip() for n in require.split(",")] if isinstance(require, str) else [str(n) for n in require]
+    names = [n for n in names if n]
+    return tuple(b.name for b in get_backends(names)) if names else ()
 
 
 def _label(net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...]) -> str:
@@ -129,7 +142,7 @@ def _run_all(backend: Backend, ref: _References, case_module: nn.Module, loss: n
     return out
 
 
-def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any) -> List[Row]:
+def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any, require: Sequence[str] = ()) -> List[Row]:
     name = backend.name
     skips = getattr(spec, "skips", {}) or {}
     if name in skips:
@@ -149,6 +162,16 @@ def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any) -> 
     for output, value in got.items():
         if isinstance(value, Unsupported):
             rows.append(Row(label, name, output, UNSUPPORTED, detail=str(value)))
+            continue
+        if isinstance(value, ExportUnsupportedError):
+            lg = ref.first.get("lg.loss")
+            if output == "loss_and_grad" and isinstance(lg, Tensor) and lg.dim() != 0:
+                rows.append(Row(label, name, output, UNSUPPORTED, detail="a non-scalar loss (shape {}): its gradient "
+                                "graph (a vector-Jacobian product) is not exported yet: {}".format(
+                                    tuple(lg.shape), _one_line(value))))
+            else:  # the compiler cannot take the user's code: its message and the user's line
+                rows.append(Row(label, name, output, UNCOMPILABLE, detail=str(value).splitlines()[0][:400],
+                                required=name in require))
             continue
         if isinstance(value, Exception):
             rows.append(Row(label, name, output, ERROR, detail=_one_line(value)))
@@ -226,8 +249,9 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
     finally:
         if bar and bar is not progress:
             bar.close()
-    for a in report.audits:  # an audit that fails is a failing row too
+    for a in report.audits:  # an audit that fails is a failing row too; the catalogue has no graph break
         if a["status"] != PASS:
-            report.rows.append(Row(a["case"] + " (audit)", a["backend"], "audit", a["status"], detail=a["detail"]))
+            report.rows.append(Row(a["case"] + " (audit)", a["backend"], "audit", a["status"], detail=a["detail"],
+                                   required=True))
     report.seconds = time.perf_counter() - start
     return report
