@@ -42,6 +42,17 @@ def _quiet_jit() -> Iterator[None]:
 _SCRIPT_FAILURES: "weakref.WeakKeyDictionary[type, Exception]" = weakref.WeakKeyDictionary()
 
 
+def _forget_failed_classes() -> None:
+    """Drop the classes a failed ``torch.jit.script`` left half-registered: else scripting another
+    module that shares a submodule class fails with "Can't redefine method" instead of its own reason."""
+    try:
+        torch._C._jit_clear_class_registry()
+        torch.jit._recursive.concrete_type_store = torch.jit._recursive.ConcreteTypeStore()
+        torch.jit._state._clear_class_state()
+    except AttributeError:  # private hooks; without them only the message of a later failure suffers
+        pass
+
+
 class ScriptBackend(Backend):
     """``torch.jit.script(module)``."""
 
@@ -63,6 +74,7 @@ class ScriptBackend(Backend):
                 from ..diagnose import script_unsupported
 
                 _SCRIPT_FAILURES[type(module)] = script_unsupported(exc, module)
+                _forget_failed_classes()
                 raise _SCRIPT_FAILURES[type(module)] from None
         return scripted, module  # a scripted module shares its parameters with the original
 
