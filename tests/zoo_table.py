@@ -93,7 +93,20 @@ ZOO: Tuple[ZooLoss, ...] = (
 KNOWN_FAILURES = {
     ("monai-generalized-dice", "script"): "TorchScript's loss value is 1.8e-5 from float64 where eager's is 1.9e-8 "
                                           "(batch 2, float32; not yet diagnosed)",
+    ("info-nce", "onnx"): "onnxruntime: 'Got invalid dimensions for input: query' (not yet diagnosed)",
+    ("info-nce-none", "onnx"): "onnxruntime: 'Got invalid dimensions for input: query' (not yet diagnosed)",
+    ("msssim-ssim", "onnx"): "onnxruntime: Squeeze 'Dimension of input 3 must be 1 instead of 8' in the exported "
+                             "graph (not yet diagnosed)",
 }
+
+# Cells whose uncompilable reason names neither the op nor the user's line yet (diagnose.py finds
+# neither in the exporter's message); the test expects them to lack it, so an improvement shows.
+# monai's Dice family: the gradient graph's "tolist() shouldn't be called on a tensor with unallocated
+# storage" (the forward's row names monai/losses/utils.py:45); pytorch-metric-learning: torch.export's
+# data-dependent error carries no frame outside torch.
+NO_SOURCE_LINE = {(z, "onnx") for z in ("monai-dice-sigmoid", "monai-dice-softmax", "monai-dice-ce", "monai-dice-focal",
+                                        "monai-generalized-dice", "monai-tversky", "pml-contrastive", "pml-triplet",
+                                        "pml-ntxent", "pml-multi-similarity", "pml-circle", "pml-supcon")}
 
 # Backends of the zoo's columns: cheap ones in the default run (when the libraries are installed),
 # the exported one in the slow run, inductor in the exhaustive one.
