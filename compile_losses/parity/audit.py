@@ -24,8 +24,8 @@ def audited(chosen: Sequence[Backend]) -> Optional[Backend]:
 
 def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ...]], label: str = "",
                   batches: Sequence[int] = AUDIT_BATCHES, backend: Optional[str] = None) -> Dict[str, Any]:
-    """Graph breaks (any: status ``graph-breaks``, each with its reason and user line, see :mod:`.breaks`) and recompilations of a fresh ``torch.compile`` over ``batches``
-    (none after the first compile with a dynamic batch: the second batch size's), forward and
+    """Graph breaks (any: status ``graph-breaks``, each with its reason and user line, see
+    :mod:`.breaks`) and recompilations of a fresh ``torch.compile`` over ``batches`` (none after the first compile with a dynamic batch: the second batch size's), forward and
     backward through the first argument (and any parameters). ``backend``: an audited backend's
     name (default: the first registered one)."""
     from .breaks import breaks_detail, graph_breaks_at
