@@ -21,7 +21,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import ExportUnsupportedError
 
-__all__ = ["unsupported", "user_frame", "module_label", "quiet_failure"]
+__all__ = ["unsupported", "script_unsupported", "user_frame", "module_label", "quiet_failure"]
 
 _NO_ONNX = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>")
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in ([\w<>.]+)\n[ \t]*([^\n]*)')
@@ -121,6 +121,35 @@ def unsupported(exc: BaseException, module: Any, what: str, example: Optional[Se
             detail = "the graph does not allow a dynamic batch dimension: " + detail
         message = "{} cannot be exported ({}){}: {}: {}".format(label, what, at, type(exc).__name__, detail)
     return ExportUnsupportedError(message, op=op, loss=label, source=where)
+
+
+_SCRIPT_FRAME = re.compile(r'File "([^"]+)", line (\d+)\n(.*?)<--- HERE', re.S)
+
+
+def script_frame(text: str) -> Optional[str]:
+    """``path:line: code`` of the first frame TorchScript's compiler points at (the line above its
+    ``~~~ <--- HERE`` marker), or None."""
+    match = _SCRIPT_FRAME.search(text)
+    if not match:
+        return None
+    code = [line.strip() for line in match.group(3).splitlines() if line.strip()]
+    code = [line for line in code if not set(line) <= set("~^ ")]
+    path, line = match.group(1), int(match.group(2))
+    # the marked line is the last code line before the marker; ``line`` is its number
+    return "{}:{}: {}".format(path, line, code[-1] if code else "")
+
+
+def script_unsupported(exc: BaseException, module: Any) -> ExportUnsupportedError:
+    """One line that says why ``torch.jit.script`` cannot compile ``module``: TorchScript's own
+    message (its first line) and the user's source line it points at."""
+    text = _ANSI.sub("", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0].rstrip(":") if lines else type(exc).__name__
+    where = script_frame(text)
+    label = module_label(module)
+    message = "{} cannot be compiled by TorchScript{}: {}".format(label, " at {}".format(where) if where else "",
+                                                                  reason[:300])
+    return ExportUnsupportedError(message, loss=label, source=where)
 
 
 @contextlib.contextmanager

@@ -131,7 +131,7 @@ def test_unavailable_and_unsupported_are_reported_never_passed(planted: None) ->
     assert grads == {"loss": "pass", "loss_and_grad": "unsupported", "train_step": "unsupported"}
     summary = report.summary()["backends"]  # ... and nothing that did not run counts as a pass
     assert summary["nowhere"] == {"pass_clause1": 0, "pass_clause2": 0, "fail": 0, "unavailable": 1, "skipped": 0,
-                                  "unsupported": 0}
+                                  "unsupported": 0, "uncompilable": 0, "graph-breaks": 0}
     assert "unavailable: needs a machine we do not have" in str(report)
 
 
@@ -213,7 +213,7 @@ def test_compile_audit_counts_graph_breaks_and_recompiles() -> None:
     assert good["status"] == "pass" and good["graph_breaks"] == 0 and good["recompiles"] == 0
     assert good["compiles"][-1] >= 1
     bad = compile_audit(_Breaks(), make, backend="compile-aot_eager")
-    assert bad["status"] == "fail" and bad["graph_breaks"] == 1
+    assert bad["status"] == "graph-breaks" and bad["graph_breaks"] == 1 and bad["detail"].startswith("fullgraph: 1 graph break(s) at ")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""``torch.compile(fullgraph=True)`` with torch's own dynamic-shape policy (``compile-dynamo``,
-``compile-aot_eager``, ``compile-cuda``).
+"""``torch.compile`` with torch's own dynamic-shape policy: ``compile-dynamo`` with its default
+settings (graph breaks allowed, as users run it; the audit reports each break), ``compile-aot_eager``
+and ``compile-cuda`` with ``fullgraph=True``.
 
 The first call compiles for its shapes, a second batch size compiles one graph with a symbolic
 batch dimension, and that graph serves every later batch (the audit in :mod:`compile_losses.parity`

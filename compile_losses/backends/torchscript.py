@@ -10,6 +10,7 @@ the trace.
 """
 import contextlib
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Tuple
 
@@ -38,6 +39,20 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
+_SCRIPT_FAILURES: "weakref.WeakKeyDictionary[type, Exception]" = weakref.WeakKeyDictionary()
+
+
+def _forget_failed_classes() -> None:
+    """Drop the classes a failed ``torch.jit.script`` left half-registered: else scripting another
+    module that shares a submodule class fails with "Can't redefine method" instead of its own reason."""
+    try:
+        torch._C._jit_clear_class_registry()
+        torch.jit._recursive.concrete_type_store = torch.jit._recursive.ConcreteTypeStore()
+        torch.jit._state._clear_class_state()
+    except AttributeError:  # private hooks; without them only the message of a later failure suffers
+        pass
+
+
 class ScriptBackend(Backend):
     """``torch.jit.script(module)``."""
 
@@ -52,8 +67,18 @@ class ScriptBackend(Backend):
         reasons = [getattr(m, "jit_unsupported", "") for m in module.modules()]
         if any(reasons):  # a module that says TorchScript cannot script it, and why
             raise Unsupported("TorchScript: " + next(r for r in reasons if r))
+        failed = _SCRIPT_FAILURES.get(type(module))
+        if failed is not None:  # a second attempt on a class TorchScript refused says "Can't redefine method"
+            raise failed
         with _quiet_jit():
-            scripted = torch.jit.script(module)
+            try:
+                scripted = torch.jit.script(module)
+            except (RuntimeError, torch.jit.frontend.FrontendError) as exc:  # the code, not the numbers
+                from ..diagnose import script_unsupported
+
+                _SCRIPT_FAILURES[type(module)] = script_unsupported(exc, module)
+                _forget_failed_classes()
+                raise _SCRIPT_FAILURES[type(module)] from None
         return scripted, module  # a scripted module shares its parameters with the original
 
 

@@ -5,7 +5,9 @@
     compile-losses verify --all --json parity.json
     compile-losses verify --net my.pkg:Net --input 'float32[N,32]' --loss my.pkg:Loss --target 'float32[N,1]'
 
-Exit 0 when every row passes by the rule, 1 on any failing row, 2 on bad usage.
+Exit 0 when every row passes by the rule, 1 on any failing row, 2 on bad usage. Rows that say the
+user's code cannot be compiled (``uncompilable``) or breaks torch.compile's graph (``graph-breaks``,
+the audit's fullgraph check) fail the run only for the backends named by ``--require``.
 """
 import argparse
 import sys
@@ -26,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "(default: the registry's default loss)")
     what.add_argument("--all", action="store_true", help="every registry loss (and each larger net with its loss)")
     parser.add_argument("--backends", help="comma-separated backend names (default: all; see 'compile-losses list')")
+    parser.add_argument("--require", metavar="BACKENDS",
+                        help="comma-separated backends whose 'uncompilable' (and, for the audited compile backend, "
+                             "'graph-breaks') rows fail the run (default: none; they are reported)")
     parser.add_argument("--json", metavar="PATH", help="write the whole report as JSON")
     parser.add_argument("--batch", default="1,7,64", help="batch sizes, comma-separated (default 1,7,64)")
     parser.add_argument("--large", type=int, default=2 ** 20, metavar="ELEMENTS",
@@ -119,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError("--compile-setting: {}".format(exc)) from None
     backends = [b.name for b in get_backends(args.backends)] if args.backends else None
+    require = [b.name for b in get_backends(args.require)] if args.require else []
     net_kwargs = init_kwargs(args, "net") or {}
     loss_kwargs = init_kwargs(args, "loss") or {}
     net = None if args.net == "none" else args.net
@@ -179,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
                 if autocast is not None and case.inputs[0].dtype != torch.float32:
                     continue  # mixed precision: float32 parameters under autocast
                 report.extend(verify(case.net, case.loss, case.inputs, case.targets, chosen, lr=args.lr,
-                                     label=case.label, progress=bar, autocast=autocast, settings=settings))
+                                     label=case.label, progress=bar, autocast=autocast, settings=settings,
+                                     require=require))
         if audit:
             if bar:
                 bar.step("compile audit {}".format(loss_name))
@@ -189,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             entry = compile_audit(module, lambda n: _args(first.with_batch(n)), label=first.description["name"],
                                   backend=auditor.name, strict=args.strict_audit)
             report.audits.append(entry)
-            report.rows += audit_rows([entry])
+            report.rows += audit_rows([entry], require)
         if bar:
             bar.close()
     if args.detail:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..backends import BACKENDS, Backend
 from .report import Row, _one_line
-from .rule import ERROR, FAIL, PASS, UNAVAILABLE
+from .rule import ERROR, FAIL, GRAPH_BREAKS, PASS, REQUIRABLE, UNAVAILABLE
 
 
 AUDIT_BATCHES = (1, 7, 64, 4096)
@@ -30,9 +30,12 @@ def audited(chosen: Sequence[Backend]) -> Optional[Backend]:
     return None
 
 
-def audit_rows(audits: Sequence[Dict[str, Any]]) -> List[Row]:
-    """A failing row for each audit that did not pass (so that it fails the report)."""
-    return [Row(a["case"] + " (audit)", a["backend"], "audit", a["status"], detail=a["detail"])
+def audit_rows(audits: Sequence[Dict[str, Any]], require: Sequence[str] = (), required_all: bool = False) -> List[Row]:
+    """A row for each audit that did not pass. A ``graph-breaks`` audit fails the report only where
+    its backend is in ``require`` (or ``required_all``: the catalogue, written to compile whole);
+    every other non-pass status fails it."""
+    return [Row(a["case"] + " (audit)", a["backend"], "audit", a["status"], detail=a["detail"],
+                required=required_all or a["backend"] in require or a["status"] not in REQUIRABLE)
             for a in audits if a["status"] != PASS]
 
 
@@ -44,11 +47,12 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
     backward through the first argument (and any parameters). ``backend``: an audited backend's
     name (default: the first registered one).
 
-    Each recompilation after the first dynamic compile is explained in ``recompile_causes``: the
+    Graph breaks get the status ``graph-breaks``, each with its reason and user line (see
+    :mod:`.breaks`). Each recompilation after the first dynamic compile is explained in ``recompile_causes``: the
     batch that caused it, the failed guard, the guard's source (user line, and the torch frame that
     added it) and its ``kind`` (:data:`USER` or :data:`COMPILER`). Graph breaks and user-avoidable
     recompilations fail the audit; compiler-internal ones fail it only with ``strict``."""
-    from ..backends.compile import graph_breaks
+    from .breaks import breaks_detail, graph_breaks_at
 
     b = BACKENDS.get(backend) if backend is not None else audited(list(BACKENDS.values()))
     if b is None:
@@ -63,10 +67,10 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
     kinds = {USER: 0, COMPILER: 0}
     try:
         first = make_args(batches[0])
-        breaks = graph_breaks(module, first)
-        if breaks["graph_breaks"]:
-            return dict(entry, status=FAIL, graph_breaks=breaks["graph_breaks"], detail="graph breaks {} (user-avoidable): {}".format(
-                breaks["graph_breaks"], " | ".join(breaks["reasons"][:3])))
+        breaks = graph_breaks_at(module, first)
+        if breaks["graph_breaks"]:  # torch.compile's defaults run it; fullgraph=True would not
+            return dict(entry, status=GRAPH_BREAKS, graph_breaks=breaks["graph_breaks"], breaks=breaks["breaks"],
+                        detail=breaks_detail(breaks))
         fn = b.audit_callable(module, first)
         counts = []
         for i, n in enumerate(batches):

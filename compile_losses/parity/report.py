@@ -7,7 +7,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .rule import FAIL, FAILING, PASS, SKIPPED, UNAVAILABLE, UNSUPPORTED, NONDET, ERROR, NONFINITE
+from .rule import (FAIL, FAILING, PASS, SKIPPED, UNAVAILABLE, UNSUPPORTED, NONDET, ERROR, NONFINITE, REQUIRABLE,
+                   UNCOMPILABLE, GRAPH_BREAKS)
 
 
 @dataclass
@@ -40,10 +41,12 @@ class Row:
         other = ",".join("{}={}".format(k, v) for k, v in sorted((self.settings or {}).items()))
         return (self.dtype or "-", self.autocast or "-", self.ort_opt_level or "-",
                 "-" if self.ort_threads is None else str(self.ort_threads), other or "-")
+    required: bool = False  # an uncompilable / graph-breaks row of a backend the user required
 
     @property
     def failed(self) -> bool:
-        return self.status in FAILING
+        """A failing status, or a fact about the code (uncompilable, graph breaks) the user required."""
+        return self.status in FAILING or (self.required and self.status in REQUIRABLE)
 
 
 class ParityReport:
@@ -58,8 +61,9 @@ class ParityReport:
 
     @property
     def ok(self) -> bool:
-        """No failing row (fail, error, non-finite, nondeterministic). Unavailable, skipped and
-        unsupported rows do not fail a report, and are never counted as passes."""
+        """No failing row (fail, error, non-finite, nondeterministic, and uncompilable or graph-breaks
+        rows of required backends). Unavailable, skipped, unsupported and unrequired uncompilable /
+        graph-breaks rows do not fail a report, and are never counted as passes."""
         return not any(r.failed for r in self.rows)
 
     @property
@@ -78,7 +82,8 @@ class ParityReport:
         per: Dict[str, Dict[str, int]] = {}
         for r in self.rows:
             c = per.setdefault(r.backend, {"pass_clause1": 0, "pass_clause2": 0, "fail": 0, "unavailable": 0,
-                                           "skipped": 0, "unsupported": 0})
+                                           "skipped": 0, "unsupported": 0, UNCOMPILABLE: 0,
+                                           GRAPH_BREAKS: 0})
             if r.status == PASS:
                 c["pass_clause1" if r.clause == 1 else "pass_clause2"] += 1
             elif r.failed:
@@ -132,12 +137,13 @@ class ParityReport:
             parts.append("not passed:")
             seen = set()
             for r in notes:
-                key = (r.backend, r.status, r.detail) if r.status in (UNAVAILABLE, SKIPPED, UNSUPPORTED) else id(r)
+                key = (r.backend, r.status, r.detail) if r.status in (UNAVAILABLE, SKIPPED, UNSUPPORTED) + REQUIRABLE else id(r)
                 if key in seen:
                     continue
                 seen.add(key)
                 where = "every case" if r.status in (UNAVAILABLE, SKIPPED, UNSUPPORTED) else r.case
-                parts.append("  {} {} [{}] {}: {}".format(r.backend, r.output, where, r.status, r.detail))
+                status = r.status + (" (required)" if r.required and r.status in REQUIRABLE else "")
+                parts.append("  {} {} [{}] {}: {}".format(r.backend, r.output, where, status, r.detail))
         loosened = self.summary()["loosened"]
         if loosened:
             parts.append("loosened tolerances (from the registry):")
@@ -172,7 +178,7 @@ class ParityReport:
             key = (r.backend,) + r.axes()
             c = per.setdefault(key, dict(zip(("backend", "dtype", "autocast", "ort_opt_level", "ort_threads",
                                               "settings"), key), pass_clause1=0, pass_clause2=0, fail=0,
-                                         unavailable=0, skipped=0, unsupported=0))
+                                         unavailable=0, skipped=0, unsupported=0, **{UNCOMPILABLE: 0, GRAPH_BREAKS: 0}))
             if r.status == PASS:
                 c["pass_clause1" if r.clause == 1 else "pass_clause2"] += 1
             elif r.failed:
@@ -184,10 +190,11 @@ class ParityReport:
     def summary_table(self) -> str:
         s = self.summary()
         header = ["backend", "dtype", "autocast", "ort opt", "ort thr", "settings", "pass (1)", "pass (2)", "fail",
-                  "unavailable", "skipped", "unsupported"]
+                  "unavailable", "skipped", "unsupported", UNCOMPILABLE, GRAPH_BREAKS]
         lines = [[c["backend"], c["dtype"], c["autocast"], c["ort_opt_level"], c["ort_threads"], c["settings"],
                   str(c["pass_clause1"]), str(c["pass_clause2"]), str(c["fail"]), str(c["unavailable"]),
-                  str(c["skipped"]), str(c["unsupported"])] for c in self.by_axes()]
+                  str(c["skipped"]), str(c["unsupported"]), str(c[UNCOMPILABLE]), str(c[GRAPH_BREAKS])]
+                 for c in self.by_axes()]
         return "{}\n{}".format(_format(header, lines), self.verdict())
 
     def _groups(self) -> List[List[Row]]:
@@ -197,7 +204,8 @@ class ParityReport:
         return list(groups.values())
 
 
-_RANK = {NONDET: 0, ERROR: 1, NONFINITE: 2, FAIL: 3, UNSUPPORTED: 4, UNAVAILABLE: 5, SKIPPED: 6, PASS: 7}
+_RANK = {NONDET: 0, ERROR: 1, NONFINITE: 2, FAIL: 3, UNCOMPILABLE: 4, GRAPH_BREAKS: 4, UNSUPPORTED: 4, UNAVAILABLE: 5,
+         SKIPPED: 6, PASS: 7}
 
 
 def _worst(rows: List[Row]) -> Row:

@@ -39,6 +39,16 @@ UNAVAILABLE, SKIPPED, UNSUPPORTED = "unavailable", "skipped", "unsupported"
 FAILING = (FAIL, ERROR, NONFINITE, NONDET)
 
 
+# Facts about the user's code, not numeric mismatches: a compiler that cannot take it (TorchScript,
+# torch.export, ONNX export), with the compiler's message and the user's source line; and graph
+# breaks under torch.compile's defaults (which still run). They fail a run only where required
+# (``verify(..., require=[backend])``, ``--require``).
+UNCOMPILABLE, GRAPH_BREAKS = "uncompilable", "graph-breaks"
+
+
+REQUIRABLE = (UNCOMPILABLE, GRAPH_BREAKS)
+
+
 def judge(actual: Any, expected: Tensor, reference64: Tensor, *, gradient: bool = False,
           tolerance: Any = None) -> Dict[str, Any]:
     """Judge one output by the rule. ``tolerance`` is a registry ``Tolerance`` (rtol, atol,

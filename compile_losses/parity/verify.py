@@ -13,7 +13,9 @@ from .audit import audit_rows, audited, compile_audit
 from .precision import autocast_modules, check_autocast
 from .progress import Progress
 from .report import ParityReport, Row, _one_line
-from .rule import ERROR, FAIL, NONDET, PASS, SKIPPED, UNAVAILABLE, UNSUPPORTED, _bitwise_equal, float64_case, judge
+from ..errors import ExportUnsupportedError
+from .rule import (ERROR, FAIL, NONDET, PASS, SKIPPED, UNAVAILABLE, UNCOMPILABLE, UNSUPPORTED, _bitwise_equal,
+                   float64_case, judge)
 
 
 def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
@@ -33,7 +35,8 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     "emulate_precision_casts": True}``: each backend takes those it declares, see
     ``Backend.setting_defaults``), ``autocast`` (``torch.bfloat16``/``torch.float16``: net and loss
     run under ``torch.autocast``, parameters keep their dtype), ``sizes`` (what the row records as
-    the sizes it ran; default the batch).
+    the sizes it ran; default the batch), ``require`` (backend names, a list or
+    ``"a,b"``: their ``uncompilable`` rows fail the report; others' do not).
     """
     start = time.perf_counter()
     chosen = get_backends(backends)
@@ -54,6 +57,7 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
         net, loss = autocast_modules(net, loss, len(inputs), len(targets), autocast)
         label = "{} autocast={}".format(label, axes["autocast"])
     progress = options.get("progress")
+    require = _required(options.get("require"))
     own_progress = progress is True or (progress is not None and not isinstance(progress, (bool, Progress)))
     if own_progress:
         progress = Progress(len(chosen), None if progress is True else progress)
@@ -66,7 +70,7 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
         for backend in chosen:
             if progress:
                 progress.step("{:<18} {}".format(backend.name, label))
-            for row in _backend_rows(backend, ref, label, spec, settings):
+            for row in _backend_rows(backend, ref, label, spec, settings, require):
                 row.dtype, row.autocast, row.sizes = axes["dtype"], axes["autocast"], axes["sizes"]
                 rows.append(row)
         audit = options.get("audit")
@@ -74,7 +78,7 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
         audits = [] if auditor is None else [compile_audit(
             ref.case_module, lambda n: tuple(a[torch.arange(n) % a.shape[0]] for a in ref.case_args), label=label,
             backend=auditor, strict=bool(options.get("strict_audit")))]
-        rows += audit_rows(audits)
+        rows += audit_rows(audits, require)
     finally:
         for m, mode in modes:
             m.train(mode)
@@ -128,6 +132,15 @@ def settings_runs(backends: Sequence[Backend], grid: Sequence[Dict[str, Any]]) -
         if names:
             runs.append((settings, names))
     return runs
+
+
+def _required(require: Union[None, str, Sequence[str]]) -> Tuple[str, ...]:
+    """Backend names from ``require`` (None, ``"a,b"`` or a list), each a registered backend."""
+    if require is None:
+        return ()
+    names = [n.strip() for n in require.split(",")] if isinstance(require, str) else [str(n) for n in require]
+    names = [n for n in names if n]
+    return tuple(b.name for b in get_backends(names)) if names else ()
 
 
 def _label(net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...]) -> str:
@@ -199,9 +212,9 @@ def _run_all(backend: Backend, ref: _References, case_module: nn.Module, loss: n
 
 
 def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any,
-                  settings: Optional[Dict[str, Any]] = None) -> List[Row]:
+                  settings: Optional[Dict[str, Any]] = None, require: Sequence[str] = ()) -> List[Row]:
     with backend.settings_scope(settings) as applied:
-        rows = _settled_rows(backend, ref, label, spec)
+        rows = _settled_rows(backend, ref, label, spec, require)
     ort = {k: applied.pop(k) for k in ("ort_opt_level", "ort_threads") if k in applied}
     for row in rows:
         row.ort_opt_level, row.ort_threads = ort.get("ort_opt_level"), ort.get("ort_threads")
@@ -209,7 +222,7 @@ def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any,
     return rows
 
 
-def _settled_rows(backend: Backend, ref: _References, label: str, spec: Any) -> List[Row]:
+def _settled_rows(backend: Backend, ref: _References, label: str, spec: Any, require: Sequence[str] = ()) -> List[Row]:
     name = backend.name
     skips = getattr(spec, "skips", {}) or {}
     if name in skips:
@@ -229,6 +242,16 @@ def _settled_rows(backend: Backend, ref: _References, label: str, spec: Any) -> 
     for output, value in got.items():
         if isinstance(value, Unsupported):
             rows.append(Row(label, name, output, UNSUPPORTED, detail=str(value)))
+            continue
+        if isinstance(value, ExportUnsupportedError):
+            lg = ref.first.get("lg.loss")
+            if output == "loss_and_grad" and isinstance(lg, Tensor) and lg.dim() != 0 and "scalar" in str(value):
+                rows.append(Row(label, name, output, UNSUPPORTED, detail="a non-scalar loss (shape {}): its gradient "
+                                "graph (a vector-Jacobian product) is not exported yet: {}".format(
+                                    tuple(lg.shape), _one_line(value))))
+            else:  # the compiler cannot take the user's code: its message and the user's line
+                rows.append(Row(label, name, output, UNCOMPILABLE, detail=str(value).splitlines()[0][:400],
+                                required=name in require))
             continue
         if isinstance(value, Exception):
             rows.append(Row(label, name, output, ERROR, detail=_one_line(value)))
@@ -314,6 +337,6 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
     finally:
         if bar and bar is not progress:
             bar.close()
-    report.rows += audit_rows(report.audits)
+    report.rows += audit_rows(report.audits, required_all=True)  # the catalogue has no graph break
     report.seconds = time.perf_counter() - start
     return report
