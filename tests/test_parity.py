@@ -213,7 +213,7 @@ def test_compile_audit_counts_graph_breaks_and_recompiles() -> None:
     assert good["status"] == "pass" and good["graph_breaks"] == 0 and good["recompiles"] == 0
     assert good["compiles"][-1] >= 1
     bad = compile_audit(_Breaks(), make, backend="compile-aot_eager")
-    assert bad["status"] == "graph-breaks" and bad["graph_breaks"] == 1 and bad["detail"].startswith("fullgraph: 1 graph break(s) at ")
+    assert bad["status"] == "graph-breaks" and bad["graph_breaks"] == 1 and bad["detail"].startswith("user-avoidable fullgraph: 1 graph break(s) at ")
 
 
 # ---------------------------------------------------------------------------------------------

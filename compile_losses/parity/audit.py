@@ -70,7 +70,7 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
         breaks = graph_breaks_at(module, first)
         if breaks["graph_breaks"]:  # torch.compile's defaults run it; fullgraph=True would not
             return dict(entry, status=GRAPH_BREAKS, graph_breaks=breaks["graph_breaks"], breaks=breaks["breaks"],
-                        detail=breaks_detail(breaks))
+                        detail="user-avoidable " + breaks_detail(breaks))
         fn = b.audit_callable(module, first)
         counts = []
         for i, n in enumerate(batches):
