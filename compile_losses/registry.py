@@ -837,9 +837,6 @@ LOSSES: Dict[str, LossSpec] = {
         LossSpec("info_nce", "metric", L.InfoNCELoss, F.info_nce_loss, 8, _like_randn, feature_shape=(8,),
                  variants=({}, {"symmetric": True, "temperature": 0.5}, {}, {"temperature": 0.2}),
                  variant_targets={2: _with_negatives, 3: _with_paired_negatives},
-                 variant_skips={2: {b: "the ONNX adapters make dim 0 of every input one dynamic batch dimension, so "
-                                       "unpaired negatives (M, D) export only with M = N; paired ones (N, M, D) export"
-                                    for b in ("onnx", "onnx-legacy", "onnx-ref", "onnx-cuda")}},
                  reference64=_in_float64(_info_nce64),
                  none_shape="sample", target_like_input=True, known_failures={"onnx": _INFO_NCE_ONNX_FINDING},
                  error_inputs=_embedding_errors(1) + [

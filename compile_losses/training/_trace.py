@@ -283,7 +283,12 @@ def faithful_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 # ---------------------------------------------------------------------------------------------
 def structure_key(kind: str, net: Optional[nn.Module], loss: nn.Module, example_inputs: Sequence[Tensor],
                   extra: Tuple[Any, ...] = ()) -> Tuple[Any, ...]:
-    inputs = tuple((str(t.dtype), tuple(t.shape[1:]), t.dim(), str(t.device)) for t in example_inputs)
+    # a target whose dim 0 is not the batch (unpaired negatives (M, D)) keys on that dim too: a
+    # graph traced with it tied to the batch (M = N) cannot take another M
+    first = example_inputs[0] if example_inputs else None
+    batch = first.shape[0] if first is not None and first.dim() else None
+    inputs = tuple((str(t.dtype), tuple(t.shape[1:]), t.dim(), str(t.device))
+                   + (() if t.dim() == 0 or t.shape[0] == batch else (t.shape[0],)) for t in example_inputs)
     net_key = None
     if net is not None:
         trained = trainable_names(net)
