@@ -677,22 +677,6 @@ _INFO_NCE_ONNX_FINDING = (
     "export: the traced graph run by torch matches eager bit for bit, and over 20 random inputs of that scale eager's "
     "worst error is 0.039 and onnxruntime's 0.033 (float32 noise of an ill-conditioned point; the parity rule is "
     "strict where eager is lucky)")
-_FLOAT32_SCALARS = (
-    "Cause (diagnosed; in the exporter, not in our math): the float64 loss-and-gradient graph holds the loss's "
-    "Python-float settings as float32 Constants followed by Cast(to=DOUBLE) (onnxscript's lowering of the "
-    "aten.scalar_tensor nodes make_fx traces for them): temperature 0.1 becomes 0.100000001490116 (1.5e-8 "
-    "relative in every logit), 0.5 and the normalize eps 1e-12 likewise; onnxruntime then computes exactly what "
-    "the graph says. Seen with SupConLoss on 6x8 embeddings of scale 1e-6: value off by 1.2e-7 absolute, "
-    "d/dpred by 1.6e-8 relative, where eager is exact; ReduceL2, LogSoftmax and the other ops match numpy in "
-    "float64 to 2e-16. Fix for later: keep those scalars float64 in the traced graph (rewrite scalar_tensor to "
-    "the input's dtype before export) or pass temperature as a float64 initializer")
-_NT_XENT_ONNX_FINDING = (
-    "finding: float64 embeddings of scale 1e-6 with identical views: onnxruntime's d/dpred differs from eager by "
-    "6.3e-4 absolute (1.9e-7 relative, gradients ~3e3 from 1/||x||) where eager equals its float64 reference "
-    "exactly, so clause 2 (2x eager's error + 4 ulps) fails; at ordinary scales it passes. " + _FLOAT32_SCALARS)
-_SUP_CON_ONNX_FINDING = (
-    "finding: float64 embeddings of scale 1e-6: onnxruntime's d/dpred differs from eager by 0.022 absolute "
-    "(1.1e-7 relative) where eager equals its float64 reference exactly, so clause 2 fails. " + _FLOAT32_SCALARS)
 _TRIPLET_SCRIPT_FINDING = (
     "finding: late in the whole slow run torch.jit.script raises \"Can't redefine method: forward on class "
     "TripletMarginLoss\" (passes alone): TorchScript type-cache clash")
@@ -863,7 +847,7 @@ LOSSES: Dict[str, LossSpec] = {
                  differentiable_targets=(0, 1)),
         LossSpec("sup_con", "metric", L.SupConLoss, F.sup_con_loss, 8, _few_labels, feature_shape=(8,),
                  variants=({}, {"temperature": 0.5}), reference64=_in_float64(_sup_con64), none_shape="sample",
-                 mean_divisor=_sup_con_anchors, known_failures={"onnx": _SUP_CON_ONNX_FINDING},
+                 mean_divisor=_sup_con_anchors,
                  error_inputs=[
                      ErrorInput(lambda d: ({}, (torch.zeros(8, dtype=d), torch.zeros(8, dtype=torch.int64))), ValueError,
                                 r"input must be 2-dimensional embeddings \(N, D\), got shape \(8,\)",
@@ -882,7 +866,7 @@ LOSSES: Dict[str, LossSpec] = {
                                 desc="unknown reduction")]),
         LossSpec("nt_xent", "metric", L.NTXentLoss, F.nt_xent_loss, 8, _like_randn, feature_shape=(8,),
                  variants=({}, {"temperature": 0.5}), reference64=_in_float64(_nt_xent64),
-                 none_shape="sample", target_like_input=True, known_failures={"onnx": _NT_XENT_ONNX_FINDING},
+                 none_shape="sample", target_like_input=True,
                  error_inputs=_embedding_errors(1) + [_hyper_error({"temperature": -1.0}, r"temperature must be > 0, got -1.0")],
                  differentiable_targets=(0,)),
         LossSpec("triplet_margin", "metric", L.TripletMarginLoss, F.triplet_margin_loss, 8, _two_like, feature_shape=(8,),

@@ -121,3 +121,18 @@ def test_export_forms_are_exact_in_float32_values_and_gradients(name: str):
     # a few float32 ulps (eps 1.2e-7) relative, everywhere, the subnormal tail included
     assert_close(value.double(), ref, rtol=4e-7, atol=1e-44)
     assert_close(grad.double(), ref_grad, rtol=4e-7, atol=1e-44)
+
+
+@pytest.mark.parametrize("loss", [L.SupConLoss(), L.NTXentLoss()], ids=["sup_con", "nt_xent"])
+def test_float64_gradient_graph_keeps_python_float_settings_in_float64(loss: nn.Module):
+    # the exporter stored temperature 0.1 as a float32 Constant cast to double (0.100000001490116):
+    # value 1.2e-7 off where eager is exact; now a float64 initializer, exact to float64 rounding
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 8, generator=gen, dtype=f64) * 1e-6
+    t = torch.tensor([0, 1, 0, 1, 2, 2]) if isinstance(loss, L.SupConLoss) else x.clone()
+    value, grad = BACKENDS["onnx"].prepare_loss_and_grad(loss, (x, t))(x, t)
+    leaf = x.clone().requires_grad_(True)
+    expected = loss(leaf, t)
+    (expected_grad,) = torch.autograd.grad(expected, leaf)
+    assert_close(value, expected.detach(), rtol=1e-13, atol=0.0)
+    assert_close(grad, expected_grad, rtol=1e-12, atol=0.0)
