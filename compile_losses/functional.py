@@ -29,7 +29,7 @@ from ._checks import (
     check_same_shape,
     fmt_shape,
 )
-from ._reduction import apply_reduction, validate_reduction
+from ._reduction import _faithful_mode, apply_reduction, validate_reduction
 
 __all__ = [
     "mse_loss",
@@ -366,7 +366,7 @@ def binary_focal_loss(
     if gamma != 0.0:
         # 1 - p_t written without the cancellation of 1 - sigmoid(x), which saturates to 0 in
         # float32 at |x| ~ 17 and would make the gradient of (1 - p_t)^gamma undefined.
-        one_minus_pt = torch.sigmoid(input) * (1.0 - target) + torch.sigmoid(-input) * target
+        one_minus_pt = _sigmoid(input) * (1.0 - target) + _sigmoid(-input) * target
         loss = ce * _focal_factor(one_minus_pt, gamma)
     if class_alpha is not None:
         # one alpha per class of the last dimension (multi-label detection heads), replacing alpha
@@ -450,7 +450,39 @@ def _softplus(x: Tensor) -> Tensor:
     # finite and passes a zero gradient (never 0 * inf).
     pos = x.clamp(min=0.0)
     neg = x.clamp(max=0.0)
-    return torch.where(x >= 0.0, pos + torch.log1p(torch.exp(-pos)), torch.log1p(torch.exp(neg)))
+    return torch.where(x >= 0.0, pos + _log1p(torch.exp(-pos)), _log1p(torch.exp(neg)))
+
+
+def _sigmoid(x: Tensor) -> Tensor:
+    # torch.sigmoid, except in a graph traced for export: onnxruntime's CPU Sigmoid (MLAS's
+    # rational approximation on inputs clamped to [-18, 18]) is exact only to ~1e-7 absolute, so
+    # sigmoid(-15) = 3.06e-7 read 37% off and sigmoid(-30) read sigmoid(-18), which the focal
+    # factor (1 - p_t)^gamma then raises to a power. There, exp(x) / (1 + exp(x)) on the negative
+    # side and 1 / (1 + exp(-x)) on the positive one: Exp and Div are exact to ulps.
+    if not torch.jit.is_scripting():
+        if _faithful_mode():
+            # clamped copies, not |x|: abs passes a zero gradient at x = 0 (clamp passes it whole)
+            e_pos = torch.exp(-x.clamp(min=0.0))
+            e_neg = torch.exp(x.clamp(max=0.0))
+            return torch.where(x >= 0.0, 1.0 / (1.0 + e_pos), e_neg / (1.0 + e_neg))
+    return torch.sigmoid(x)
+
+
+def _log1p(y: Tensor) -> Tensor:
+    # torch.log1p, except in a graph traced for export: both ONNX exporters lower log1p to
+    # Log(1 + y), which for y below float32's epsilon returns 0 (softplus(-30) = 9.4e-14 read 0,
+    # softplus(-15) off by 17%). There, Goldberg's form: log(u) * y / (u - 1) with u = 1 + y
+    # rounded (exact to a few ulps, as u - 1 is exact), and y itself where u rounds to 1. The
+    # divisor is never 0 in either branch, so the branch torch.where drops passes a zero
+    # gradient; autograd through it gives 1/(1 + y) to within a few ulps.
+    if not torch.jit.is_scripting():
+        if _faithful_mode():
+            u = 1.0 + y
+            step = u - 1.0
+            rounds_to_one = step == 0.0
+            safe = torch.where(rounds_to_one, torch.ones_like(step), step)
+            return torch.where(rounds_to_one, y, torch.log(u) * (y / safe))
+    return torch.log1p(y)
 
 
 def _bce_with_logits(input: Tensor, target: Tensor, pos_weight: Optional[Tensor]) -> Tensor:
@@ -482,7 +514,7 @@ def bce_with_logits_loss(
 # ---------------------------------------------------------------------------------------------
 def _masked_probabilities(input: Tensor, target: Tensor, ignore_index: Optional[int]) -> List[Tensor]:
     # sigmoid probabilities and targets, both 0 where the target is ignore_index (counted nowhere)
-    prob = torch.sigmoid(input)
+    prob = _sigmoid(input)
     if ignore_index is not None:
         valid = (target != ignore_index).to(input.dtype)
         return [prob * valid, target * valid]

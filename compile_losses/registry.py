@@ -677,15 +677,6 @@ _INFO_NCE_ONNX_FINDING = (
     "export: the traced graph run by torch matches eager bit for bit, and over 20 random inputs of that scale eager's "
     "worst error is 0.039 and onnxruntime's 0.033 (float32 noise of an ill-conditioned point; the parity rule is "
     "strict where eager is lucky)")
-_NT_XENT_ONNX_FINDING = (
-    "finding (not yet diagnosed): float64 embeddings of scale 1e-6 with identical views: onnxruntime's d/dpred "
-    "differs from eager by 6.3e-4 absolute (1.9e-7 relative, gradients ~3e3 from 1/||x||) where eager equals its "
-    "float64 reference exactly, so clause 2 (2x eager's error + 4 ulps) fails; at ordinary scales it passes. "
-    "The same ill-conditioned point as info_nce's onnx finding, here in float64")
-_SUP_CON_ONNX_FINDING = (
-    "finding (not yet diagnosed): float64 embeddings of scale 1e-6: onnxruntime's d/dpred differs from eager by "
-    "0.022 absolute (1.1e-7 relative) where eager equals its float64 reference exactly, so clause 2 fails; the same "
-    "normalization of near-zero embeddings as nt_xent's and info_nce's onnx findings")
 _TRIPLET_SCRIPT_FINDING = (
     "finding: late in the whole slow run torch.jit.script raises \"Can't redefine method: forward on class "
     "TripletMarginLoss\" (passes alone): TorchScript type-cache clash")
@@ -837,9 +828,6 @@ LOSSES: Dict[str, LossSpec] = {
         LossSpec("info_nce", "metric", L.InfoNCELoss, F.info_nce_loss, 8, _like_randn, feature_shape=(8,),
                  variants=({}, {"symmetric": True, "temperature": 0.5}, {}, {"temperature": 0.2}),
                  variant_targets={2: _with_negatives, 3: _with_paired_negatives},
-                 variant_skips={2: {b: "the ONNX adapters make dim 0 of every input one dynamic batch dimension, so "
-                                       "unpaired negatives (M, D) export only with M = N; paired ones (N, M, D) export"
-                                    for b in ("onnx", "onnx-legacy", "onnx-ref", "onnx-cuda")}},
                  reference64=_in_float64(_info_nce64),
                  none_shape="sample", target_like_input=True, known_failures={"onnx": _INFO_NCE_ONNX_FINDING},
                  error_inputs=_embedding_errors(1) + [
@@ -859,7 +847,7 @@ LOSSES: Dict[str, LossSpec] = {
                  differentiable_targets=(0, 1)),
         LossSpec("sup_con", "metric", L.SupConLoss, F.sup_con_loss, 8, _few_labels, feature_shape=(8,),
                  variants=({}, {"temperature": 0.5}), reference64=_in_float64(_sup_con64), none_shape="sample",
-                 mean_divisor=_sup_con_anchors, known_failures={"onnx": _SUP_CON_ONNX_FINDING},
+                 mean_divisor=_sup_con_anchors,
                  error_inputs=[
                      ErrorInput(lambda d: ({}, (torch.zeros(8, dtype=d), torch.zeros(8, dtype=torch.int64))), ValueError,
                                 r"input must be 2-dimensional embeddings \(N, D\), got shape \(8,\)",
@@ -878,7 +866,7 @@ LOSSES: Dict[str, LossSpec] = {
                                 desc="unknown reduction")]),
         LossSpec("nt_xent", "metric", L.NTXentLoss, F.nt_xent_loss, 8, _like_randn, feature_shape=(8,),
                  variants=({}, {"temperature": 0.5}), reference64=_in_float64(_nt_xent64),
-                 none_shape="sample", target_like_input=True, known_failures={"onnx": _NT_XENT_ONNX_FINDING},
+                 none_shape="sample", target_like_input=True,
                  error_inputs=_embedding_errors(1) + [_hyper_error({"temperature": -1.0}, r"temperature must be > 0, got -1.0")],
                  differentiable_targets=(0,)),
         LossSpec("triplet_margin", "metric", L.TripletMarginLoss, F.triplet_margin_loss, 8, _two_like, feature_shape=(8,),

@@ -30,7 +30,7 @@ from ..nets import NetWithLoss
 from ..programs import autograd_loss_and_grad, autograd_train_step
 from ..signature import TrainStepResult
 
-__all__ = ["Backend", "Unsupported", "TrainStepResult", "structure_key", "export_example", "clear_cache",
+__all__ = ["Backend", "Unsupported", "TrainStepResult", "structure_key", "export_example", "shares_batch", "clear_cache",
            "register_cache"]
 
 
@@ -278,21 +278,43 @@ def structure_key(module: nn.Module, example_inputs: Sequence[Tensor]) -> Tuple[
     for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
         h.update("{}:{}:{}:{};".format(name, tensor.dtype, tuple(tensor.shape), tensor.device).encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    signature = tuple((str(t.dtype), tuple(t.shape[1:])) for t in example_inputs)
+    batched = shares_batch(example_inputs)
+    # an input that does not share the batch (unpaired negatives (M, D)) has a dim 0 of its own:
+    # part of the key, since a graph exported with it tied to the batch cannot take another size
+    signature = tuple((str(t.dtype), tuple(t.shape[1:])) + (() if b else (t.shape[0],))
+                      for t, b in zip(example_inputs, batched))
     return (h.hexdigest(), signature)
 
 
+def shares_batch(example_inputs: Sequence[Tensor]) -> List[bool]:
+    """Which inputs have the batch as dim 0: the first input, and every input whose dim 0 equals
+    the first's. The others (unpaired negatives (M, D), a 0-d setting) have dim 0 of their own."""
+    if not example_inputs:
+        return []
+    first = example_inputs[0]
+    batch = first.shape[0] if first.dim() else None
+    return [t.dim() >= 1 and t.shape[0] == batch for t in example_inputs]
+
+
 def export_example(example_inputs: Sequence[Tensor], rows: int = 4) -> Tuple[Tensor, ...]:
-    """A small copy of the inputs to trace or export with: ``rows`` samples (repeated when fewer),
-    so a batch of 1 never specializes the batch dimension and a huge batch is not traced whole."""
+    """A small copy of the inputs to trace or export with: the inputs that share the batch get
+    ``rows`` samples (repeated when fewer; more than ``rows`` if an input of its own has that dim 0),
+    so a batch of 1 never specializes the batch dimension and a huge batch is not traced whole.
+    Inputs with a dim 0 of their own (:func:`shares_batch`) are kept whole."""
+    batched = shares_batch(example_inputs)
+    own = {t.shape[0] for t, b in zip(example_inputs, batched) if not b and t.dim() >= 1}
+    while rows in own:  # an input of its own that looked like the batch would be tied to it
+        rows += 1
     out = []
-    for t in example_inputs:
+    for t, b in zip(example_inputs, batched):
         if t.dim() == 0:
             raise ValueError("every input needs a batch dimension first, got a 0-d tensor")
         t = t.detach()
-        if t.shape[0] < rows:
-            t = t.repeat((-(-rows // t.shape[0]),) + (1,) * (t.dim() - 1))
-        out.append(t[:rows].clone())
+        if b:
+            if t.shape[0] < rows:
+                t = t.repeat((-(-rows // t.shape[0]),) + (1,) * (t.dim() - 1))
+            t = t[:rows]
+        out.append(t.clone())
     return tuple(out)
 
 

@@ -8,7 +8,8 @@
   accumulate in float64 in the graph, because onnxruntime's float32 ReduceSum/ReduceMean over
   2^24 elements is off from float64 by ~1e-3 relative (eager: ~1e-8). :func:`faithful_cost`
   measures what that costs.
-- The batch dimension (dim 0 of every input) is dynamic; the export runs on a small example.
+- Dim 0 of every input is dynamic: the batch where it equals the first input's, a dim of its own
+  otherwise (unpaired negatives ``(M, D)``); the export runs on a small example.
 - onnxruntime sessions come from :mod:`compile_losses.sessions` (one intra-op thread), the same
   factory the training graphs and the benchmarks use. Its graph optimization level and thread
   count are settings (``ort_opt_level``, ``ort_threads``: see ``Backend.settings_scope``), taken by
@@ -36,7 +37,7 @@ from ..diagnose import quiet_failure, unsupported
 from ..errors import UsageError
 from ..sessions import DEFAULT_OPT_LEVEL, INTRA_OP_THREADS, check_ort_settings, ort_session
 from ..signature import OPSET
-from .base import Backend, TrainStepResult, Unsupported, export_example, structure_key
+from .base import Backend, TrainStepResult, Unsupported, export_example, shares_batch, structure_key
 
 __all__ = ["OnnxBackend", "OPSET", "INTRA_OP_THREADS", "export_onnx", "ort_session", "faithful_cost"]
 
@@ -236,7 +237,8 @@ def _tensor(value: Any) -> Tensor:
 def export_onnx(module: nn.Module, example_inputs: Sequence[Tensor], exporter: str = "dynamo",
                 faithful: bool = True, opset: int = OPSET) -> Any:
     """Export ``module(*inputs)`` to an ONNX ``ModelProto`` with dim 0 of every input dynamic
-    (``"batch"``); inputs named after ``module.forward``'s parameters, the output ``"output"``.
+    (``"batch"`` where it equals the first input's, ``"<name>_dim0"`` of its own otherwise: unpaired
+    negatives ``(M, D)``); inputs named after ``module.forward``'s parameters, the output ``"output"``.
 
     ``faithful=False`` exists to show what the faithful reductions fix; do not ship its graphs.
     An export that fails raises :class:`~compile_losses.errors.ExportUnsupportedError` naming the
@@ -261,17 +263,19 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
             reductions: Any) -> Any:
     import onnx
 
+    # dim 0 of every input is dynamic: "batch" where it is the batch, its own dim otherwise
+    dims = ["batch" if b else "{}_dim0".format(n) for n, b in zip(names, shares_batch(example))]
     with _quiet_export(), reductions, _keep_modes(module):
         if exporter == "dynamo":
-            batch = torch.export.Dim("batch")
+            symbols = {d: torch.export.Dim(d) for d in dims}
             program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
-                                        dynamic_shapes=tuple({0: batch} for _ in example),
+                                        dynamic_shapes=tuple({0: symbols[d]} for d in dims),
                                         opset_version=opset, optimize=ONNX_OPTIMIZE, verbose=False)
             model = program.model_proto
         else:
             buffer = io.BytesIO()
             torch.onnx.export(module, example, buffer, dynamo=False, input_names=names, output_names=["output"],
-                              dynamic_axes={n: {0: "batch"} for n in names}, opset_version=opset)
+                              dynamic_axes={n: {0: d} for n, d in zip(names, dims)}, opset_version=opset)
             model = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(model)
     return model

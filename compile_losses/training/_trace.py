@@ -256,7 +256,8 @@ def faithful_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
     ``faithful_reductions()`` covers the loss's own reductions; autograd adds more (a bias
     gradient sums the batch), and onnxruntime's serial float32 ReduceSum over 2^20+ elements
-    drifts ~1e-3 relative where eager's cascaded sum stays ~1e-7. Returns a rewritten copy.
+    drifts ~1e-3 relative where eager's cascaded sum stays ~1e-7. Also hands a float64 op's
+    Python-float operands (a temperature) over as float64 initializers. Returns a rewritten copy.
     """
     gm = torch.fx.GraphModule(gm, gm.graph)
     for node in list(gm.graph.nodes):
@@ -272,9 +273,38 @@ def faithful_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         new_val = val.to(torch.float64)
         node.meta["val"] = new_val
         cast.meta["val"] = val
+    _float64_scalars(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+_ELEMENTWISE_TENSOR_OPS = (torch.ops.aten.div.Tensor, torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor,
+                           torch.ops.aten.sub.Tensor)
+
+
+def _float64_scalars(gm: torch.fx.GraphModule) -> None:
+    # The exporter stores a Python-float operand of a float64 op as a float32 Constant cast to
+    # double: a temperature of 0.1 became 0.100000001490116 (1.5e-8 relative in every logit of
+    # a float64 graph). Hand it over as a float64 0-d buffer (an initializer) instead.
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _ELEMENTWISE_TENSOR_OPS:
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, Tensor) or val.dtype != torch.float64:
+            continue
+        args = list(node.args)
+        for i, a in enumerate(args):
+            if isinstance(a, float) and i > 0 and float(torch.tensor(a, dtype=torch.float32)) != a:
+                name = "_float64_scalar_{}".format(count)
+                count += 1
+                gm.register_buffer(name, torch.tensor(a, dtype=torch.float64, device=val.device))
+                with gm.graph.inserting_before(node):
+                    attr = gm.graph.get_attr(name)
+                attr.meta["val"] = torch.empty((), dtype=torch.float64, device=val.device)
+                args[i] = attr
+        node.args = tuple(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +313,12 @@ def faithful_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 # ---------------------------------------------------------------------------------------------
 def structure_key(kind: str, net: Optional[nn.Module], loss: nn.Module, example_inputs: Sequence[Tensor],
                   extra: Tuple[Any, ...] = ()) -> Tuple[Any, ...]:
-    inputs = tuple((str(t.dtype), tuple(t.shape[1:]), t.dim(), str(t.device)) for t in example_inputs)
+    # a target whose dim 0 is not the batch (unpaired negatives (M, D)) keys on that dim too: a
+    # graph traced with it tied to the batch (M = N) cannot take another M
+    first = example_inputs[0] if example_inputs else None
+    batch = first.shape[0] if first is not None and first.dim() else None
+    inputs = tuple((str(t.dtype), tuple(t.shape[1:]), t.dim(), str(t.device))
+                   + (() if t.dim() == 0 or t.shape[0] == batch else (t.shape[0],)) for t in example_inputs)
     net_key = None
     if net is not None:
         trained = trainable_names(net)
