@@ -303,3 +303,42 @@ def eager_optimizer_trajectory(net: nn.Module, loss: nn.Module, opt: Any, steps:
 __all__ += ["OptimStepSignature", "accumulate_grads", "accumulated_train_step", "apply_accumulated",
             "eager_optimizer_trajectory", "flat_optimizer_step", "frozen", "micro_batch_weight", "optim_signature",
             "optimizer_train_step"]
+
+
+def optim_flat_example(net: nn.Module, loss: nn.Module, example_inputs: Sequence[Tensor], opt: Any
+                       ) -> Tuple["OptimStepSignature", Tuple[Tensor, ...]]:
+    """The optimizer step's signature and flat example inputs: the net's parameters now, the
+    optimizer's initial state and its hyper-parameters."""
+    x, targets = example_inputs[0], tuple(example_inputs[1:])
+    sig = optim_signature(net, loss, len(targets), opt)
+    params = {n: p.detach() for n, p in trainable(net)}
+    fixed = {n: p.detach() for n, p in frozen(net)}
+    return sig, tuple(sig.flat_inputs(params, fixed, x, targets, opt.init_state(params), opt.hyper_tensors(x.device)))
+
+
+class OptimStepModule(nn.Module):
+    """:func:`flat_optimizer_step` as a module (what a backend's ``_compile`` takes); it holds the
+    net and loss so that a backend's cache keys on them."""
+
+    def __init__(self, net: nn.Module, loss: nn.Module, opt: Any, signature: Any) -> None:
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_name = opt.name
+        self.optimizer_flags = tuple(opt.flags)
+        self._fn = flat_optimizer_step(net, loss, opt, signature)
+
+    def forward(self, *args: Tensor) -> Tuple[Tensor, ...]:
+        return self._fn(*args)
+
+
+def dict_step(signature: Any, flat_fn: Callable[..., Sequence[Tensor]]) -> Callable[..., Any]:
+    """A flat optimizer step as ``(params, frozen, x, *targets, state=, hyper=) -> OptimStepResult``."""
+
+    def run(params: Dict[str, Tensor], fixed: Dict[str, Tensor], x: Tensor, *targets: Tensor,
+            state: Dict[str, Dict[str, Tensor]], hyper: Dict[str, Tensor]) -> Any:
+        return signature.result(list(flat_fn(*signature.flat_inputs(params, fixed, x, targets, state, hyper))))
+
+    return run
+
+
+__all__ += ["OptimStepModule", "dict_step", "optim_flat_example"]
