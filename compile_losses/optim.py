@@ -149,10 +149,11 @@ class Optimizer:
         impl.update(implementation)
         return getattr(torch.optim, self.torch_class_name())(list(params), **self.torch_kwargs(), **impl)
 
-    def state_from_torch(self, opt: torch.optim.Optimizer, names: Mapping[int, str]
-                         ) -> Dict[str, Dict[str, Tensor]]:
+    def state_from_torch(self, opt: torch.optim.Optimizer, names: Mapping[int, str],
+                         steps: Optional[int] = None) -> Dict[str, Dict[str, Tensor]]:
         """A torch optimizer's state in this module's layout (``names``: ``id(param) -> name``);
-        a parameter torch has no state for yet gets :meth:`init_state`'s."""
+        a parameter torch has no state for yet gets :meth:`init_state`'s. torch's SGD counts no
+        steps: ``steps`` (the number taken) is its ``step`` then."""
         out: Dict[str, Dict[str, Tensor]] = {}
         for group in opt.param_groups:
             for p in group["params"]:
@@ -162,9 +163,10 @@ class Optimizer:
                 if self.name == "sgd":
                     # torch keeps no step for SGD; an SGD state with a buffer has taken a step
                     buf = s.get("momentum_buffer")
-                    if buf is not None:
+                    if buf is not None and self.has_momentum:
                         fresh["momentum_buffer"] = buf.detach().clone()
-                        fresh["step"] = torch.ones((), dtype=torch.float64)
+                    if steps is not None:
+                        fresh["step"] = torch.tensor(float(steps), dtype=torch.float64)
                 else:
                     for k in self.state_names:
                         if k in s:

@@ -297,7 +297,7 @@ def eager_optimizer_trajectory(net: nn.Module, loss: nn.Module, opt: Any, steps:
             losses.append(total)
         torch_opt.step()
     ids = {id(p): n for n, p in named}
-    return losses, {n: p.detach().clone() for n, p in named}, opt.state_from_torch(torch_opt, ids)
+    return losses, {n: p.detach().clone() for n, p in named}, opt.state_from_torch(torch_opt, ids, len(steps))
 
 
 __all__ += ["OptimStepSignature", "accumulate_grads", "accumulated_train_step", "apply_accumulated",
