@@ -118,7 +118,6 @@ def verify_trajectory(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
     from ..optim import optimizer as make_optimizer
     from ..programs import eager_optimizer_trajectory, micro_batch_weight
     from .rule import float64_case
-    from .verify import _registry_spec
 
     start = time.perf_counter()
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -128,7 +127,7 @@ def verify_trajectory(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
     opt = make_optimizer(optimizer, **dict(optimizer_args or {}))
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     targets = (target,) if isinstance(target, Tensor) else tuple(target)
-    spec = spec or _registry_spec(loss)
+    spec = spec or _spec_of(loss)
     label = label or "{}+{} {} batch={} {} x{}{}".format(
         type(net).__name__, type(loss).__name__, str(inputs[0].dtype).replace("torch.", ""), inputs[0].shape[0],
         opt.name, steps, " K={}".format(accumulate) if accumulate > 1 else "")
@@ -163,6 +162,12 @@ def verify_trajectory(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
             "inputs": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in inputs],
             "targets": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in targets]}
     return ParityReport(rows, [case], [], time.perf_counter() - start)
+
+
+def _spec_of(loss: nn.Module) -> Any:
+    from ..registry import LOSSES
+
+    return next((s for s in LOSSES.values() if type(loss) is s.module), None)
 
 
 def _init_kwargs(loss: nn.Module, settings: Dict[str, Any]) -> Dict[str, Any]:
