@@ -120,3 +120,32 @@ def test_bad_trajectory_options(kwargs, error, match):
     case = _frozen_seed(torch.float32)
     with pytest.raises(error, match=match):
         cl.verify(case.net, case.loss, case.inputs, case.targets, ["eager"], **kwargs)
+
+
+def test_cli_verify_trajectory(tmp_path, capsys):
+    import json
+
+    from compile_losses.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["verify", "--backends", "eager,script", "--optimizer", "sgd", "--optim-arg", "lr=0.05",
+                 "--optim-arg", "momentum=0.9", "--optim-arg", "nesterov=true", "--steps", "8", "--accumulate", "2",
+                 "--batch", "6", "--dtype", "float32", "--quiet", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["cases"][0]["optimizer"]["flags"]["nesterov"] is True
+    assert data["cases"][0]["steps"] == 8 and data["cases"][0]["accumulate"] == 2
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--optim-arg", "lr=0.1"], "--optim-arg needs --optimizer"),
+    (["--optimizer", "adam", "--optim-arg", "beta1=2"], r"--optim-arg: optimizer_args\['beta1'\] must be in \[0, 1\)"),
+    (["--optimizer", "adam", "--accumulate", "9", "--batch", "4"], r"--accumulate must be between 1 and the first --batch \(4\), got 9"),
+    (["--steps", "3"], "--steps and --accumulate need --optimizer"),
+])
+def test_cli_verify_trajectory_usage(argv, match, capsys):
+    import re
+
+    from compile_losses.cli import main
+
+    assert main(["verify", "--backends", "eager", "--quiet"] + argv) == 2
+    assert re.search(match, capsys.readouterr().err)
