@@ -10,7 +10,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
-__all__ = ["OPSET", "TrainStepResult", "TrainStepSignature", "onnx_safe_name", "target_names"]
+__all__ = ["OPSET", "OptimStepResult", "OptimStepSignature", "TrainStepResult", "TrainStepSignature", "onnx_safe_name",
+           "target_names"]
 
 # The ONNX opset of every graph the project writes (forward, loss and training graphs alike), pinned
 # so a graph exported on torch 2.11 and 2.13 reads the same; torch's own ONNX functions are written
@@ -120,3 +121,126 @@ class TrainStepSignature:
                 raise ValueError("graph input/output names must be unique, got {!r} twice (parameter names after "
                                  "replacing '.' by '_', targets of {})".format(n, owner))
             seen.add(n)
+
+
+class OptimStepResult(NamedTuple):
+    """One optimizer train step: the loss before the update, every trained parameter's gradient,
+    the parameters after the update and the optimizer state after it (``{param: {key: value}}``);
+    keyed by ``net.named_parameters()`` names."""
+
+    loss: Any
+    grads: Dict[str, Any]
+    new_params: Dict[str, Any]
+    new_state: Dict[str, Dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class OptimStepSignature:
+    """Names and order of an optimizer train step's inputs and outputs.
+
+    Inputs: ``(*params, *frozen, x, *targets, *state, *hyper)``; outputs:
+    ``(loss, *grads, *new_params, *new_state)``. ``params`` are the trained parameters and
+    ``frozen`` the ``requires_grad=False`` ones (inputs, with no gradient, state or update), both
+    in ``net.named_parameters()`` order; ``state`` the optimizer's per-parameter keys
+    (``step``, ``exp_avg``, ...), repeated per trained parameter; ``hyper`` its hyper-parameters
+    (``lr``, ``beta1``, ...), 0-d float64 inputs. The plain-SGD :class:`TrainStepSignature` is
+    unchanged; this one is for the train steps that carry an optimizer."""
+
+    params: Tuple[str, ...]
+    frozen: Tuple[str, ...]
+    targets: Tuple[str, ...]
+    state: Tuple[str, ...]
+    hyper: Tuple[str, ...]
+    optimizer: str = "sgd"
+    input: str = "x"
+
+    @property
+    def param_inputs(self) -> List[str]:
+        return [onnx_safe_name(n) for n in self.params]
+
+    @property
+    def frozen_inputs(self) -> List[str]:
+        return ["frozen_" + onnx_safe_name(n) for n in self.frozen]
+
+    @property
+    def state_inputs(self) -> List[str]:
+        return ["state_{}_{}".format(s, k) for s in self.param_inputs for k in self.state]
+
+    @property
+    def hyper_inputs(self) -> List[str]:
+        return list(self.hyper)
+
+    @property
+    def input_names(self) -> List[str]:
+        return (self.param_inputs + self.frozen_inputs + [self.input] + list(self.targets) + self.state_inputs
+                + self.hyper_inputs)
+
+    @property
+    def input_roles(self) -> List[str]:
+        return (["param"] * len(self.params) + ["frozen"] * len(self.frozen) + ["input"]
+                + ["target"] * len(self.targets) + ["state"] * len(self.state_inputs) + ["hyper"] * len(self.hyper))
+
+    @property
+    def output_names(self) -> List[str]:
+        safe = self.param_inputs
+        return (["loss"] + ["grad_" + s for s in safe] + ["new_" + s for s in safe]
+                + ["new_" + s for s in self.state_inputs])
+
+    @property
+    def param_table(self) -> List[Dict[str, Any]]:
+        """Per trained parameter: its name, graph input, gradient and updated outputs, and its
+        state inputs/outputs by key."""
+        out = []
+        for n, s in zip(self.params, self.param_inputs):
+            state = {k: "state_{}_{}".format(s, k) for k in self.state}
+            out.append({"name": n, "input": s, "grad": "grad_" + s, "new": "new_" + s, "state": state,
+                        "new_state": {k: "new_" + v for k, v in state.items()}})
+        return out
+
+    def flat_inputs(self, params: Dict[str, Any], frozen: Dict[str, Any], x: Any, targets: Sequence[Any],
+                    state: Dict[str, Dict[str, Any]], hyper: Dict[str, Any]) -> Tuple[Any, ...]:
+        """The positional inputs in graph order."""
+        for what, given, want in (("params", params, self.params), ("frozen", frozen, self.frozen),
+                                  ("state", state, self.params), ("hyper", hyper, self.hyper)):
+            missing = [n for n in want if n not in given]
+            if missing:
+                raise KeyError("{} is missing {} (the train step takes {})".format(what, missing, list(want)))
+        if len(targets) != len(self.targets):
+            raise TypeError("the train step takes ({}), got {} tensors".format(
+                ", ".join([self.input] + list(self.targets)), 1 + len(targets)))
+        for n in self.params:
+            missing = [k for k in self.state if k not in state[n]]
+            if missing:
+                raise KeyError("state[{!r}] is missing {} (the {} state is {})".format(
+                    n, missing, self.optimizer, list(self.state)))
+        return (tuple(params[n] for n in self.params) + tuple(frozen[n] for n in self.frozen) + (x,)
+                + tuple(targets) + tuple(state[n][k] for n in self.params for k in self.state)
+                + tuple(hyper[h] for h in self.hyper))
+
+    def result(self, outputs: Sequence[Any]) -> OptimStepResult:
+        """Flat outputs ``(loss, *grads, *new_params, *new_state)`` as an :class:`OptimStepResult`."""
+        k, s = len(self.params), len(self.state)
+        if len(outputs) != 1 + 2 * k + k * s:
+            raise ValueError("this train step returns 1 + 2 x {} + {} x {} outputs, got {}".format(k, k, s, len(outputs)))
+        flat = list(outputs[1 + 2 * k:])
+        state = {n: dict(zip(self.state, flat[i * s:(i + 1) * s])) for i, n in enumerate(self.params)}
+        return OptimStepResult(outputs[0], dict(zip(self.params, outputs[1:1 + k])),
+                               dict(zip(self.params, outputs[1 + k:1 + 2 * k])), state)
+
+    def check_unique(self, owner: str) -> None:
+        seen = set()
+        for n in self.input_names + self.output_names:
+            if n in seen:
+                raise ValueError("graph input/output names must be unique, got {!r} twice (parameter names after "
+                                 "replacing '.' by '_', targets of {})".format(n, owner))
+            seen.add(n)
+
+    def describe(self) -> Dict[str, Any]:
+        return {"optimizer": self.optimizer, "params": list(self.params), "frozen": list(self.frozen),
+                "targets": list(self.targets), "state": list(self.state), "hyper": list(self.hyper),
+                "inputs": self.input_names, "outputs": self.output_names}
+
+    @classmethod
+    def from_description(cls, d: Dict[str, Any]) -> "OptimStepSignature":
+        return cls(tuple(d["params"]), tuple(d["frozen"]), tuple(d["targets"]), tuple(d["state"]),
+                   tuple(d["hyper"]), d["optimizer"])

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import training
-from .base import Backend, TrainStepResult, export_example
+from .base import Backend, TrainStepResult, Unsupported, export_example
 from .compile import cxx_compiler
 
 __all__ = ["AotiBackend", "export_aoti"]
@@ -63,6 +63,12 @@ class AotiBackend(Backend):
     def _exported_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                              lr: float) -> Callable[..., TrainStepResult]:
         return training.prepare_aoti_train_step(net, loss, export_example(example_inputs), lr)
+
+    def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                        opt: Any) -> Callable[..., Any]:
+        if self.device != "cpu":
+            raise Unsupported("{}: the optimizer train step is built for the CPU only".format(self.name))
+        return training.prepare_aoti_optimizer_step(net, loss, export_example(example_inputs), opt)
 
 
 def export_aoti(module: nn.Module, example_inputs: Tuple[Tensor, ...], package_path: str = "") -> Any:

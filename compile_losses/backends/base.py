@@ -174,6 +174,66 @@ class Backend:
                             lambda: (self._autograd_train_step(wrapped, example_inputs, lr), None),
                             owners=(net, loss))[0]
 
+    def prepare_optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                               opt: Any) -> Callable[..., Any]:
+        """``(params, frozen, x, *targets, state=, hyper=) -> OptimStepResult``: ``loss(net(x),
+        *targets)``'s gradients w.r.t. ``params`` (the trained parameters by name; ``frozen`` the
+        others) and ``opt``'s update (a :class:`compile_losses.optim.Optimizer`); pure, nothing is
+        changed in place. Raises :class:`Unsupported` where this backend has no such step."""
+        self._require()
+        example_inputs = _as_tuple(example_inputs)
+        return self._optimizer_step(net, loss, example_inputs, opt)
+
+    def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                        opt: Any) -> Callable[..., Any]:
+        # autograd backends lower the functional program itself (_compile over it); exporting
+        # ones override this with their training graph
+        from ..programs import OptimStepModule, dict_step, optim_flat_example
+
+        if not self.supports_autograd:
+            raise Unsupported("{}: no optimizer train step".format(self.name))
+        sig, flat = optim_flat_example(net, loss, example_inputs, opt)
+        module = OptimStepModule(net, loss, opt, sig)
+
+        def build() -> Tuple[Callable[..., Any], None]:
+            fn, _ = self._compile(module, flat)
+            self._warm_up(fn, flat)
+            return fn, None
+
+        fn = self._cached(optimizer_key(opt), module, example_inputs, build, owners=(net, loss))[0]
+        return dict_step(sig, fn)
+
+    def _autograd_optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                                 opt: Any) -> Callable[..., Any]:
+        """For backends that cannot lower ``torch.func`` (TorchScript): this backend's
+        ``loss(net(x), *targets)`` on a private copy of the net whose parameters are set from
+        ``params``/``frozen`` each call, gradients by autograd, the update by the functional optimizer."""
+        import copy
+
+        from ..programs import optim_signature, seed_grad
+        from ..signature import OptimStepResult
+
+        sig = optim_signature(net, loss, len(example_inputs) - 1, opt)
+        private = copy.deepcopy(net)
+        wrapped = NetWithLoss(private, copy.deepcopy(loss), n_targets=len(example_inputs) - 1)
+        fn, used = self._compile(wrapped, example_inputs)
+        named = dict(used.net.named_parameters())
+
+        def run(params: Dict[str, Tensor], fixed: Dict[str, Tensor], x: Tensor, *targets: Tensor,
+                state: Dict[str, Dict[str, Tensor]], hyper: Dict[str, Tensor]) -> Any:
+            sig.flat_inputs(params, fixed, x, targets, state, hyper)  # checks names and arity
+            with torch.no_grad():
+                for n, v in list(params.items()) + list(fixed.items()):
+                    named[n].copy_(v)
+            value = fn(x, *targets)
+            grads = torch.autograd.grad(value, [named[n] for n in sig.params], grad_outputs=seed_grad(value),
+                                        allow_unused=True)
+            by_name = {n: torch.zeros_like(named[n]) if g is None else g for n, g in zip(sig.params, grads)}
+            new_params, new_state = opt.apply({n: params[n] for n in sig.params}, by_name, state, hyper)
+            return OptimStepResult(value.detach(), by_name, new_params, new_state)
+
+        return run
+
     def _build_forward(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
         fn, used = self._compile(module, example_inputs)
         self._warm_up(fn, example_inputs)
@@ -353,3 +413,10 @@ def to_cpu(value: Any) -> Any:
 
 def move(inputs: Sequence[Tensor], device: str) -> List[Tensor]:
     return [t.to(device) for t in inputs]
+
+
+
+def optimizer_key(opt: Any) -> Tuple[Any, ...]:
+    """What a prepared optimizer step depends on: the optimizer's kind and static flags (its
+    hyper-parameters are inputs)."""
+    return ("optimizer_step", opt.name, tuple(opt.flags), opt.has_momentum)

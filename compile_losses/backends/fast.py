@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..fast import CompiledForward, CompiledTrainStep, FusedLossAndGrad, Lazy, Selected, pick_fastest
 from ..programs import eager_loss_and_grad, eager_train_step
-from .base import Backend, owned_lru, register_cache, structure_key
+from .base import Backend, optimizer_key, owned_lru, register_cache, structure_key
 from .compile import own_code
 from .fused import check_scalar
 from .torchscript import ScriptBackend
@@ -61,6 +61,44 @@ class FastBackend(Backend):
         return _selection(("train_step", float(lr)), NetWithLoss(net, loss, n_targets=len(example_inputs) - 1),
                           (net, loss), example_inputs, lambda: pick_fastest(candidates, tuple(example_inputs)))
 
+    def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                        opt: Any) -> Callable[..., Any]:
+        # the fastest of the functional step in eager, compiled and in onnxruntime, timed on the
+        # net's parameters and the optimizer's initial state
+        from ..programs import OptimStepModule, optim_flat_example
+        from .compile import CompileBackend
+        from .onnx import OnnxBackend
+
+        check_scalar(loss)
+        sig, _ = optim_flat_example(net, loss, example_inputs, opt)
+        params = {n: p.detach() for n, p in net.named_parameters() if n in sig.params}
+        fixed = {n: p.detach() for n, p in net.named_parameters() if n in sig.frozen}
+        args = (params, fixed) + tuple(example_inputs) + (opt.init_state(params), opt.hyper_tensors())
+
+        def positional(build: Callable[[], Callable[..., Any]]) -> Callable[[], Callable[..., Any]]:
+            def make() -> Callable[..., Any]:
+                step = build()
+                return lambda *a: step(*a[:-2], state=a[-2], hyper=a[-1])
+            return make
+
+        candidates: Dict[str, Callable[[], Callable[..., Any]]] = {
+            "eager": positional(lambda: Backend._optimizer_step(_Eager(), net, loss, example_inputs, opt)),
+            "compile": positional(lambda: CompileBackend(self.name + ":compile").prepare_optimizer_step(
+                net, loss, example_inputs, opt)),
+        }
+        if all(t.device.type == "cpu" for t in example_inputs):
+            candidates["onnx"] = positional(lambda: OnnxBackend(self.name + ":onnx").prepare_optimizer_step(
+                net, loss, example_inputs, opt))
+        selected = _selection(optimizer_key(opt), OptimStepModule(net, loss, opt, sig), (net, loss), example_inputs,
+                              lambda: pick_fastest(candidates, args))
+
+        def run(params: Dict[str, Tensor], fixed: Dict[str, Tensor], x: Tensor, *targets: Tensor,
+                state: Dict[str, Dict[str, Tensor]], hyper: Dict[str, Tensor]) -> Any:
+            return selected(params, fixed, x, *targets, state, hyper)
+
+        run.selected = selected  # type: ignore[attr-defined]
+        return run
+
 
 def _selection(kind: Any, key_module: nn.Module, owners: Tuple[nn.Module, ...], example_inputs: tuple,
                select: Callable[[], Selected]) -> Selected:
@@ -79,3 +117,15 @@ def _onnx_step(net: nn.Module, loss: nn.Module, example_inputs: tuple, lr: float
     from ..training import prepare_onnx_train_step
 
     return prepare_onnx_train_step(net, loss, tuple(example_inputs), lr)
+
+
+class _Eager(Backend):
+    """The functional optimizer step run as it is (the ``fast`` selection's baseline)."""
+
+    supports_autograd = True
+
+    def __init__(self) -> None:
+        super().__init__("fast:eager")
+
+    def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
+        return module, module

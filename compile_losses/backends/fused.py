@@ -38,6 +38,11 @@ class FusedBackend(Backend):
         check_scalar(loss)
         return CompiledTrainStep(net, loss, lr, mode="graph")
 
+    def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                        opt: Any) -> Callable[..., Any]:
+        raise Unsupported("{}: its train step is the plain-SGD guard-free graph; the optimizer train step is "
+                          "compiled by 'compile' and chosen by 'fast'".format(self.name))
+
 
 def split_case(module: nn.Module) -> Tuple[Optional[nn.Module], nn.Module]:
     """A NetWithLoss (net + loss) as ``(net, loss)``; a bare loss as ``(None, loss)``."""

@@ -169,6 +169,16 @@ class OnnxBackend(Backend):
         with self._kernels_or_unsupported():
             return _numpy_feedable(training.prepare_onnx_train_step(net, loss, example, lr, **self._ort_kwargs()))
 
+    def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                        opt: Any) -> Callable[..., Any]:
+        self._training_exporter()
+        if self.runner == "ref":
+            raise Unsupported("{}: the optimizer train step runs in onnxruntime ('onnx'); the reference "
+                              "evaluator is for single graphs".format(self.name))
+        with self._kernels_or_unsupported():
+            return training.prepare_onnx_optimizer_step(net, loss, export_example(example_inputs), opt,
+                                                        provider=self.provider)
+
     def _training_exporter(self) -> None:
         if self.exporter != "dynamo":
             raise Unsupported("{}: the training graphs are exported with the torch.export-based exporter only "

@@ -63,6 +63,11 @@ class ScriptBackend(Backend):
     def _available(self) -> Tuple[bool, str]:
         return _jit_available()
 
+    def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                        opt: Any) -> Callable[..., Any]:
+        # TorchScript cannot hold torch.func: the net and loss run scripted, the rest in Python
+        return self._autograd_optimizer_step(net, loss, example_inputs, opt)
+
     def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
         reasons = [getattr(m, "jit_unsupported", "") for m in module.modules()]
         if any(reasons):  # a module that says TorchScript cannot script it, and why
@@ -91,6 +96,11 @@ class TraceBackend(Backend):
 
     def _available(self) -> Tuple[bool, str]:
         return _jit_available()
+
+    def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                        opt: Any) -> Callable[..., Any]:
+        # TorchScript cannot hold torch.func: the net and loss run scripted, the rest in Python
+        return self._autograd_optimizer_step(net, loss, example_inputs, opt)
 
     def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
         example = export_example(example_inputs)

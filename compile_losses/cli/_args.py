@@ -62,3 +62,32 @@ def lr_arg(text: str) -> float:
         return check_lr(value, "--lr")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_optimizer_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--optimizer sgd|adam|adamw`` and ``--optim-arg KEY=VALUE`` (repeatable; torch.optim's names,
+    ``beta1``/``beta2`` or ``betas=[b1, b2]``)."""
+    from ..optim import OPTIMIZERS
+
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                        help="train with this optimizer (torch.optim's single-tensor update)")
+    parser.add_argument("--optim-arg", dest="optim_arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="optimizer argument, repeatable (lr, momentum, dampening, weight_decay, nesterov, "
+                             "beta1, beta2, betas, eps, amsgrad, maximize); " + HELP.split(";")[0])
+
+
+def optimizer_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """The ``--optim-arg`` pairs, checked by :func:`compile_losses.optim.optimizer` (a bad one is a
+    usage error naming the flag)."""
+    from ..optim import optimizer
+    from ..resolve import parse_kwargs
+
+    pairs = parse_kwargs(args.optim_arg, "--optim-arg")
+    if pairs and args.optimizer is None:
+        raise UsageError("--optim-arg needs --optimizer (sgd, adam or adamw)")
+    if args.optimizer is not None:
+        try:
+            optimizer(args.optimizer, **pairs)
+        except (TypeError, ValueError) as exc:
+            raise UsageError("--optim-arg: {}".format(exc)) from None
+    return pairs

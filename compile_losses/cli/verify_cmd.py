@@ -16,7 +16,7 @@ from typing import List
 import torch
 
 from ..errors import UsageError
-from ._args import add_init_arguments, init_kwargs, lr_arg
+from ._args import add_init_arguments, add_optimizer_arguments, init_kwargs, lr_arg, optimizer_kwargs
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -58,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target spec, e.g. 'int64[N]{0..9}' or 'float32[N,1]{0.1:2}' (repeatable)")
     parser.add_argument("--lr", type=lr_arg, default=0.01, help="learning rate of the checked train step (default 0.01)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
+    add_optimizer_arguments(parser)
+    parser.add_argument("--steps", type=int, default=32,
+                        help="with --optimizer: trajectory length checked against eager torch.optim (default 32)")
+    parser.add_argument("--accumulate", type=int, default=1, metavar="K",
+                        help="with --optimizer: micro-batches per step (default 1)")
     parser.add_argument("--detail", action="store_true", help="print every row, not one line per case and backend")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -131,6 +136,31 @@ def run(args: argparse.Namespace) -> int:
     if args.large < 0:
         raise UsageError("--large must be >= 0, got {}".format(args.large))
     progress = None if args.quiet else sys.stderr
+    optim_args = optimizer_kwargs(args)
+    if args.optimizer is None and (args.steps != 32 or args.accumulate != 1):
+        raise UsageError("--steps and --accumulate need --optimizer (sgd, adam or adamw)")
+    if args.optimizer is not None:
+        if args.steps < 1:
+            raise UsageError("--steps must be >= 1, got {}".format(args.steps))
+        if args.accumulate < 1 or args.accumulate > batches[0]:
+            raise UsageError("--accumulate must be between 1 and the first --batch ({}), got {}".format(
+                batches[0], args.accumulate))
+        if net is None or args.all or (args.loss is not None and "," in args.loss):
+            raise UsageError("--optimizer trains one net: give --net (not 'none') and one --loss, not --all or a list")
+        report = ParityReport()
+        for dtype in dtypes:
+            case = make_case(net, args.loss or DEFAULT_LOSS, batch=batches[0], dtype=dtype,
+                             input_specs=args.input or None, target_specs=args.target or None,
+                             net_kwargs=net_kwargs, loss_kwargs=loss_kwargs, seed=args.seed)
+            report.extend(verify(case.net, case.loss, case.inputs, case.targets, backends, optimizer=args.optimizer,
+                                 optimizer_args=optim_args, steps=args.steps, accumulate=args.accumulate,
+                                 seed=args.seed))
+        if args.detail:
+            print(report.table(detail=True))
+        print(report)
+        if args.json:
+            report.to_json(args.json)
+        return 0 if report.ok else 1
 
     several = args.loss is not None and "," in args.loss
     if args.all or several:

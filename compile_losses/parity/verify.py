@@ -37,7 +37,25 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     run under ``torch.autocast``, parameters keep their dtype), ``sizes`` (what the row records as
     the sizes it ran; default the batch), ``require`` (backend names, a list or
     ``"a,b"``: their ``uncompilable`` rows fail the report; others' do not).
+
+    With ``optimizer`` (``"sgd"``, ``"adam"``, ``"adamw"``) it checks a training trajectory
+    instead (:func:`compile_losses.parity.trajectory.verify_trajectory`): ``optimizer_args``
+    (torch.optim's names), ``steps`` (32), ``accumulate`` (micro-batches per step, 1), ``seed``.
     """
+    if options.get("optimizer") is not None:
+        from .trajectory import verify_trajectory
+
+        if net is None:
+            raise ValueError("optimizer needs a net to train, got net=None")
+        unknown = sorted(set(options) - {"optimizer", "optimizer_args", "steps", "accumulate", "seed", "label",
+                                         "spec", "progress"})
+        if unknown:
+            raise TypeError("verify with an optimizer takes optimizer_args, steps, accumulate, seed, label, spec; "
+                            "got {}".format(", ".join(unknown)))
+        return verify_trajectory(net, loss, inputs, target, backends, optimizer=options["optimizer"],
+                                 optimizer_args=options.get("optimizer_args"), steps=options.get("steps", 32),
+                                 accumulate=options.get("accumulate", 1), seed=options.get("seed", 0),
+                                 label=options.get("label"), spec=options.get("spec"))
     start = time.perf_counter()
     chosen = get_backends(backends)
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)

@@ -20,12 +20,12 @@ Functions::
     export_train_step_onnx(net, loss, (x, *targets), path) -> info dict
     prepare_onnx_loss_and_grad / prepare_onnx_train_step / prepare_aoti_*      # callables, torch out
 """
-from ._aoti import aoti_package, prepare_aoti_loss_and_grad, prepare_aoti_train_step
+from ._aoti import aoti_package, prepare_aoti_loss_and_grad, prepare_aoti_optimizer_step, prepare_aoti_train_step
 from ..signature import OPSET, TrainStepResult, TrainStepSignature, onnx_safe_name
-from ._onnx import (export_loss_and_grad_onnx, export_train_step_onnx, prepare_onnx_loss_and_grad,
-                    prepare_onnx_train_step, signature_of)
+from ._onnx import (export_loss_and_grad_onnx, export_optimizer_step_onnx, export_train_step_onnx,
+                    prepare_onnx_loss_and_grad, prepare_onnx_optimizer_step, prepare_onnx_train_step, signature_of)
 from ..errors import ExportUnsupportedError
-from ._trace import (TracedGraph, faithful_graph, loss_and_grad, trace_loss_and_grad,
+from ._trace import (TracedGraph, faithful_graph, loss_and_grad, trace_loss_and_grad, trace_optimizer_step,
                      trace_train_step, train_step)
 
 __all__ = [
@@ -48,4 +48,8 @@ __all__ = [
     "trace_loss_and_grad",
     "trace_train_step",
     "train_step",
+    "export_optimizer_step_onnx",
+    "prepare_aoti_optimizer_step",
+    "prepare_onnx_optimizer_step",
+    "trace_optimizer_step",
 ]

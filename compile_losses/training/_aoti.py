@@ -77,3 +77,22 @@ def _check(graph: TracedGraph, given: int, skip: int) -> None:
     names = graph.input_names[skip:len(graph.input_names) - (1 if graph.kind == "train_step" else 0)]
     if given != len(names):
         raise TypeError("the graph takes ({}), got {} tensors".format(", ".join(names), given))
+
+
+def prepare_aoti_optimizer_step(net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                                opt: Any) -> Callable[..., Any]:
+    """``(params, frozen, x, *targets, state=, hyper=) -> OptimStepResult`` from an
+    AOTInductor-compiled optimizer train step."""
+    from ._onnx import optimizer_key
+    from ._trace import optimizer_example, trace_optimizer_step
+
+    key = structure_key("optimizer_step", net, loss, example_inputs, extra=optimizer_key(opt))
+    runner, _ = _runner(key, lambda: trace_optimizer_step(net, loss, example_inputs, opt, target="aoti"))
+    sig = optimizer_example(net, loss, example_inputs, opt)[0]
+
+    def run(params: Dict[str, Tensor], frozen: Dict[str, Tensor], x: Tensor, *targets: Tensor,
+            state: Dict[str, Dict[str, Tensor]], hyper: Dict[str, Tensor]) -> Any:
+        flat = sig.flat_inputs(params, frozen, x, targets, state, hyper)
+        return sig.result(runner(*[t.contiguous() for t in flat]))
+
+    return run

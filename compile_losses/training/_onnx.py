@@ -201,3 +201,63 @@ def _check_arity(names: Sequence[str], given: int) -> None:
 
 __all__ = ["OPSET", "signature_of", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
            "prepare_onnx_train_step"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the optimizer train step (state and hyper-parameters as inputs and outputs)
+# ---------------------------------------------------------------------------------------------
+def export_optimizer_step_onnx(net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...], opt: Any,
+                               path: str) -> Dict[str, Any]:
+    """Write ``train_step.onnx`` with an optimizer: ``(*params, *frozen, x, *targets, *state,
+    *hyper) -> (loss, *grads, *new_params, *new_state)``, names from
+    :class:`~compile_losses.signature.OptimStepSignature` (``info["signature"]``)."""
+    from ._trace import optimizer_example, trace_optimizer_step
+
+    start = time.perf_counter()
+    graph = trace_optimizer_step(net, loss, example_inputs, opt)
+    sig = optimizer_example(net, loss, example_inputs, opt)[0]
+
+    def loss_example() -> Tuple[Tensor, ...]:
+        with torch.no_grad():
+            return (net(example_inputs[0]),) + tuple(example_inputs[1:])
+
+    info = _export(graph, path, start, loss, loss_example)
+    info["optimizer"] = opt.describe()
+    info["signature"] = sig.describe()
+    return info
+
+
+def optimizer_key(opt: Any) -> Tuple[Any, ...]:
+    # the graph depends on the optimizer's kind and static flags, not on its hyper-parameter values
+    return (opt.name, opt.flags, opt.has_momentum, opt.hyper_names)
+
+
+def prepare_onnx_optimizer_step(net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...], opt: Any,
+                                provider: str = "CPUExecutionProvider") -> Callable[..., Any]:
+    """``(params, frozen, x, *targets, state=, hyper=) -> OptimStepResult`` computed by the
+    optimizer's ``train_step.onnx`` in onnxruntime (torch tensors in and out)."""
+    from ..signature import OptimStepSignature
+
+    key = structure_key("optimizer_step", net, loss, example_inputs, extra=optimizer_key(opt))
+    model, info = _exported(key, lambda p: export_optimizer_step_onnx(net, loss, example_inputs, opt, p))
+    session = ort_session(model, provider)
+    names = [i["name"] for i in info["inputs"]]
+    sig = OptimStepSignature.from_description(info["signature"])
+    ranks = [len(o["shape"]) for o in info["outputs"]]
+
+    def run(params: Dict[str, Tensor], frozen: Dict[str, Tensor], x: Tensor, *targets: Tensor,
+            state: Dict[str, Dict[str, Tensor]], hyper: Dict[str, Tensor]) -> Any:
+        feeds = _feed(names, sig.flat_inputs(params, frozen, x, targets, state, hyper))
+        outs = session.run(None, feeds)
+        return sig.result([torch.from_numpy(_declared_rank(o, r)).to(x.device) for o, r in zip(outs, ranks)])
+
+    run.graph_info = info  # type: ignore[attr-defined]
+    return run
+
+
+def _declared_rank(value: Any, rank: int) -> Any:
+    # onnxruntime's optimized graph returns a 0-d output (the step count) as shape (1,)
+    return value.reshape(()) if rank == 0 and value.shape == (1,) else value
+
+
+__all__ += ["export_optimizer_step_onnx", "prepare_onnx_optimizer_step"]

@@ -348,3 +348,32 @@ def _tensor_digest(tensors: Dict[str, Tensor]) -> str:
         h.update("{}:{}:{}".format(name, t.dtype, tuple(t.shape)).encode())
         h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# the optimizer train step: (*params, *frozen, x, *targets, *state, *hyper) -> (loss, *grads,
+# *new_params, *new_state), the same program (compile_losses.programs.flat_optimizer_step)
+# ---------------------------------------------------------------------------------------------
+def optimizer_example(net: nn.Module, loss: nn.Module, example_inputs: Sequence[Tensor], opt: Any
+                      ) -> Tuple[Any, Tuple[Tensor, ...], List[bool]]:
+    """The optimizer step's signature, flat example inputs (the net's parameters, the optimizer's
+    initial state and hyper-parameters) and which of them carry the batch."""
+    from ..programs import optim_flat_example
+
+    x, targets = _split_pred(example_inputs, "example_inputs", "(x, *targets)")
+    sig, flat = optim_flat_example(net, loss, (x,) + tuple(targets), opt)
+    k, f = len(sig.params), len(sig.frozen)
+    batched = ([False] * (k + f) + [True] + [_has_batch(t, x.shape[0]) for t in targets]
+               + [False] * (len(flat) - k - f - 1 - len(targets)))
+    return sig, tuple(flat), batched
+
+
+def trace_optimizer_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[Tensor], opt: Any,
+                         target: str = "onnx") -> TracedGraph:
+    """``make_fx`` (symbolic) of the optimizer train step, with the op rewrites ``target`` needs."""
+    from ..programs import flat_optimizer_step
+
+    sig, flat, batched = optimizer_example(net, loss, example_inputs, opt)
+    graph = _make_fx(flat_optimizer_step(net, loss, opt, sig), flat, batched, loss, target)
+    return TracedGraph("train_step", graph.module, graph.example, sig.input_names, sig.input_roles,
+                       sig.output_names, batched, sig.param_table, loss_label(loss))
