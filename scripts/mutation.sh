@@ -6,7 +6,7 @@
 # worktree: it rewrites the files while it runs (and restores them).
 #
 #   bash scripts/mutation.sh            # about 40-60 min on 2 cores; then `mutmut results`
-#   bash scripts/mutation.sh gate       # one target: rule | reduction | programs | gate
+#   bash scripts/mutation.sh gate       # one target: rule | reduction | programs | gate | optim
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -18,14 +18,16 @@ declare -A PATHS=(
   [reduction]=compile_losses/_reduction.py
   [programs]=compile_losses/programs.py,compile_losses/signature.py
   [gate]=compile_losses/bench/gate.py
+  [optim]=compile_losses/optim.py
 )
 declare -A RUNNERS=(
   [rule]="$PYTEST tests/test_rule_pins.py tests/test_parity.py -k 'test_rule_pins or clause or non_finite or tolerance or planted or nondeterministic or reference_in_float64 or lr'"
   [reduction]="$PYTEST tests/test_reduction_pins.py tests/test_losses_math.py -k 'test_reduction_pins or not (script or compile or onnx)'"
   [programs]="$PYTEST tests/test_programs_pins.py"
   [gate]="$PYTEST tests/test_gate_pins.py tests/test_bench_gate.py"
+  [optim]="$PYTEST tests/test_optim.py tests/test_optim_programs.py"
 )
-targets=("${@:-rule reduction programs gate}")
+targets=("${@:-rule reduction programs gate optim}")
 status=0
 for t in ${targets[@]}; do
   echo "== $t: ${PATHS[$t]}"
