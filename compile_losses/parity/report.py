@@ -49,6 +49,31 @@ class Row:
         return self.status in FAILING or (self.required and self.status in REQUIRABLE)
 
 
+def _zero_counts() -> Dict[str, int]:
+    return {"pass_clause1": 0, "pass_clause2": 0, "fail": 0, "unavailable": 0, "skipped": 0, "unsupported": 0,
+            UNCOMPILABLE: 0, GRAPH_BREAKS: 0}
+
+
+def _count(counts: Dict[str, Any], row: "Row") -> None:
+    """Count one row: a pass by its clause, any failing row as fail, the rest by status."""
+    if row.status == PASS:
+        counts["pass_clause1" if row.clause == 1 else "pass_clause2"] += 1
+    elif row.failed:
+        counts["fail"] += 1
+    else:
+        counts[row.status] += 1
+
+
+def not_run_rows(backend: Any, label: str, spec: Any) -> List[Row]:
+    """The one row of a backend that does not run on this case (a registry skip, or unavailable
+    here, with the reason); empty when it runs."""
+    skips = getattr(spec, "skips", {}) or {}
+    if backend.name in skips:
+        return [Row(label, backend.name, "*", SKIPPED, detail=skips[backend.name])]
+    ok, reason = backend.available()
+    return [] if ok else [Row(label, backend.name, "*", UNAVAILABLE, detail=reason)]
+
+
 class ParityReport:
     """Rows of a parity run (one or many cases), the compile audits, and how to show them."""
 
@@ -81,15 +106,7 @@ class ParityReport:
         """A small dict (embedded in bundles): ok, counts per backend, loosened tolerances."""
         per: Dict[str, Dict[str, int]] = {}
         for r in self.rows:
-            c = per.setdefault(r.backend, {"pass_clause1": 0, "pass_clause2": 0, "fail": 0, "unavailable": 0,
-                                           "skipped": 0, "unsupported": 0, UNCOMPILABLE: 0,
-                                           GRAPH_BREAKS: 0})
-            if r.status == PASS:
-                c["pass_clause1" if r.clause == 1 else "pass_clause2"] += 1
-            elif r.failed:
-                c["fail"] += 1
-            else:
-                c[r.status] += 1
+            _count(per.setdefault(r.backend, _zero_counts()), r)
         loosened = sorted({"{}: {}".format(r.backend, r.tolerance) for r in self.rows if r.tolerance})
         return {"ok": self.ok, "cases": len(self.cases), "rows": len(self.rows), "failures": len(self.failures),
                 "backends": per, "loosened": loosened, "audits_ok": all(a["status"] == PASS for a in self.audits),
@@ -176,19 +193,11 @@ class ParityReport:
         per: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
         for r in self.rows:
             key = (r.backend,) + r.axes()
-            c = per.setdefault(key, dict(zip(("backend", "dtype", "autocast", "ort_opt_level", "ort_threads",
-                                              "settings"), key), pass_clause1=0, pass_clause2=0, fail=0,
-                                         unavailable=0, skipped=0, unsupported=0, **{UNCOMPILABLE: 0, GRAPH_BREAKS: 0}))
-            if r.status == PASS:
-                c["pass_clause1" if r.clause == 1 else "pass_clause2"] += 1
-            elif r.failed:
-                c["fail"] += 1
-            else:
-                c[r.status] += 1
+            _count(per.setdefault(key, dict(zip(("backend", "dtype", "autocast", "ort_opt_level", "ort_threads",
+                                                 "settings"), key), **_zero_counts())), r)
         return list(per.values())
 
     def summary_table(self) -> str:
-        s = self.summary()
         header = ["backend", "dtype", "autocast", "ort opt", "ort thr", "settings", "pass (1)", "pass (2)", "fail",
                   "unavailable", "skipped", "unsupported", UNCOMPILABLE, GRAPH_BREAKS]
         lines = [[c["backend"], c["dtype"], c["autocast"], c["ort_opt_level"], c["ort_threads"], c["settings"],

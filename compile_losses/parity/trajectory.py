@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from ..backends import Backend, Unsupported, get_backends, reference_for
-from .report import ParityReport, Row, _one_line
-from .rule import ERROR, NONDET, SKIPPED, UNAVAILABLE, UNSUPPORTED, _bitwise_equal, judge
+from .report import ParityReport, Row, _one_line, not_run_rows
+from .rule import ERROR, NONDET, UNSUPPORTED, _bitwise_equal, judge
 
 __all__ = ["fresh_batches", "verify_trajectory"]
 
@@ -189,12 +189,9 @@ def _rows(backend: Backend, net: nn.Module, loss: nn.Module, opt: Any, batches: 
           first: Dict[str, Tensor], second: Dict[str, Tensor], ref64: Dict[str, Tensor], nondet: set, label: str,
           spec: Any) -> List[Row]:
     name = backend.name
-    skips = getattr(spec, "skips", {}) or {}
-    if name in skips:
-        return [Row(label, name, "*", SKIPPED, detail=skips[name])]
-    ok, reason = backend.available()
-    if not ok:
-        return [Row(label, name, "*", UNAVAILABLE, detail=reason)]
+    not_run = not_run_rows(backend, label, spec)
+    if not_run:
+        return not_run
     tolerance = (getattr(spec, "tolerances", {}) or {}).get(name)
     if backend is reference_for("cpu"):
         got: Dict[str, Tensor] = second

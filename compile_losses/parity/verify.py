@@ -12,9 +12,9 @@ from ..programs import check_lr
 from .audit import audit_rows, audited, compile_audit
 from .precision import autocast_modules, check_autocast
 from .progress import Progress
-from .report import ParityReport, Row, _one_line
+from .report import ParityReport, Row, _one_line, not_run_rows
 from ..errors import ExportUnsupportedError
-from .rule import (ERROR, FAIL, NONDET, PASS, SKIPPED, UNAVAILABLE, UNCOMPILABLE, UNSUPPORTED, _bitwise_equal,
+from .rule import (ERROR, FAIL, NONDET, UNCOMPILABLE, UNSUPPORTED, _bitwise_equal,
                    float64_case, judge)
 
 
@@ -242,12 +242,9 @@ def _backend_rows(backend: Backend, ref: _References, label: str, spec: Any,
 
 def _settled_rows(backend: Backend, ref: _References, label: str, spec: Any, require: Sequence[str] = ()) -> List[Row]:
     name = backend.name
-    skips = getattr(spec, "skips", {}) or {}
-    if name in skips:
-        return [Row(label, name, "*", SKIPPED, detail=skips[name])]
-    ok, reason = backend.available()
-    if not ok:
-        return [Row(label, name, "*", UNAVAILABLE, detail=reason)]
+    not_run = not_run_rows(backend, label, spec)
+    if not_run:
+        return not_run
     tolerance = (getattr(spec, "tolerances", {}) or {}).get(name)
     # the reference's rows: its second run judged against its first
     if backend is reference_for("cpu"):
