@@ -49,6 +49,16 @@ def target_names(loss: Any, count: int) -> List[str]:
     return names
 
 
+def _check_unique(names: Sequence[str], owner: str) -> None:
+    """Refuse a graph whose input and output names clash (``owner``: the loss, named in the message)."""
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ValueError("graph input/output names must be unique, got {!r} twice (parameter names after "
+                             "replacing '.' by '_', targets of {})".format(n, owner))
+        seen.add(n)
+
+
 @dataclass(frozen=True)
 class TrainStepSignature:
     """Names and order of the train step's inputs and outputs.
@@ -115,12 +125,7 @@ class TrainStepSignature:
                                dict(zip(self.params, new, strict=True)))
 
     def check_unique(self, owner: str) -> None:
-        seen = set()
-        for n in self.input_names + self.output_names:
-            if n in seen:
-                raise ValueError("graph input/output names must be unique, got {!r} twice (parameter names after "
-                                 "replacing '.' by '_', targets of {})".format(n, owner))
-            seen.add(n)
+        _check_unique(self.input_names + self.output_names, owner)
 
 
 class OptimStepResult(NamedTuple):
@@ -228,12 +233,7 @@ class OptimStepSignature:
                                dict(zip(self.params, outputs[1 + k:1 + 2 * k])), state)
 
     def check_unique(self, owner: str) -> None:
-        seen = set()
-        for n in self.input_names + self.output_names:
-            if n in seen:
-                raise ValueError("graph input/output names must be unique, got {!r} twice (parameter names after "
-                                 "replacing '.' by '_', targets of {})".format(n, owner))
-            seen.add(n)
+        _check_unique(self.input_names + self.output_names, owner)
 
     def describe(self) -> Dict[str, Any]:
         return {"optimizer": self.optimizer, "params": list(self.params), "frozen": list(self.frozen),

@@ -11,7 +11,7 @@ per-function recompile budget, and each keeps a count of its compilations for th
 import copy
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .base import Backend, move
 from .eager import cuda_available
 
-__all__ = ["CompileBackend", "INDUCTOR_SETTINGS", "graph_breaks", "own_code", "cxx_compiler"]
+__all__ = ["CompileBackend", "INDUCTOR_SETTINGS", "own_code", "cxx_compiler"]
 
 # inductor config flags that change numerics, with torch's defaults (a test checks they are torch's)
 INDUCTOR_SETTINGS: Dict[str, bool] = {"emulate_precision_casts": False, "fallback_random": False}
@@ -108,14 +108,3 @@ def own_code(module: nn.Module) -> Callable[..., Any]:
 
 def cxx_compiler() -> bool:
     return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
-
-
-def graph_breaks(module: nn.Module, inputs: Sequence[Tensor]) -> Dict[str, Any]:
-    """Graph breaks of ``module(*inputs)`` under dynamo (``torch._dynamo.explain``): count and
-    one line per break reason."""
-    explanation = torch._dynamo.explain(own_code(module))(*inputs)
-    reasons: List[str] = []
-    for br in explanation.break_reasons:
-        reasons.append(str(getattr(br, "reason", br)).strip().splitlines()[0])
-    return {"graph_breaks": int(explanation.graph_break_count), "graphs": int(explanation.graph_count),
-            "reasons": reasons}

@@ -155,12 +155,7 @@ def run(args: argparse.Namespace) -> int:
             report.extend(verify(case.net, case.loss, case.inputs, case.targets, backends, optimizer=args.optimizer,
                                  optimizer_args=optim_args, steps=args.steps, accumulate=args.accumulate,
                                  seed=args.seed))
-        if args.detail:
-            print(report.table(detail=True))
-        print(report)
-        if args.json:
-            report.to_json(args.json)
-        return 0 if report.ok else 1
+        return _finish(report, args)
 
     several = args.loss is not None and "," in args.loss
     if args.all or several:
@@ -229,6 +224,11 @@ def run(args: argparse.Namespace) -> int:
             report.rows += audit_rows([entry], require)
         if bar:
             bar.close()
+    return _finish(report, args)
+
+
+def _finish(report, args) -> int:  # type: ignore[no-untyped-def]
+    """Print the report (with --detail its full table), write --json, and the exit code."""
     if args.detail:
         print(report.table(detail=True))
     print(report)
