@@ -34,7 +34,10 @@ for t in ${targets[@]}; do
   # one cache per target: mutmut 2.5.1's cache mixes up mutants of an earlier target's file
   # ("Attribute Mutant.line is required") when several targets share it
   rm -f .mutmut-cache
-  $MUTMUT run --paths-to-mutate "${PATHS[$t]}" --runner "${RUNNERS[$t]}" --tests-dir tests --simple-output
+  # --test-time-base: a mutant times out only after the clean run's time x 2 + this many seconds, so
+  # a loaded machine does not turn slow runs into "timeout" verdicts that prove nothing
+  $MUTMUT run --paths-to-mutate "${PATHS[$t]}" --runner "${RUNNERS[$t]}" --tests-dir tests --simple-output \
+    --test-time-base "${MUTATION_TIME_BASE:-30}"
   rc=$?
   echo "== $t: exit $rc (0: every mutant killed; bit 2 survivors, 4 timeouts, 8 suspicious)"
   $MUTMUT results
