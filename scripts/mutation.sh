@@ -33,12 +33,17 @@ for t in ${targets[@]}; do
   echo "== $t: ${PATHS[$t]}"
   # one cache per target: mutmut 2.5.1's cache mixes up mutants of an earlier target's file
   # ("Attribute Mutant.line is required") when several targets share it
+  # (kept as .mutmut-cache-<target> between runs, so a rerun resumes where a crashed one stopped:
+  # mutmut skips mutants it already killed against the same tests; MUTATION_FRESH=1 starts over)
   rm -f .mutmut-cache
+  [ -n "${MUTATION_FRESH:-}" ] && rm -f ".mutmut-cache-$t"
+  [ -f ".mutmut-cache-$t" ] && cp ".mutmut-cache-$t" .mutmut-cache
   # --test-time-base: a mutant times out only after the clean run's time x 2 + this many seconds, so
   # a loaded machine does not turn slow runs into "timeout" verdicts that prove nothing
   $MUTMUT run --paths-to-mutate "${PATHS[$t]}" --runner "${RUNNERS[$t]}" --tests-dir tests --simple-output \
     --test-time-base "${MUTATION_TIME_BASE:-30}"
   rc=$?
+  cp .mutmut-cache ".mutmut-cache-$t"
   echo "== $t: exit $rc (0: every mutant killed; bit 2 survivors, 4 timeouts, 8 suspicious)"
   $MUTMUT results
   [ $rc -eq 0 ] || status=1
