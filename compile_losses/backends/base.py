@@ -123,6 +123,18 @@ class Backend:
         backends only)."""
         raise Unsupported("{} is not audited".format(self.name))
 
+    # Localization (compile_losses.localize): ``piecewise`` backends run an exported graph whose
+    # every intermediate value can be made an output (:meth:`piecewise_graph`).
+    piecewise: bool = False
+
+    def piecewise_graph(self, kind: str, net: Optional[nn.Module], loss: nn.Module,
+                        example_inputs: Tuple[Tensor, ...], optimize: Optional[bool] = None) -> Dict[str, Any]:
+        """The graph this backend runs for ``kind`` (``"forward"``: ``module(*example_inputs)`` with
+        ``module`` ``loss`` or ``NetWithLoss(net, loss)``; ``"loss_and_grad"``; ``"train_step"``)
+        as ``{"program": ONNXProgram, "traced": TracedGraph or None, "provider": str}``;
+        ``optimize`` overrides the exporter's own optimizer setting."""
+        raise Unsupported("{}: no exported graph to run value by value".format(self.name))
+
     def compile_count(self, fn: Callable[..., Any]) -> int:
         """How many graphs a callable prepared here has compiled so far (-1: not counted)."""
         counter = getattr(fn, "compile_counter", None)
