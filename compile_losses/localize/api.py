@@ -151,7 +151,7 @@ def find(ref: Any, model: Any = None, repro_dir: Optional[str] = None, start: Op
         if repro_dir is not None:
             from .repro import write_repro
 
-            g.repro = write_repro(ref, model, found["node"], repro_dir, level=found["level"])
+            g.repro = write_repro(ref, model, found["node"], repro_dir, found["level"], found["values"])
     elif failing:
         g = GraphFinding(ref.kind, "hidden", "the graph's outputs fail the rule, but no value does once every "
                          "value is an output (an optimizer fusion that marking values prevents)",

@@ -210,7 +210,7 @@ def localize_model(ref: GraphReference, model: Optional[Any] = None,
     optimizer" | None, "node": the first divergence (disabled level first)}``."""
     model = ref.model if model is None else model
     full, names = with_all_outputs(model)
-    out: Dict[str, Any] = {"levels": {}, "fault": None, "node": None, "level": None}
+    out: Dict[str, Any] = {"levels": {}, "fault": None, "node": None, "level": None, "values": None}
     for level in levels:
         values = run_model(full, ref.feeds, ref.provider, level, names)
         run = judge_run(ref, values, model)
@@ -220,7 +220,7 @@ def localize_model(ref: GraphReference, model: Optional[Any] = None,
             found = _absent_input(ref, model, found)
         out["levels"][level] = {"node": found, "compared": run["compared"], "values": len(names), "outputs": outputs}
         if found is not None and out["node"] is None:
-            out["node"], out["level"] = found, level
+            out["node"], out["level"], out["values"] = found, level, values
             out["fault"] = "exporter" if level == "disabled" else "runtime optimizer"
     return out
 
