@@ -120,3 +120,29 @@ def test_self_test_200_faults_per_seed(seed, tmp_path):
     for kind, row in result["by_graph"].items():
         assert row["localized"] >= 0.9 * row["trials"], kind
     assert len(result["misses"]) == 200 - result["localized"]
+
+
+def test_failing_rows_link_to_their_localization():
+    """A failing row (here made by hand: the graphs themselves are fine) gets its graph's finding."""
+    from compile_losses.localize.api import link_failures
+    from compile_losses.parity.report import ParityReport, Row
+    from compile_losses.resolve import make_case
+
+    case = make_case(None, "mse", batch=5)
+    report = ParityReport([Row(case.label, "onnx", "dpred", "fail"), Row(case.label, "eager", "loss", "fail"),
+                           Row(case.label, "onnx", "loss", "pass", clause=1)])
+    locs = link_failures(report, [case])
+    assert len(locs) == 1
+    onnx_row, eager_row, passing = report.rows
+    assert onnx_row.localization["graph"] == "loss_and_grad"
+    assert onnx_row.localization["status"] == "clean"
+    assert eager_row.localization["status"] == "unsupported"
+    assert passing.localization is None
+    assert "localization" in report.to_json()
+
+
+def test_verify_localize_refuses_all(capsys):
+    from compile_losses.cli import main
+
+    assert main(["verify", "--all", "--localize"]) == 2
+    assert "--localize takes one --loss" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["GraphFinding", "Localization", "localize", "piecewise_backend"]
+__all__ = ["GraphFinding", "Localization", "link_failures", "localize", "piecewise_backend"]
 
 
 @dataclass
@@ -161,3 +161,45 @@ def find(ref: Any, model: Any = None, repro_dir: Optional[str] = None, start: Op
                          levels=found["levels"], outputs=outputs)
     g.seconds = round(time.perf_counter() - t0, 3)
     return g
+
+
+def graph_of_output(output: str) -> Optional[str]:
+    """The graph a parity row's output comes from (``loss``; ``lg.loss``/``dpred``; the train
+    step's ``step.loss``, ``grad:<p>``, ``new:<p>``)."""
+    if output == "loss":
+        return "forward"
+    if output in ("lg.loss", "dpred", "loss_and_grad"):
+        return "loss_and_grad"
+    if output.startswith(("step.", "grad:", "new:")) or output == "train_step":
+        return "train_step"
+    return None
+
+
+def link_failures(report: Any, cases: Sequence[Any], repro_dir: Optional[str] = None, lr: float = 0.01) -> List[Localization]:
+    """Localize each failing row of ``report`` (one localization per case and backend) and link
+    it from the row (``row.localization``): the graph's finding, or why there is none."""
+    from ..backends import get_backends
+
+    by_label = {c.label: c for c in cases}
+    done: Dict[Any, Localization] = {}
+    for row in report.failures:
+        kind = graph_of_output(row.output)
+        case = by_label.get(row.case)
+        if kind is None or case is None:
+            row.localization = {"status": "not localized", "detail": "no graph for output {!r} of case {!r}".format(
+                row.output, row.case)}
+            continue
+        backend = get_backends([row.backend])[0]
+        if not backend.piecewise:
+            row.localization = {"status": "unsupported", "detail": "{} runs no graph value by value".format(backend.name)}
+            continue
+        key = (row.case, backend.name)
+        if key not in done:
+            done[key] = localize(case.net, case.loss, case.inputs, case.targets, backend=backend, lr=lr,
+                                 repro_dir=repro_dir, label=case.label)
+        g = done[key].finding(kind)
+        row.localization = {"status": "not run"} if g is None else {
+            "graph": kind, "status": g.status, "line": g.line(), "fault": g.fault, "repro": g.repro,
+            "node": None if g.node is None else {k: g.node.get(k) for k in ("op_type", "name", "fx_node", "fx_target",
+                                                                              "source")}}
+    return list(done.values())
