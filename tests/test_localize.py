@@ -146,3 +146,32 @@ def test_verify_localize_refuses_all(capsys):
 
     assert main(["verify", "--all", "--localize"]) == 2
     assert "--localize takes one --loss" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+def test_an_inductor_only_backward_fault_is_localized_to_inductor_backward(monkeypatch):
+    """A planted fault in inductor's lowering of aten.sign (twice the sign): L1's forward has no
+    sign, its backward does (sgn, decomposed to sign), and only inductor lowers it."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor import lowering
+
+    from compile_losses.resolve import make_case
+
+    aten = torch.ops.aten
+    original = lowering.lowerings[aten.sign.default]
+
+    def doubled(x):
+        y = original(x)
+        return lowering.lowerings[aten.add.Tensor](y, y)
+
+    monkeypatch.setitem(lowering.lowerings, aten.sign.default, doubled)
+    case = make_case(None, "l1", batch=7)
+    with inductor_config.patch(fx_graph_cache=False):
+        loc = cl.localize(case.net, case.loss, case.inputs, case.targets, backend="compile-dynamo", dynamic=(False,))
+    finding = loc.finding("loss_and_grad")
+    assert finding.status == "diverges", str(loc)
+    assert finding.stage["stage"] == "inductor"
+    assert finding.stage["graph"] == "backward"
+    assert finding.stage["output"] == "dpred"
+    assert finding.levels["static"]["aot_eager_decomp_partition"]["dpred"]["status"] == "pass"

@@ -135,6 +135,14 @@ class Backend:
         ``optimize`` overrides the exporter's own optimizer setting."""
         raise Unsupported("{}: no exported graph to run value by value".format(self.name))
 
+    # Localization by stage: the compiler pipeline's stages in order (the last is this backend's
+    # own), each a callable from :meth:`stage_callable`; () where the backend has none.
+    stages: Tuple[str, ...] = ()
+
+    def stage_callable(self, stage: str, module: nn.Module, dynamic: bool) -> Callable[..., Any]:
+        """``module`` compiled up to ``stage`` (one of :attr:`stages`), static or dynamic shapes."""
+        raise Unsupported("{}: no compiler stages to bisect".format(self.name))
+
     def compile_count(self, fn: Callable[..., Any]) -> int:
         """How many graphs a callable prepared here has compiled so far (-1: not counted)."""
         counter = getattr(fn, "compile_counter", None)

@@ -2,7 +2,7 @@
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -27,8 +27,13 @@ class GraphFinding:
     outputs: Dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     repro: Optional[str] = None
+    stage: Optional[Dict[str, Any]] = None  # by-stage bisection: the first failing stage and graph
 
     def line(self) -> str:
+        if self.stage is not None and self.status == "diverges":
+            s = self.stage
+            return "{:<14} diverges first at stage {} ({} graph, {} shapes, output {})".format(
+                self.kind, s["stage"], s["graph"], "dynamic" if s["dynamic"] else "static", s["output"])
         if self.status != "diverges" or self.node is None:
             return "{:<14} {}{}".format(self.kind, self.status, ": " + self.detail if self.detail else "")
         n = self.node
@@ -89,15 +94,19 @@ def piecewise_backend(backend: Any = None) -> Any:
 
 def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any, backend: Any = None, *,
              kinds: Optional[Sequence[str]] = None, lr: float = 0.01, optimize: Optional[bool] = None,
-             repro_dir: Optional[str] = None, label: Optional[str] = None) -> Localization:
+             repro_dir: Optional[str] = None, label: Optional[str] = None,
+             dynamic: Sequence[bool] = (False, True)) -> Localization:
     """Find where each of ``backend``'s graphs for this case starts to diverge from eager.
 
     ``net`` None: ``inputs`` is the prediction (as in :func:`compile_losses.verify`). ``kinds``:
     a subset of ``("forward", "loss_and_grad", "train_step")`` (default all the case has).
     ``optimize``: export with the exporter's onnxscript optimizer on or off (default the
     project's setting). ``repro_dir``: write a standalone repro per diverging graph under it
-    (:mod:`compile_losses.localize.repro`). A backend that cannot run graphs value by value gives
-    ``"unsupported"`` findings that say why, never a clean result.
+    (:mod:`compile_losses.localize.repro`). A backend with compiler ``stages`` (torch.compile) is
+    bisected by stage instead (:mod:`.stages`; ``dynamic``: the shape modes tried), its
+    ``loss_and_grad`` and ``train_step`` programs: the finding's ``stage`` names the first stage and
+    graph (forward, backward) that diverges. A backend with neither gives ``"unsupported"``
+    findings that say why, never a clean result.
     """
     from ..backends import Unsupported
     from ..validate import check_case
@@ -117,6 +126,9 @@ def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any
         m.eval()
     findings: List[GraphFinding] = []
     try:
+        if not adapter.piecewise and adapter.stages:
+            findings = _by_stage(adapter, net, loss, inputs, targets, wanted, dynamic)
+            wanted = []
         for kind in wanted:
             t0 = time.perf_counter()
             try:
@@ -203,3 +215,35 @@ def link_failures(report: Any, cases: Sequence[Any], repro_dir: Optional[str] = 
             "node": None if g.node is None else {k: g.node.get(k) for k in ("op_type", "name", "fx_node", "fx_target",
                                                                               "source")}}
     return list(done.values())
+
+
+def _by_stage(adapter: Any, net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...],
+              targets: Tuple[Tensor, ...], kinds: Sequence[str], dynamic: Sequence[bool]) -> List[GraphFinding]:
+    import torch
+
+    from ..nets import NetWithLoss
+    from .stages import bisect_stages
+
+    out = []
+    for kind in kinds:
+        t0 = time.perf_counter()
+        if kind == "forward":
+            continue  # the value is judged in the loss_and_grad and train_step runs (their forward graph)
+        if kind == "loss_and_grad":
+            if net is None:
+                pred = inputs[0]
+            else:
+                with torch.no_grad():
+                    pred = net(*inputs)
+            result = bisect_stages(adapter, kind, loss, (pred,) + targets, True, dynamic)
+        else:
+            module = NetWithLoss(net, loss, n_targets=len(targets))
+            result = bisect_stages(adapter, kind, module, inputs + targets, False, dynamic)
+        first = result["first"]
+        g = GraphFinding(kind, "diverges" if first else "clean",
+                         "" if first else "every stage passes the parity rule, forward and backward",
+                         fault=None if first is None else "{} {}".format(first["stage"], first["graph"]),
+                         levels=result["runs"], stage=first)
+        g.seconds = round(time.perf_counter() - t0, 3)
+        out.append(g)
+    return out
