@@ -12,3 +12,13 @@ class RootLoss(nn.Module):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         d = input - target
         return torch.sqrt(d * d + self.eps).mean()  # the epsilon line
+
+
+class ScriptedDiffers(nn.Module):
+    """MSE, except under torch.jit.script (a planted script-only forward fault)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        d = input - target
+        if torch.jit.is_scripting():
+            return (d * d).mean() * 1.01
+        return (d * d).mean()

@@ -14,8 +14,6 @@ from compile_losses.localize.inject import self_test
 
 from localize_user_loss import RootLoss
 
-pytestmark = pytest.mark.onnx
-
 
 def _eps_line() -> int:
     lines, start = inspect.getsourcelines(RootLoss.forward)
@@ -37,6 +35,7 @@ def eps_localized(tmp_path_factory):
                        repro_dir=str(repro))
 
 
+@pytest.mark.onnx
 def test_the_optimizer_deletes_the_epsilon_here():
     """The premise of the worked example, checked on this torch/onnxscript: the Add exists in the
     graph exported without the optimizer and is gone with it."""
@@ -49,6 +48,7 @@ def test_the_optimizer_deletes_the_epsilon_here():
     assert "Add" not in ops[True]
 
 
+@pytest.mark.onnx
 @pytest.mark.parametrize("kind", ["forward", "loss_and_grad"])
 def test_optimizer_deleted_epsilon_is_localized_to_the_add_and_the_users_line(eps_localized, kind):
     finding = eps_localized.finding(kind)
@@ -62,6 +62,7 @@ def test_optimizer_deleted_epsilon_is_localized_to_the_add_and_the_users_line(ep
     assert not eps_localized.ok
 
 
+@pytest.mark.onnx
 def test_repro_runs_standalone_without_compile_losses_or_torch(eps_localized, tmp_path):
     src = eps_localized.finding("forward").repro
     dest = tmp_path / "copied"
@@ -78,6 +79,7 @@ def test_repro_runs_standalone_without_compile_losses_or_torch(eps_localized, tm
     assert found["node"]["op_type"] == "Add"
 
 
+@pytest.mark.onnx
 def test_a_clean_case_is_clean_at_every_value():
     from compile_losses.resolve import make_case
 
@@ -99,6 +101,7 @@ def test_a_backend_without_piecewise_graphs_says_so():
     assert all("value by value" in g.detail for g in loc.graphs)
 
 
+@pytest.mark.onnx
 def test_self_test_small():
     result = self_test(12, seed=3, cases=(("seed", "mse"), (None, "charbonnier")))
     assert result["trials"] == 12
@@ -108,6 +111,7 @@ def test_self_test_small():
 
 
 @pytest.mark.slow
+@pytest.mark.onnx
 @pytest.mark.parametrize("seed", [0, 1])
 def test_self_test_200_faults_per_seed(seed, tmp_path):
     from compile_losses.cli import main
@@ -122,6 +126,7 @@ def test_self_test_200_faults_per_seed(seed, tmp_path):
     assert len(result["misses"]) == 200 - result["localized"]
 
 
+@pytest.mark.onnx
 def test_failing_rows_link_to_their_localization():
     """A failing row (here made by hand: the graphs themselves are fine) gets its graph's finding."""
     from compile_losses.localize.api import link_failures
@@ -175,3 +180,16 @@ def test_an_inductor_only_backward_fault_is_localized_to_inductor_backward(monke
     assert finding.stage["graph"] == "backward"
     assert finding.stage["output"] == "dpred"
     assert finding.levels["static"]["aot_eager_decomp_partition"]["dpred"]["status"] == "pass"
+
+
+@pytest.mark.script
+def test_torchscript_stage_level_script_vs_trace():
+    from localize_user_loss import ScriptedDiffers
+
+    x = torch.randn(6, 1, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(6, 1, generator=torch.Generator().manual_seed(2))
+    script = cl.localize(None, ScriptedDiffers(), x, y, backend="script").finding("loss_and_grad")
+    trace = cl.localize(None, ScriptedDiffers(), x, y, backend="trace").finding("loss_and_grad")
+    assert script.status == "diverges"
+    assert script.stage == {"stage": "script", "graph": "forward", "dynamic": False, "output": "value"}
+    assert trace.status == "clean"

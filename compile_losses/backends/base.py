@@ -137,11 +137,20 @@ class Backend:
 
     # Localization by stage: the compiler pipeline's stages in order (the last is this backend's
     # own), each a callable from :meth:`stage_callable`; () where the backend has none.
+    # TorchScript's one stage is the backend's own compilation (script, trace), static shapes.
     stages: Tuple[str, ...] = ()
+    stage_shapes: Tuple[bool, ...] = (False, True)  # the dynamic= modes a bisection tries
 
-    def stage_callable(self, stage: str, module: nn.Module, dynamic: bool) -> Callable[..., Any]:
-        """``module`` compiled up to ``stage`` (one of :attr:`stages`), static or dynamic shapes."""
-        raise Unsupported("{}: no compiler stages to bisect".format(self.name))
+    def stage_callable(self, stage: str, module: nn.Module, example_inputs: Tuple[Tensor, ...],
+                       dynamic: bool) -> Callable[..., Any]:
+        """``module`` compiled up to ``stage`` (one of :attr:`stages`), static or dynamic shapes;
+        by default the backend's own compilation, its only stage."""
+        if not self.stages:
+            raise Unsupported("{}: no compiler stages to bisect".format(self.name))
+        if stage not in self.stages:
+            raise ValueError("stage must be one of {}, got {!r}".format(list(self.stages), stage))
+        self._require()
+        return self._compile(module, example_inputs)[0]
 
     def compile_count(self, fn: Callable[..., Any]) -> int:
         """How many graphs a callable prepared here has compiled so far (-1: not counted)."""

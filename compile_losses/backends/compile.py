@@ -48,7 +48,8 @@ class CompileBackend(Backend):
         pipeline = ("eager", "aot_eager", "aot_eager_decomp_partition", "inductor")
         self.stages = pipeline[:pipeline.index(compiler) + 1] if compiler in pipeline and device == "cpu" else ()
 
-    def stage_callable(self, stage: str, module: nn.Module, dynamic: bool) -> Callable[..., Any]:
+    def stage_callable(self, stage: str, module: nn.Module, example_inputs: Tuple[Tensor, ...],
+                       dynamic: bool) -> Callable[..., Any]:
         if stage not in self.stages:
             raise ValueError("stage must be one of {}, got {!r}".format(list(self.stages), stage))
         self._require()

@@ -1,6 +1,6 @@
 """Bisect a compiler's pipeline by stage: the same loss value and gradients computed after each
 stage (for torch.compile: dynamo alone, + AOTAutograd, + inductor's decompositions and
-partitioner, + inductor), static and dynamic shapes, each judged by the parity rule against eager
+partitioner, + inductor; TorchScript: script or trace, one stage), static and dynamic shapes, each judged by the parity rule against eager
 float32 with eager float64 as reference. The first stage whose forward (the value) or backward
 (the gradients) fails is where the divergence enters."""
 import copy
@@ -43,13 +43,13 @@ def bisect_stages(backend: Any, kind: str, module: nn.Module, args: Tuple[Tensor
     reference = _outputs(module64, module64, tuple(_widen(a) for a in args), wrt_first, names)
     runs: Dict[str, Dict[str, Any]] = {}
     firsts: Dict[str, Optional[Dict[str, Any]]] = {}
-    for dyn in dynamic:
+    for dyn in [d for d in dynamic if d in backend.stage_shapes]:
         label = "dynamic" if dyn else "static"
         runs[label], found = {}, None
         for stage in backend.stages:
             torch._dynamo.reset()
             try:
-                got = _outputs(backend.stage_callable(stage, module, dyn), module, args, wrt_first, names)
+                got = _outputs(backend.stage_callable(stage, module, args, dyn), module, args, wrt_first, names)
             except Exception as exc:  # a stage that cannot build this: said, never a pass
                 runs[label][stage] = {"error": "{}: {}".format(type(exc).__name__, str(exc).splitlines()[0][:200])}
                 found = {"stage": stage, "graph": "build", "dynamic": dyn, "output": None}
