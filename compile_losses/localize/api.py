@@ -28,6 +28,7 @@ class GraphFinding:
     seconds: float = 0.0
     repro: Optional[str] = None
     stage: Optional[Dict[str, Any]] = None  # by-stage bisection: the first failing stage and graph
+    export_seconds: Optional[float] = None  # of ``seconds``: exporting and the eager reference values
 
     def line(self) -> str:
         if self.stage is not None and self.status == "diverges":
@@ -140,7 +141,10 @@ def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any
                 findings.append(GraphFinding(kind, "error", "{}: {}".format(type(exc).__name__, str(exc)[:300]),
                                              seconds=time.perf_counter() - t0))
                 continue
-            findings.append(find(ref, repro_dir=repro_dir, start=t0))
+            exported = time.perf_counter() - t0
+            g = find(ref, repro_dir=repro_dir, start=t0)
+            g.export_seconds = round(exported, 3)
+            findings.append(g)
     finally:
         for m, mode in modes:
             m.train(mode)
