@@ -193,3 +193,12 @@ def test_torchscript_stage_level_script_vs_trace():
     assert script.status == "diverges"
     assert script.stage == {"stage": "script", "graph": "forward", "dynamic": False, "output": "value"}
     assert trace.status == "clean"
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+def test_self_test_perturbed_inductor_lowerings():
+    result = self_test(2, seed=0, backends="compile-dynamo", cases=((None, "l1"),))
+    assert result["trials"] == 2
+    assert result["by_fault"] == {"lowering": {"trials": 2, "localized": result["localized"]}}
+    assert result["localized"] == 2, json.dumps(result["misses"], indent=1, default=str)

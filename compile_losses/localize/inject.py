@@ -7,6 +7,10 @@ replaced by another of its arity), ``epsilon`` (an ``x + eps``, ``max(x, eps)`` 
 a small constant ``0 < |eps| <= 1e-2`` deleted, its consumers fed ``x``, as an optimizer that
 drops it would).
 
+Through a backend that lowers with inductor (``stages``, e.g. ``compile-dynamo``), a trial doubles
+the output of inductor's lowering of one op (``lowering``) and bisects the loss-and-gradient
+program by stage: localized when the first failing stage is ``inductor``.
+
 A draw that leaves every graph output within the parity rule (the fault has no effect here), or
 that onnxruntime refuses (swapped operands that do not broadcast), is drawn again; those counts
 are reported. A trial is **localized** when the localizer's node is the planted node, or, where
@@ -203,16 +207,18 @@ def self_test(trials: int, seed: int, backends: Any = None, cases: Sequence[Tupl
 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise UsageError("inject must be a positive integer, got {!r}".format(trials))
-    chosen = [b for b in get_backends(backends) if b.piecewise]
+    every = get_backends(backends) if backends is not None else [b for b in get_backends(None) if b.piecewise]
+    chosen = [b for b in every if b.piecewise or LOWERED in b.stages]
     if not chosen:
-        raise UsageError("backends: none of {} runs a graph value by value (piecewise); choose one that does"
-                         .format(backends))
+        raise UsageError("backends: none of {} runs a graph value by value (piecewise) or lowers with inductor "
+                         "(stages); choose one that does".format(backends))
     chosen = [b for b in chosen if b.available()[0]]
     if not chosen:
-        raise UsageError("backends: no piecewise backend is available here")
+        raise UsageError("backends: none of the chosen piecewise or staged backends is available here")
     start = time.perf_counter()
     rng = random.Random(seed)
-    slots = [(b, key, case, kind) for b in chosen for key, case, kind in _cases(b, cases, batch)]
+    slots = [(b, key, case, kind) for b in chosen for key, case, kind in _cases(b, cases, batch)
+             if b.piecewise or (kind == "loss_and_grad" and case.net is None)]
     refs: Dict[Tuple[Any, ...], Any] = {}
     export_seconds = 0.0
     results: List[Dict[str, Any]] = []
@@ -220,6 +226,13 @@ def self_test(trials: int, seed: int, backends: Any = None, cases: Sequence[Tupl
     while len(results) < trials:
         for _ in range(max_draws):
             backend, key, case, kind = rng.choice(slots)
+            if not backend.piecewise:
+                trial = _lowering_trial(backend, key, case, rng)
+                if trial is None:
+                    redraws["no effect"] += 1
+                    continue
+                break
+            trial = None
             fault = rng.choice(FAULTS)
             rkey = (backend.name,) + key
             if rkey not in refs:
@@ -244,6 +257,9 @@ def self_test(trials: int, seed: int, backends: Any = None, cases: Sequence[Tupl
             break
         else:
             raise RuntimeError("no effective fault in {} draws".format(max_draws))
+        if trial is not None:
+            results.append(trial)
+            continue
         expected = expected_nodes(ref, model, planted)
         node = found["node"]
         named = None if node is None else node["name"]
@@ -268,7 +284,59 @@ def self_test(trials: int, seed: int, backends: Any = None, cases: Sequence[Tupl
             "misses": [t for t in results if not t["localized"]], "graphs_exported": len(refs),
             "export_seconds": round(export_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
             "hit_rule": "the planted node, or (its outputs not compared) the first compared node its value reaches; "
-                        "for a deleted op, its FX node", "results": results}
+                        "for a deleted op, its FX node; for a perturbed inductor lowering, the stage inductor", "results": results}
+
+
+LOWERED = "inductor"  # the stage whose lowerings a torch.compile trial perturbs
+
+# float ops inductor lowers itself (not decomposed first), whose output a trial doubles
+_LOWERINGS = ("mul.Tensor", "add.Tensor", "sub.Tensor", "div.Tensor", "exp.default", "log.default",
+              "sign.default", "abs.default", "sqrt.default", "neg.default", "where.self", "maximum.default")
+
+
+def _lowering_trial(backend: Any, key: Tuple[Any, ...], case: Any, rng: random.Random) -> Optional[Dict[str, Any]]:
+    """One torch.compile trial: double the output of inductor's lowering of one op, bisect the
+    loss-and-gradient program by stage; None when the op does not reach this loss (no effect)."""
+    import torch
+    import torch._inductor.config as inductor_config
+    from torch._inductor import lowering
+
+    from .stages import bisect_stages
+
+    aten = torch.ops.aten
+    name = rng.choice(_LOWERINGS)
+    packet, overload = name.split(".")
+    op = getattr(getattr(aten, packet), overload)
+    original = lowering.lowerings.get(op)
+    if original is None:
+        return None
+    add, sub, neg = (lowering.lowerings[aten.add.Tensor], lowering.lowerings[aten.sub.Tensor],
+                     lowering.lowerings[aten.neg.default])
+
+    def doubled(*args: Any, **kwargs: Any) -> Any:
+        y = original(*args, **kwargs)
+        return sub(y, neg(y)) if op is aten.add.Tensor else add(y, y)
+
+    lowering.lowerings[op] = doubled
+    try:
+        with inductor_config.patch(fx_graph_cache=False):
+            result = bisect_stages(backend, "loss_and_grad", case.loss, tuple(case.inputs) + tuple(case.targets),
+                                   True, dynamic=(False,))
+    finally:
+        lowering.lowerings[op] = original
+        torch._dynamo.reset()
+    first = result["first"]
+    if first is None:
+        return None
+    hit = first["stage"] == LOWERED
+    trial = {"backend": backend.name, "case": "{}+{}".format(key[0] or "none", key[1]), "graph": "loss_and_grad",
+             "planted": {"fault": "lowering", "node": "aten." + name,
+                         "detail": "inductor's lowering of aten.{} doubled".format(name)},
+             "expected": [LOWERED], "found": first["stage"], "found_graph": first["graph"], "localized": hit}
+    if not hit:
+        trial["why"] = "first failing stage {} ({} graph, output {}), not {}".format(
+            first["stage"], first["graph"], first["output"], LOWERED)
+    return trial
 
 
 def _explain(found: Dict[str, Any], expected: Set[str], planted: Dict[str, Any]) -> str:
