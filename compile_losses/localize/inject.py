@@ -23,8 +23,6 @@ import random
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-import numpy as np
-
 __all__ = ["FAULTS", "CASES", "plant", "expected_nodes", "self_test"]
 
 FAULTS = ("constant", "swap", "replace", "epsilon")
