@@ -202,3 +202,22 @@ def test_self_test_perturbed_inductor_lowerings():
     assert result["trials"] == 2
     assert result["by_fault"] == {"lowering": {"trials": 2, "localized": result["localized"]}}
     assert result["localized"] == 2, json.dumps(result["misses"], indent=1, default=str)
+
+
+@pytest.mark.onnx
+def test_cli_localize_writes_json(tmp_path, capsys):
+    from compile_losses.cli import main
+
+    out = tmp_path / "loc.json"
+    assert main(["localize", "--net", "none", "--loss", "mse", "--batch", "4", "--json", str(out)]) == 0
+    found = json.loads(out.read_text())
+    assert [g["kind"] for g in found[0]["graphs"]] == ["forward", "loss_and_grad"]
+    assert all(g["status"] == "clean" for g in found[0]["graphs"])
+    assert "clean" in capsys.readouterr().out
+
+
+def test_cli_localize_refuses_a_bad_count(capsys):
+    from compile_losses.cli import main
+
+    assert main(["localize", "--inject", "0"]) == 2
+    assert "--inject must be a positive integer, got 0" in capsys.readouterr().err
