@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 "$PY" -m pip install -q "mutmut==2.5.1" >/dev/null 2>&1 || true
-PYTEST="$PY -m pytest -x -q -p no:cacheprovider --no-header"
+PYTEST="pytest -x -q -p no:cacheprovider -p no:xdist --no-header"
 declare -A PATHS=(
   [rule]=compile_losses/parity/rule.py
   [reduction]=compile_losses/_reduction.py
@@ -33,7 +33,9 @@ for t in ${targets[@]}; do
   # mutmut's operators, our loop (scripts/mutation_run.py says why); verdicts in
   # .mutation-<target>.jsonl, so a rerun resumes; MUTATION_FRESH=1 starts over
   [ -n "${MUTATION_FRESH:-}" ] && rm -f ".mutation-$t.jsonl"
-  "$PY" scripts/mutation_run.py --paths "${PATHS[$t]}" --runner "${RUNNERS[$t]}" --log ".mutation-$t.jsonl"
+  # MUTATION_SINCE=REV mutates only the lines changed since REV (after a complete run at REV)
+  "$PY" scripts/mutation_run.py --paths "${PATHS[$t]}" --runner "${RUNNERS[$t]}" --log ".mutation-$t.jsonl" \
+    ${MUTATION_SINCE:+--since "$MUTATION_SINCE"}
   rc=$?
   echo "== $t: exit $rc (0: every mutant killed; 2 survivors, 4 timeouts)"
   "$PY" scripts/mutation_run.py --paths "${PATHS[$t]}" --runner true --log ".mutation-$t.jsonl" --report

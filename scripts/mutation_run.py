@@ -21,6 +21,9 @@ import subprocess
 import sys
 import time
 
+import shlex
+import signal
+
 import mutmut
 from mutmut import ALL, Context
 
@@ -41,6 +44,51 @@ def _mutants(path):
             yield mid, source, mutated
 
 
+def _run(runner, timeout=None):
+    """The runner's exit code, or None on timeout. ``pytest ARGS`` runners run in a child forked from
+    this process, which has imported torch, numpy and pytest once (importing torch per mutant was
+    most of a mutant's cost); compile_losses itself is imported fresh in each child."""
+    words = shlex.split(runner)
+    if words[:1] != ["pytest"]:
+        try:
+            return subprocess.run(runner, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                  timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return None
+    pid = os.fork()
+    if pid == 0:  # the child: quiet, run pytest in-process, leave without cleanup handlers
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        sys.path.insert(0, os.getcwd())  # the checkout's compile_losses, not an installed one
+        import pytest
+        os._exit(int(pytest.main(words[1:])))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if deadline is not None and time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(0.05)
+
+
+def _changed_lines(path, since):
+    """1-based line numbers of ``path`` added or changed since git revision ``since``."""
+    out = subprocess.run(["git", "diff", "-U0", since, "--", path], capture_output=True, text=True,
+                         check=True).stdout
+    lines = set()
+    for hunk in out.splitlines():
+        if hunk.startswith("@@"):
+            new = hunk.split("+", 1)[1].split(" ", 1)[0]
+            start, _, count = new.partition(",")
+            n = int(count) if count else 1
+            lines.update(range(int(start), int(start) + n))
+    return lines
+
+
 def _diff(path, source, mutated):
     return "".join(line for line in difflib.unified_diff(
         source.splitlines(True), mutated.splitlines(True), path, path, n=0) if line[:1] in "+-@")
@@ -54,6 +102,8 @@ def main(argv=None):
     ap.add_argument("--log", required=True, help="JSON-lines verdicts (resumed when present)")
     ap.add_argument("--timeout", type=float, default=None,
                     help="seconds per mutant (default: 3x the clean run + 60)")
+    ap.add_argument("--since", default=None,
+                    help="git revision: mutate only lines changed since (incremental, as mutmut's --use-patch-file)")
     ap.add_argument("--report", action="store_true", help="print survivors from the log and exit")
     args = ap.parse_args(argv)
     paths = [p for p in args.paths.split(",") if p]
@@ -76,14 +126,19 @@ def main(argv=None):
             print("--- survived: {}:{}\n{}".format(r["path"], r["line_number"], r["diff"]))
         return 2 if survivors else 0
 
+    if shlex.split(args.runner)[:1] == ["pytest"]:
+        import numpy, pytest, torch  # noqa: F401  (once, before the children fork)
     started = time.perf_counter()
-    clean = subprocess.run(args.runner, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    clean = _run(args.runner)
     clean_s = time.perf_counter() - started
-    if clean.returncode != 0:
-        print("the runner fails on the unmutated code (exit {}): fix that first".format(clean.returncode))
+    if clean != 0:
+        print("the runner fails on the unmutated code (exit {}): fix that first".format(clean))
         return 1
     timeout = args.timeout or 3 * clean_s + 60
     todo = [(p, m) for p in paths for m in _mutants(p)]
+    if args.since:
+        changed = {p: _changed_lines(p, args.since) for p in paths}
+        todo = [(p, m) for p, m in todo if m[0].line_number + 1 in changed[p]]
     print("{} mutants in {}; clean run {:.1f} s, timeout {:.0f} s".format(len(todo), ", ".join(paths), clean_s, timeout),
           flush=True)
     counts = {"killed": 0, "survived": 0, "timeout": 0}
@@ -97,12 +152,8 @@ def main(argv=None):
             target = pathlib.Path(path)
             try:
                 target.write_text(mutated)
-                try:
-                    rc = subprocess.run(args.runner, shell=True, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.STDOUT, timeout=timeout).returncode
-                    verdict = "survived" if rc == 0 else "killed"
-                except subprocess.TimeoutExpired:
-                    verdict = "timeout"
+                rc = _run(args.runner, timeout)
+                verdict = "timeout" if rc is None else ("survived" if rc == 0 else "killed")
             finally:
                 target.write_text(source)
             counts[verdict] += 1
