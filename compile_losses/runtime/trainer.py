@@ -73,51 +73,72 @@ def check_hyper(names: Sequence[str], overrides: Dict[str, Any], where: str = "t
 class Trainer:
     """Parameters and optimizer state trained by a bundle's ``train_step.onnx``. Thread-safe:
     ``step``, ``save``, ``load`` and the properties hold one lock; trainers made from one bundle
-    share only its (read-only) graph."""
+    share only its (read-only) graph.
+
+    The arrays live in one list in the graph's input order; each step feeds it with the new batch
+    in place of the data, and only the data is checked against the signature: the parameters and
+    state were checked when they came in (params.npz, ``params=``, a checkpoint) and every step's
+    outputs are checked for the dtype and shape the graph takes back."""
 
     def __init__(self, graph: Graph, roles: OptimRoles, params: Dict[str, np.ndarray],
                  hyper: Dict[str, float], timeout_s: Optional[float]) -> None:
-        self._graph, self._roles, self._sig = graph, roles, roles.signature
-        self._timeout_s = timeout_s
+        sig = self._sig = roles.signature
+        self._graph, self._timeout_s = graph, timeout_s
         self._lock = threading.Lock()
-        self._frozen = {n: params[n] for n in self._sig.frozen}
-        self._params = {n: np.array(params[n]) for n in self._sig.params}
-        self._state = {n: {k: (np.zeros((), np.float64) if k == "step" else np.zeros_like(p)) for k in self._sig.state}
-                       for n, p in self._params.items()}
-        self._hyper = {k: np.asarray(v, np.float64) for k, v in dict(roles.hyper, **hyper).items()}
+        k, f, t, s = len(sig.params), len(sig.frozen), len(sig.targets), len(sig.state)
+        self._data = k + f                                 # position of x; the targets follow it
+        self._state_at = k + f + 1 + t
+        self._hyper_at = self._state_at + k * s
+        state = [np.zeros((), np.float64) if key == "step" else np.zeros_like(params[n])
+                 for n in sig.params for key in sig.state]
+        values = dict(roles.hyper, **hyper)
+        self._flat: List[Any] = ([np.array(params[n], order="C") for n in sig.params] + [params[n] for n in sig.frozen]
+                                 + [None] * (1 + t) + state + [np.asarray(values[h], np.float64) for h in sig.hyper])
+        self._trusted = frozenset(range(len(self._flat))) - set(range(self._data, self._state_at))
+        # what each step returns for the parameters and state: (output position, input position)
+        self._returned = [(1 + k + i, i) for i in range(k)] + [(1 + 2 * k + j, self._state_at + j) for j in range(k * s)]
+        self._expect = [(graph.inputs[i][1], graph.inputs[i][2]) for i in range(len(self._flat))]
 
     # ----- reading ----------------------------------------------------------------------------
     @property
     def optimizer(self) -> str:
         return self._sig.optimizer
 
+    def _state_dicts(self) -> Dict[str, Dict[str, np.ndarray]]:
+        s = len(self._sig.state)
+        return {n: {key: self._flat[self._state_at + i * s + j] for j, key in enumerate(self._sig.state)}
+                for i, n in enumerate(self._sig.params)}
+
     @property
     def params(self) -> Dict[str, np.ndarray]:
         """Copies of the trained parameters, keyed as ``net.named_parameters()``."""
         with self._lock:
-            return {n: p.copy() for n, p in self._params.items()}
+            return {n: self._flat[i].copy() for i, n in enumerate(self._sig.params)}
 
     @property
     def frozen(self) -> Dict[str, np.ndarray]:
         """The ``requires_grad=False`` parameters (read-only: the train step never changes them)."""
-        return dict(self._frozen)
+        k = len(self._sig.params)
+        return {n: self._flat[k + i] for i, n in enumerate(self._sig.frozen)}
 
     @property
     def state(self) -> Dict[str, Dict[str, np.ndarray]]:
         """Copies of the optimizer state: ``{param: {"step": ..., "exp_avg": ..., ...}}``."""
         with self._lock:
-            return {n: {k: v.copy() for k, v in s.items()} for n, s in self._state.items()}
+            return {n: {k: v.copy() for k, v in s.items()} for n, s in self._state_dicts().items()}
 
     @property
     def hyper(self) -> Dict[str, float]:
         with self._lock:
-            return {k: float(v) for k, v in self._hyper.items()}
+            return {h: float(self._flat[self._hyper_at + i]) for i, h in enumerate(self._sig.hyper)}
 
     def set_hyper(self, **overrides: Any) -> None:
         """Replace hyper-parameters for the following steps (a schedule: ``t.set_hyper(lr=...)``)."""
         values = check_hyper(self._sig.hyper, overrides, "set_hyper")
         with self._lock:
-            self._hyper.update({k: np.asarray(v, np.float64) for k, v in values.items()})
+            for i, h in enumerate(self._sig.hyper):
+                if h in values:
+                    self._flat[self._hyper_at + i] = np.asarray(values[h], np.float64)
 
     # ----- training ---------------------------------------------------------------------------
     def step(self, x: Any, *targets: Any) -> float:
@@ -129,21 +150,33 @@ class Trainer:
             raise TypeError("step takes ({}), got {} arrays".format(
                 ", ".join([self._sig.input] + list(self._sig.targets)), 1 + len(targets)))
         with self._lock:
-            args = self._sig.flat_inputs(self._params, self._frozen, x, targets, self._state, self._hyper)
-            outs = self._graph.run(args, self._timeout_s)
-            result = self._sig.result(outs)
-            # onnxruntime may return a 0-d output (the step count) as shape (1,)
-            self._state = {n: {k: np.asarray(v).reshape(self._state[n][k].shape) for k, v in s.items()}
-                           for n, s in result.new_state.items()}
-            self._params = {n: np.asarray(v) for n, v in result.new_params.items()}
-        return np.asarray(result.loss)
+            args = list(self._flat)
+            args[self._data:self._state_at] = (x,) + tuple(targets)
+            outs = self._graph.run(args, self._timeout_s, self._trusted)
+            new = []
+            for out_at, in_at in self._returned:
+                arr, (dtype, shape) = outs[out_at], self._expect[in_at]
+                if arr.shape != shape and arr.size == 1 and shape == ():
+                    arr = arr.reshape(())  # onnxruntime may return a 0-d output (the step count) as (1,)
+                if arr.dtype != dtype or arr.shape != shape:
+                    raise BundleError(self._graph.bundle, [(self._graph.path, "returned {} as {} {}, it takes {} {} back".format(
+                        quote(self._graph.outputs[out_at]), arr.dtype, arr.shape, dtype, shape))])
+                new.append((in_at, arr))
+            for in_at, arr in new:
+                self._flat[in_at] = arr
+        return np.asarray(outs[0])
 
     # ----- checkpoints ------------------------------------------------------------------------
+    def _keys(self) -> List[Tuple[str, int]]:
+        """Checkpoint names and their positions in the flat list."""
+        sig, s = self._sig, len(self._sig.state)
+        out = [("param/" + n, i) for i, n in enumerate(sig.params)]
+        out += [("state/{}/{}".format(n, key), self._state_at + i * s + j)
+                for i, n in enumerate(sig.params) for j, key in enumerate(sig.state)]
+        return out + [("hyper/" + h, self._hyper_at + i) for i, h in enumerate(sig.hyper)]
+
     def _arrays(self) -> Dict[str, np.ndarray]:
-        out = {"param/" + n: p for n, p in self._params.items()}
-        out.update({"state/{}/{}".format(n, k): v for n, s in self._state.items() for k, v in s.items()})
-        out.update({"hyper/" + k: v for k, v in self._hyper.items()})
-        return out
+        return {name: self._flat[i] for name, i in self._keys()}
 
     def save(self, path: "os.PathLike[str] | str") -> Path:
         """Write parameters, state and hyper-parameters to ``path`` (npz) atomically: a temporary
@@ -212,6 +245,5 @@ class Trainer:
         if faults:
             raise TrainerStateError(src, faults)
         with self._lock:
-            self._params = {n: got["param/" + n] for n in self._sig.params}
-            self._state = {n: {k: got["state/{}/{}".format(n, k)] for k in self._sig.state} for n in self._sig.params}
-            self._hyper = {k: got["hyper/" + k] for k in self._sig.hyper}
+            for name, i in self._keys():
+                self._flat[i] = got[name]
