@@ -405,3 +405,43 @@ def test_frozen_layer_sgd_nesterov_bundle_trains_like_eager(tmp_path):
         assert judge(got, e[2][n]["momentum_buffer"], r[2][n]["momentum_buffer"])["status"] == "pass"
     for n in ("fc1.weight", "fc1.bias"):
         np.testing.assert_array_equal(t.frozen[n], dict(net.named_parameters())[n].detach().numpy())
+
+
+def test_step_checks_the_batch_and_what_the_graph_returns(bundle, monkeypatch):
+    t = bundle.trainer()
+    x, y = (a.numpy() for a in _batches(1)[0])
+    with pytest.raises(TypeError, match="train_step: x must have dtype float32, got float64"):
+        t.step(x.astype(np.float64), y)
+    with pytest.raises(ValueError, match=r"train_step: x must have shape \(N, 32\), got \(10, 31\)"):
+        t.step(x[:, :31], y)
+    with pytest.raises(TypeError, match=r"step takes \(x, target\), got 1 arrays"):
+        t.step(x)
+    graph, real = t._graph, t._graph.run
+
+    def shrunk(args, timeout_s, trusted=()):
+        outs = real(args, timeout_s, trusted)
+        outs[-1] = np.zeros((2,), np.float32)  # a graph that hands back a state of another shape
+        return outs
+
+    before = t.state
+    monkeypatch.setattr(graph, "run", shrunk)
+    with pytest.raises(BundleError, match=r"returned new_state_fc2_bias_exp_avg_sq as float32 \(2,\), it takes float32 \(1,\) back"):
+        t.step(x, y)
+    monkeypatch.undo()
+    assert float(t.state["fc1.weight"]["step"]) == float(before["fc1.weight"]["step"])  # nothing half applied
+
+
+def test_trainer_from_given_params(bundle):
+    start = {n: np.asfortranarray(p) for n, p in bundle.params.items()}  # any layout: copied to C order
+    start["fc2.bias"] = np.full_like(start["fc2.bias"], 0.5)
+    t = bundle.trainer(params=start)
+    x, y = (a.numpy() for a in _batches(1)[0])
+    t.step(x, y)
+    u = bundle.trainer(params={n: np.ascontiguousarray(p) for n, p in start.items()})
+    u.step(x, y)
+    for n in start:
+        assert t.params[n].tobytes() == u.params[n].tobytes()
+    with pytest.raises(KeyError, match="missing"):
+        bundle.trainer(params={"fc1.weight": start["fc1.weight"]})
+    with pytest.raises(TypeError, match=r"params\['fc1.bias'\] must be float32 \(16,\)"):
+        bundle.trainer(params=dict(start, **{"fc1.bias": start["fc1.bias"].astype(np.float64)}))
