@@ -237,13 +237,13 @@ class OptimStepSignature:
 
     def describe(self) -> Dict[str, Any]:
         return {"optimizer": self.optimizer, "params": list(self.params), "frozen": list(self.frozen),
-                "targets": list(self.targets), "state": list(self.state), "hyper": list(self.hyper),
-                "inputs": self.input_names, "outputs": self.output_names}
+                "input": self.input, "targets": list(self.targets), "state": list(self.state),
+                "hyper": list(self.hyper), "inputs": self.input_names, "outputs": self.output_names}
 
     @classmethod
     def from_description(cls, d: Dict[str, Any]) -> "OptimStepSignature":
         return cls(tuple(d["params"]), tuple(d["frozen"]), tuple(d["targets"]), tuple(d["state"]),
-                   tuple(d["hyper"]), d["optimizer"])
+                   tuple(d["hyper"]), d["optimizer"], d.get("input", "x"))
 
 
 @dataclass(frozen=True)

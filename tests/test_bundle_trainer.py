@@ -445,3 +445,27 @@ def test_trainer_from_given_params(bundle):
         bundle.trainer(params={"fc1.weight": start["fc1.weight"]})
     with pytest.raises(TypeError, match=r"params\['fc1.bias'\] must be float32 \(16,\)"):
         bundle.trainer(params=dict(start, **{"fc1.bias": start["fc1.bias"].astype(np.float64)}))
+
+
+@pytest.mark.slow
+def test_class_index_targets_are_range_checked_in_the_trainer(tmp_path):
+    """Cross-entropy with Adam: the manifest records the class range on train_step.onnx's target
+    input, so the trainer refuses an index the graph would read out of range, by name."""
+    from compile_losses.export import export_bundle
+    from compile_losses.losses import CrossEntropyLoss
+    from compile_losses.nets import SeedNet
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(8, 32, generator=gen), torch.randint(0, 5, (8,), generator=gen)
+    path = export_bundle(SeedNet(out_features=5), CrossEntropyLoss(), x, y, tmp_path, name="ce", aoti=False,
+                         torchscript=False, parity=False, optimizer="adam", optimizer_args={"lr": 1e-2})
+    b = load_bundle(path)
+    assert b.check().ok
+    art = next(a for a in manifest(path)["artifacts"] if a["kind"] == "train_step")
+    assert next(i for i in art["inputs"] if i["name"] == "target")["classes"] == 5
+    t = b.trainer()
+    t.step(x.numpy(), y.numpy())
+    with pytest.raises(ValueError, match=r"train_step: target must hold class indices 0 <= target < 5"):
+        t.step(x.numpy(), np.full(8, 7, dtype=np.int64))
+    assert float(t.state["fc1.weight"]["step"]) == 1.0

@@ -298,7 +298,7 @@ def _record_class_ranges(loss: nn.Module, pred: Tensor, inputs: Tuple[Tensor, ..
                 entries[kind]["inputs"][1 + i].update(r)
         if "train_step" in entries:
             roles = entries["train_step"]["roles"]
-            data = roles["data"] if "data" in roles else [roles["input"]] + list(roles["targets"])
+            data = roles["data"] if "data" in roles else [roles.get("input", "x")] + list(roles["targets"])
             name = data[len(inputs) + i]
             next(s for s in entries["train_step"]["inputs"] if s["name"] == name).update(r)
 
