@@ -1,4 +1,4 @@
-"""A verified bundle, run with onnxruntime: forward, loss, loss-and-grad, train step, check."""
+"""A verified bundle, run with onnxruntime: forward, loss, loss-and-grad, train step, trainer, check."""
 import json
 import math
 import os
@@ -60,6 +60,9 @@ class Bundle:
         params = b.params
         for x, y in batches:
             params = b.train_step(x, y, lr=0.01, params=params).new_params
+
+    A bundle exported with an optimizer (``export_bundle(..., optimizer="adamw")``) trains
+    through :meth:`trainer` instead, which holds the parameters and optimizer state.
 
     Every call that runs a graph takes ``timeout_s`` (default: the one given to ``load_bundle``;
     ``None`` for no bound) and raises :class:`BundleTimeoutError` when a run passes it.
