@@ -288,3 +288,28 @@ def _declared_rank(value: Any, rank: int) -> Any:
 
 
 __all__ += ["export_optimizer_step_onnx", "prepare_onnx_optimizer_step"]
+
+
+def export_accumulated_step_onnx(net: nn.Module, loss: nn.Module, micro_batches: Sequence[Sequence[Tensor]], opt: Any,
+                                 path: str, weight: Optional[Callable[..., Tensor]] = None) -> Dict[str, Any]:
+    """Write the K-step accumulate-then-update program (:func:`trace_accumulated_step`) as ONNX:
+    inputs ``(*params, *frozen, x_0, *targets_0, ..., *state, *hyper)``, names from
+    :class:`~compile_losses.signature.AccumStepSignature` (``info["signature"]``)."""
+    from ..signature import AccumStepSignature
+    from ._trace import optimizer_example, trace_accumulated_step
+
+    start = time.perf_counter()
+    graph = trace_accumulated_step(net, loss, micro_batches, opt, weight)
+    first = tuple(micro_batches[0])
+
+    def loss_example() -> Tuple[Tensor, ...]:
+        with torch.no_grad():
+            return (net(first[0]),) + first[1:]
+
+    info = _export(graph, path, start, loss, loss_example)
+    info["optimizer"] = opt.describe()
+    info["signature"] = AccumStepSignature(optimizer_example(net, loss, first, opt)[0], len(micro_batches)).describe()
+    return info
+
+
+__all__ += ["export_accumulated_step_onnx"]
