@@ -180,6 +180,14 @@ def test_an_inductor_only_backward_fault_is_localized_to_inductor_backward(monke
     assert finding.stage["graph"] == "backward"
     assert finding.stage["output"] == "dpred"
     assert finding.levels["static"]["aot_eager_decomp_partition"]["dpred"]["status"] == "pass"
+    # inside inductor, torch's compiler bisector (the parity rule its test) names the lowering:
+    # disabling lowerings (falling back to aten) fixes it, and bisecting them ends at the FX node sign
+    b = finding.bisector
+    assert b["status"] == "found", json.dumps(b, indent=1, default=str)
+    assert (b["backend"], b["subsystem"], b["debug_info"]) == ("inductor", "lowerings", "sign")
+    assert isinstance(b["bisect_number"], int)
+    assert "compiler bisector: inductor / lowerings" in finding.line()
+    assert "bisector" in loc.to_json()
 
 
 @pytest.mark.script
