@@ -205,11 +205,15 @@ def test_torchscript_stage_level_script_vs_trace():
 
 @pytest.mark.slow
 @pytest.mark.compile
-def test_self_test_perturbed_inductor_lowerings():
-    result = self_test(2, seed=0, backends="compile-dynamo", cases=((None, "l1"),))
+@pytest.mark.parametrize("fault", ["lowering", "decomposition"])
+def test_self_test_perturbed_inductor_lowerings_and_decompositions(fault):
+    result = self_test(2, seed=0, backends="compile-dynamo", cases=((None, "l1"), (None, "mse")),
+                       compile_faults=(fault,))
     assert result["trials"] == 2
-    assert result["by_fault"] == {"lowering": {"trials": 2, "localized": result["localized"]}}
+    assert result["by_fault"] == {fault: {"trials": 2, "localized": result["localized"]}}
     assert result["localized"] == 2, json.dumps(result["misses"], indent=1, default=str)
+    expected = {"lowering": "inductor", "decomposition": "aot_eager_decomp_partition"}[fault]
+    assert {t["found"] for t in result["results"]} == {expected}
 
 
 @pytest.mark.onnx
