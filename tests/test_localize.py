@@ -35,6 +35,7 @@ def eps_localized(tmp_path_factory):
                        repro_dir=str(repro))
 
 
+@pytest.mark.slow
 @pytest.mark.onnx
 def test_the_optimizer_deletes_the_epsilon_here():
     """The premise of the worked example, checked on this torch/onnxscript: the Add exists in the
@@ -79,6 +80,7 @@ def test_repro_runs_standalone_without_compile_losses_or_torch(eps_localized, tm
     assert found["node"]["op_type"] == "Add"
 
 
+@pytest.mark.slow
 @pytest.mark.onnx
 def test_a_clean_case_is_clean_at_every_value():
     from compile_losses.resolve import make_case
@@ -101,6 +103,16 @@ def test_a_backend_without_piecewise_graphs_says_so():
     assert all("value by value" in g.detail for g in loc.graphs)
 
 
+@pytest.mark.onnx
+def test_self_test_tiny():
+    """The default run's self-test: one case's graphs (the slow ones run more)."""
+    result = self_test(4, seed=3, cases=((None, "charbonnier"),))
+    assert result["trials"] == 4
+    assert result["localized"] == 4, json.dumps(result["misses"], indent=1, default=str)
+    assert set(result["by_graph"]) <= {"forward", "loss_and_grad"}
+
+
+@pytest.mark.slow
 @pytest.mark.onnx
 def test_self_test_small():
     result = self_test(12, seed=3, cases=(("seed", "mse"), (None, "charbonnier")))
@@ -180,6 +192,14 @@ def test_an_inductor_only_backward_fault_is_localized_to_inductor_backward(monke
     assert finding.stage["graph"] == "backward"
     assert finding.stage["output"] == "dpred"
     assert finding.levels["static"]["aot_eager_decomp_partition"]["dpred"]["status"] == "pass"
+    # inside inductor, torch's compiler bisector (the parity rule its test) names the lowering:
+    # disabling lowerings (falling back to aten) fixes it, and bisecting them ends at the FX node sign
+    b = finding.bisector
+    assert b["status"] == "found", json.dumps(b, indent=1, default=str)
+    assert (b["backend"], b["subsystem"], b["debug_info"]) == ("inductor", "lowerings", "sign")
+    assert isinstance(b["bisect_number"], int)
+    assert "compiler bisector: inductor / lowerings" in finding.line()
+    assert "bisector" in loc.to_json()
 
 
 @pytest.mark.script
@@ -193,15 +213,41 @@ def test_torchscript_stage_level_script_vs_trace():
     assert script.status == "diverges"
     assert script.stage == {"stage": "script", "graph": "forward", "dynamic": False, "output": "value"}
     assert trace.status == "clean"
+    assert script.bisector is None  # torch's compiler bisector looks inside inductor only
+
+
+@pytest.mark.compile
+def test_a_perturbed_decomposition_is_drawn_from_the_ops_the_loss_reaches():
+    """The cheap half of the decomposition trial (the slow self-test compiles): L1 reaches sgn
+    (abs's backward), the one op of the drawn list it reaches, and the perturbation goes into the
+    table inductor's select_decomp_table() serves."""
+    import random
+
+    from torch._inductor.decomposition import select_decomp_table
+
+    from compile_losses.localize.inject import _ops_reached, _perturbation
+    from compile_losses.resolve import make_case
+
+    reached = _ops_reached(make_case(None, "l1", batch=5))
+    assert torch.ops.aten.sgn.default in reached
+    for seed in range(3):
+        name, tables, op, what = _perturbation("decomposition", random.Random(seed), reached)
+        assert (name, op) == ("sgn.default", torch.ops.aten.sgn.default)
+        assert any(t is select_decomp_table() for t in tables)
+    assert _perturbation("decomposition", random.Random(0), set()) is None
 
 
 @pytest.mark.slow
 @pytest.mark.compile
-def test_self_test_perturbed_inductor_lowerings():
-    result = self_test(2, seed=0, backends="compile-dynamo", cases=((None, "l1"),))
+@pytest.mark.parametrize("fault", ["lowering", "decomposition"])
+def test_self_test_perturbed_inductor_lowerings_and_decompositions(fault):
+    result = self_test(2, seed=0, backends="compile-dynamo", cases=((None, "l1"), (None, "mse")),
+                       compile_faults=(fault,))
     assert result["trials"] == 2
-    assert result["by_fault"] == {"lowering": {"trials": 2, "localized": result["localized"]}}
+    assert result["by_fault"] == {fault: {"trials": 2, "localized": result["localized"]}}
     assert result["localized"] == 2, json.dumps(result["misses"], indent=1, default=str)
+    expected = {"lowering": "inductor", "decomposition": "aot_eager_decomp_partition"}[fault]
+    assert {t["found"] for t in result["results"]} == {expected}
 
 
 @pytest.mark.onnx

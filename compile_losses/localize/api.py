@@ -29,12 +29,16 @@ class GraphFinding:
     repro: Optional[str] = None
     stage: Optional[Dict[str, Any]] = None  # by-stage bisection: the first failing stage and graph
     export_seconds: Optional[float] = None  # of ``seconds``: exporting and the eager reference values
+    # inside inductor (the first failing stage is inductor): torch's compiler bisector's finding
+    # (:func:`.stages.bisect_inductor`: backend, subsystem, bisect_number, debug_info), or why none
+    bisector: Optional[Dict[str, Any]] = None
 
     def line(self) -> str:
         if self.stage is not None and self.status == "diverges":
             s = self.stage
-            return "{:<14} diverges first at stage {} ({} graph, {} shapes, output {})".format(
-                self.kind, s["stage"], s["graph"], "dynamic" if s["dynamic"] else "static", s["output"])
+            return "{:<14} diverges first at stage {} ({} graph, {} shapes, output {}){}".format(
+                self.kind, s["stage"], s["graph"], "dynamic" if s["dynamic"] else "static", s["output"],
+                _bisector_line(self.bisector))
         if self.status != "diverges" or self.node is None:
             return "{:<14} {}{}".format(self.kind, self.status, ": " + self.detail if self.detail else "")
         n = self.node
@@ -47,6 +51,15 @@ class GraphFinding:
             self.kind, n["op_type"], n["name"], " (absent from the graph)" if n.get("absent") else "",
             n["fx_node"], n["fx_target"], self.fault, where,
             "x".join(str(d) for d in out.get("shape", [])) or "scalar", err)
+
+
+def _bisector_line(b: Optional[Dict[str, Any]]) -> str:
+    if b is None:
+        return ""
+    if b["status"] == "found":
+        return "; compiler bisector: {} / {} #{} ({})".format(b["backend"], b["subsystem"], b["bisect_number"],
+                                                               b["debug_info"])
+    return "; compiler bisector {}: {}".format(b["status"], b.get("detail", ""))
 
 
 @dataclass
@@ -96,7 +109,7 @@ def piecewise_backend(backend: Any = None) -> Any:
 def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any, backend: Any = None, *,
              kinds: Optional[Sequence[str]] = None, lr: float = 0.01, optimize: Optional[bool] = None,
              repro_dir: Optional[str] = None, label: Optional[str] = None,
-             dynamic: Sequence[bool] = (False, True)) -> Localization:
+             dynamic: Sequence[bool] = (False, True), bisect: bool = True) -> Localization:
     """Find where each of ``backend``'s graphs for this case starts to diverge from eager.
 
     ``net`` None: ``inputs`` is the prediction (as in :func:`compile_losses.verify`). ``kinds``:
@@ -106,7 +119,8 @@ def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any
     (:mod:`compile_losses.localize.repro`). A backend with compiler ``stages`` (torch.compile) is
     bisected by stage instead (:mod:`.stages`; ``dynamic``: the shape modes tried), its
     ``loss_and_grad`` and ``train_step`` programs: the finding's ``stage`` names the first stage and
-    graph (forward, backward) that diverges. A backend with neither gives ``"unsupported"``
+    graph (forward, backward) that diverges; where that stage is inductor and ``bisect``, torch's
+    compiler bisector looks inside it (the finding's ``bisector``). A backend with neither gives ``"unsupported"``
     findings that say why, never a clean result.
     """
     from ..backends import Unsupported
@@ -128,7 +142,7 @@ def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any
     findings: List[GraphFinding] = []
     try:
         if not adapter.piecewise and adapter.stages:
-            findings = _by_stage(adapter, net, loss, inputs, targets, wanted, dynamic)
+            findings = _by_stage(adapter, net, loss, inputs, targets, wanted, dynamic, bisect)
             wanted = []
         for kind in wanted:
             t0 = time.perf_counter()
@@ -222,11 +236,12 @@ def link_failures(report: Any, cases: Sequence[Any], repro_dir: Optional[str] = 
 
 
 def _by_stage(adapter: Any, net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...],
-              targets: Tuple[Tensor, ...], kinds: Sequence[str], dynamic: Sequence[bool]) -> List[GraphFinding]:
+              targets: Tuple[Tensor, ...], kinds: Sequence[str], dynamic: Sequence[bool],
+              bisect: bool = True) -> List[GraphFinding]:
     import torch
 
     from ..nets import NetWithLoss
-    from .stages import bisect_stages
+    from .stages import BISECTED, bisect_inductor, bisect_stages
 
     out = []
     for kind in kinds:
@@ -239,15 +254,17 @@ def _by_stage(adapter: Any, net: Optional[nn.Module], loss: nn.Module, inputs: T
             else:
                 with torch.no_grad():
                     pred = net(*inputs)
-            result = bisect_stages(adapter, kind, loss, (pred,) + targets, True, dynamic)
+            module, args, wrt_first = loss, (pred,) + targets, True
         else:
-            module = NetWithLoss(net, loss, n_targets=len(targets))
-            result = bisect_stages(adapter, kind, module, inputs + targets, False, dynamic)
+            module, args, wrt_first = NetWithLoss(net, loss, n_targets=len(targets)), inputs + targets, False
+        result = bisect_stages(adapter, kind, module, args, wrt_first, dynamic)
         first = result["first"]
         g = GraphFinding(kind, "diverges" if first else "clean",
                          "" if first else "every stage passes the parity rule, forward and backward",
                          fault=None if first is None else "{} {}".format(first["stage"], first["graph"]),
                          levels=result["runs"], stage=first)
+        if bisect and first is not None and first["stage"] == BISECTED and first["graph"] != "build":
+            g.bisector = bisect_inductor(adapter, module, args, wrt_first, first["dynamic"])
         g.seconds = round(time.perf_counter() - t0, 3)
         out.append(g)
     return out

@@ -8,8 +8,10 @@ a small constant ``0 < |eps| <= 1e-2`` deleted, its consumers fed ``x``, as an o
 drops it would).
 
 Through a backend that lowers with inductor (``stages``, e.g. ``compile-dynamo``), a trial doubles
-the output of inductor's lowering of one op (``lowering``) and bisects the loss-and-gradient
-program by stage: localized when the first failing stage is ``inductor``.
+the output of inductor's lowering of one op (``lowering``) or of one op's decomposition in
+inductor's decomposition table (``decomposition``) and bisects the loss-and-gradient program by
+stage: localized when the first failing stage is ``inductor`` (a lowering) or
+``aot_eager_decomp_partition`` (a decomposition: the first stage that applies inductor's table).
 
 A draw that leaves every graph output within the parity rule (the fault has no effect here), or
 that onnxruntime refuses (swapped operands that do not broadcast), is drawn again; those counts
@@ -23,9 +25,14 @@ import random
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-__all__ = ["FAULTS", "CASES", "plant", "expected_nodes", "self_test"]
+__all__ = ["FAULTS", "COMPILE_FAULTS", "CASES", "plant", "expected_nodes", "self_test"]
 
 FAULTS = ("constant", "swap", "replace", "epsilon")
+LOWERED = "inductor"  # the stage whose lowerings a torch.compile trial perturbs
+COMPILE_FAULTS = ("lowering", "decomposition")
+# the stage each torch.compile fault enters at: inductor's decompositions are applied from
+# aot_eager_decomp_partition on (the stage that is AOTAutograd with inductor's table), lowerings only by inductor
+EXPECTED_STAGE = {"lowering": LOWERED, "decomposition": "aot_eager_decomp_partition"}
 
 # (net, loss): registry cases spanning the loss families (regression, classification, overlap,
 # contrastive), alone and through SeedNet (which adds the train step)
@@ -195,9 +202,11 @@ def _cases(backend: Any, names: Sequence[Tuple[Optional[str], str]], batch: int)
 
 
 def self_test(trials: int, seed: int, backends: Any = None, cases: Sequence[Tuple[Optional[str], str]] = CASES,
-              batch: int = 7, max_draws: int = 50) -> Dict[str, Any]:
+              batch: int = 7, max_draws: int = 50,
+              compile_faults: Sequence[str] = COMPILE_FAULTS) -> Dict[str, Any]:
     """Plant ``trials`` faults (drawn from ``seed``) into ``cases``' graphs through every chosen
-    piecewise backend, localize each, and count. Graphs are exported once and reused."""
+    piecewise backend, localize each, and count. Graphs are exported once and reused. Through a
+    staged backend (torch.compile) a trial's fault is one of ``compile_faults``."""
     from ..backends import get_backends
     from ..errors import UsageError
     from .graphs import graph_reference
@@ -225,7 +234,7 @@ def self_test(trials: int, seed: int, backends: Any = None, cases: Sequence[Tupl
         for _ in range(max_draws):
             backend, key, case, kind = rng.choice(slots)
             if not backend.piecewise:
-                trial = _lowering_trial(backend, key, case, rng)
+                trial = _compile_trial(backend, key, case, rng, rng.choice(tuple(compile_faults)))
                 if trial is None:
                     redraws["no effect"] += 1
                     continue
@@ -282,58 +291,150 @@ def self_test(trials: int, seed: int, backends: Any = None, cases: Sequence[Tupl
             "misses": [t for t in results if not t["localized"]], "graphs_exported": len(refs),
             "export_seconds": round(export_seconds, 2), "seconds": round(time.perf_counter() - start, 2),
             "hit_rule": "the planted node, or (its outputs not compared) the first compared node its value reaches; "
-                        "for a deleted op, its FX node; for a perturbed inductor lowering, the stage inductor", "results": results}
+                        "for a deleted op, its FX node; for a perturbed inductor lowering, the stage inductor; for a "
+                        "perturbed decomposition, the stage aot_eager_decomp_partition", "results": results}
 
 
-LOWERED = "inductor"  # the stage whose lowerings a torch.compile trial perturbs
 
 # float ops inductor lowers itself (not decomposed first), whose output a trial doubles
 _LOWERINGS = ("mul.Tensor", "add.Tensor", "sub.Tensor", "div.Tensor", "exp.default", "log.default",
               "sign.default", "abs.default", "sqrt.default", "neg.default", "where.self", "maximum.default")
+# ops with a decomposition in inductor's table that registry losses (or their backward) reach
+_DECOMPOSITIONS = ("sgn.default", "mse_loss.default", "mse_loss_backward.default", "smooth_l1_loss.default",
+                   "smooth_l1_loss_backward.default", "huber_loss.default", "huber_loss_backward.default",
+                   "log_sigmoid_forward.default", "_log_softmax.default", "_softmax.default",
+                   "_log_softmax_backward_data.default", "_softmax_backward_data.default",
+                   "sigmoid_backward.default", "tanh_backward.default", "nll_loss_forward.default",
+                   "nll_loss_backward.default", "threshold_backward.default", "rsub.Scalar", "rsub.Tensor",
+                   "logsumexp.default", "softplus.default", "softplus_backward.default", "xlogy.Tensor",
+                   "linalg_vector_norm.default")
 
 
-def _lowering_trial(backend: Any, key: Tuple[Any, ...], case: Any, rng: random.Random) -> Optional[Dict[str, Any]]:
-    """One torch.compile trial: double the output of inductor's lowering of one op, bisect the
-    loss-and-gradient program by stage; None when the op does not reach this loss (no effect)."""
+def _ops_reached(case: Any) -> Set[Any]:
+    """The aten ops of the case's loss-and-gradient graphs as AOTAutograd traces them without
+    decompositions (forward and backward): the ops whose decomposition can matter."""
     import torch
-    import torch._inductor.config as inductor_config
+    from functorch.compile import aot_function, make_boxed_func
+
+    ops: Set[Any] = set()
+
+    def grab(gm: Any, _: Any) -> Any:
+        ops.update(n.target for n in gm.graph.nodes if n.op == "call_function")
+        return make_boxed_func(gm.forward)
+
+    fn = aot_function(lambda p, *t: case.loss(p, *t), fw_compiler=grab, bw_compiler=grab)
+    pred = case.inputs[0].detach().requires_grad_(True)
+    fn(pred, *case.targets).sum().backward()
+    torch._dynamo.reset()
+    return ops
+
+
+def _perturbation(fault: str, rng: random.Random, reached: Optional[Set[Any]] = None) -> Optional[Tuple[str, Any, Any, str]]:
+    """(op name, tables, op, what) for one torch.compile fault: ``lowering``: inductor's lowering
+    of one op doubled; ``decomposition``: the decomposition of one op in inductor's table doubled
+    (first output of a tuple), drawn among the ops in ``reached`` when given. None when this
+    torch has no entry for the op drawn (or none of ``reached`` has one)."""
+    import torch
     from torch._inductor import lowering
 
-    from .stages import bisect_stages
+    aten = torch.ops.aten
+    if fault == "lowering":
+        name, tables, what = rng.choice(_LOWERINGS), (lowering.lowerings,), "inductor's lowering of aten.{} doubled"
+    elif fault == "decomposition":
+        from torch._inductor import decomposition
+
+        # inductor's table, and the copy its select_decomp_table() serves (a cached dict in
+        # recent torch: a change to the table alone is not seen once it has been made)
+        tables = tuple({id(t): t for t in (decomposition.decompositions, decomposition.select_decomp_table())}.values())
+        pool = [n for n in _DECOMPOSITIONS if reached is None or _op(n) in reached]
+        if not pool:
+            return None
+        name = rng.choice(pool)
+        what = "aten.{}'s decomposition in inductor's table doubled"
+    else:
+        raise ValueError("compile fault must be one of {}, got {!r}".format(list(COMPILE_FAULTS), fault))
+    op = _op(name)
+    if any(t.get(op) is None for t in tables):
+        return None
+    return name, tables, op, what.format(name)
+
+
+def _op(name: str) -> Any:
+    import torch
+
+    packet, overload = name.split(".")
+    return getattr(getattr(torch.ops.aten, packet, None), overload, None)
+
+
+def _doubled(fault: str, op: Any, original: Any) -> Any:
+    import torch
+    from torch._inductor import lowering
 
     aten = torch.ops.aten
-    name = rng.choice(_LOWERINGS)
-    packet, overload = name.split(".")
-    op = getattr(getattr(aten, packet), overload)
-    original = lowering.lowerings.get(op)
-    if original is None:
-        return None
-    add, sub, neg = (lowering.lowerings[aten.add.Tensor], lowering.lowerings[aten.sub.Tensor],
-                     lowering.lowerings[aten.neg.default])
+    if fault == "lowering":
+        add, sub, neg = (lowering.lowerings[aten.add.Tensor], lowering.lowerings[aten.sub.Tensor],
+                         lowering.lowerings[aten.neg.default])
 
-    def doubled(*args: Any, **kwargs: Any) -> Any:
+        def doubled_lowering(*args: Any, **kwargs: Any) -> Any:
+            y = original(*args, **kwargs)
+            return sub(y, neg(y)) if op is aten.add.Tensor else add(y, y)
+
+        return doubled_lowering
+
+    def doubled_decomposition(*args: Any, **kwargs: Any) -> Any:
         y = original(*args, **kwargs)
-        return sub(y, neg(y)) if op is aten.add.Tensor else add(y, y)
+        if isinstance(y, (tuple, list)):
+            return type(y)([y[0] * 2] + list(y[1:]))
+        return y * 2
 
-    lowering.lowerings[op] = doubled
+    return doubled_decomposition
+
+
+_REACHED: Dict[Tuple[Any, ...], Set[Any]] = {}  # case key -> the aten ops its graphs reach
+
+
+def _compile_trial(backend: Any, key: Tuple[Any, ...], case: Any, rng: random.Random,
+                   fault: str) -> Optional[Dict[str, Any]]:
+    """One torch.compile trial: perturb inductor's lowering or decomposition of one op, bisect the
+    loss-and-gradient program by stage; None when the op does not reach this loss (no effect).
+    Localized when the first failing stage is the one that applies it (:data:`EXPECTED_STAGE`)."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from .stages import _autograd_cache_off, bisect_stages
+
+    reached = None
+    if fault == "decomposition":
+        if key not in _REACHED:
+            _REACHED[key] = _ops_reached(case)
+        reached = _REACHED[key]
+    drawn = _perturbation(fault, rng, reached)
+    if drawn is None:
+        return None
+    name, tables, op, what = drawn
+    originals = [t[op] for t in tables]
+    for t, original in zip(tables, originals):
+        t[op] = _doubled(fault, op, original)
     try:
-        with inductor_config.patch(fx_graph_cache=False):
+        # caches off: a graph cached by an earlier compile would not see the perturbation
+        with inductor_config.patch(fx_graph_cache=False), _autograd_cache_off():
             result = bisect_stages(backend, "loss_and_grad", case.loss, tuple(case.inputs) + tuple(case.targets),
                                    True, dynamic=(False,))
     finally:
-        lowering.lowerings[op] = original
+        for t, original in zip(tables, originals):
+            t[op] = original
         torch._dynamo.reset()
     first = result["first"]
     if first is None:
         return None
-    hit = first["stage"] == LOWERED
+    expected = EXPECTED_STAGE[fault]
+    hit = first["stage"] == expected
     trial = {"backend": backend.name, "case": "{}+{}".format(key[0] or "none", key[1]), "graph": "loss_and_grad",
-             "planted": {"fault": "lowering", "node": "aten." + name,
-                         "detail": "inductor's lowering of aten.{} doubled".format(name)},
-             "expected": [LOWERED], "found": first["stage"], "found_graph": first["graph"], "localized": hit}
+             "planted": {"fault": fault, "node": "aten." + name, "detail": what},
+             "expected": [expected], "found": first["stage"], "found_graph": first["graph"], "localized": hit}
     if not hit:
         trial["why"] = "first failing stage {} ({} graph, output {}), not {}".format(
-            first["stage"], first["graph"], first["output"], LOWERED)
+            first["stage"], first["graph"], first["output"], expected)
     return trial
 
 
