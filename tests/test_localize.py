@@ -267,3 +267,29 @@ def test_cli_localize_refuses_a_bad_count(capsys):
 
     assert main(["localize", "--inject", "0"]) == 2
     assert "--inject must be a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+def test_a_failing_compile_row_links_to_its_stage_bisection(monkeypatch):
+    """verify's failing torch.compile row (a planted inductor-only fault) is localized by stage, not
+    left 'unsupported'."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor import lowering
+
+    from compile_losses.localize.api import link_failures
+    from compile_losses.resolve import make_case
+
+    aten = torch.ops.aten
+    original = lowering.lowerings[aten.sign.default]
+    monkeypatch.setitem(lowering.lowerings, aten.sign.default,
+                        lambda x: lowering.lowerings[aten.add.Tensor](original(x), original(x)))
+    case = make_case(None, "l1", batch=7)
+    with inductor_config.patch(fx_graph_cache=False):
+        report = cl.verify(None, case.loss, case.inputs, case.targets, ["compile-dynamo"])
+        failing = [r for r in report.failures if r.backend == "compile-dynamo"]
+        assert failing, str(report)
+        link_failures(report, [case])
+    loc = failing[0].localization
+    assert loc["status"] == "diverges", loc
+    assert loc["stage"]["stage"] == "inductor" and loc["stage"]["graph"] == "backward"

@@ -70,6 +70,22 @@ def test_flat_step_matches_dict_step():
     torch.testing.assert_close(got.new_state, want.new_state, rtol=0, atol=0)
 
 
+def test_flat_step_reads_the_frozen_values_it_is_given():
+    """Frozen parameters are inputs: values other than the net's own must change the loss."""
+    net, loss, opt = _net(torch.float64, freeze=True), L.MSELoss(), optimizer("sgd")
+    sig = programs.optim_signature(net, loss, 1, opt)
+    params = {n: p.detach() for n, p in programs.trainable(net)}
+    fixed = {n: p.detach() + 1.0 for n, p in programs.frozen(net)}
+    state, hyper = opt.init_state(params), opt.hyper_tensors()
+    (x, t), = _batches(1, torch.float64)
+    flat = programs.flat_optimizer_step(net, loss, opt, sig)(*sig.flat_inputs(params, fixed, x, [t], state, hyper))
+    want = programs.optimizer_train_step(net, loss, opt)(params, fixed, x, t, state=state, hyper=hyper)
+    own = programs.optimizer_train_step(net, loss, opt)(params, {n: p.detach() for n, p in programs.frozen(net)},
+                                                        x, t, state=state, hyper=hyper)
+    torch.testing.assert_close(sig.result(flat).loss, want.loss, rtol=0, atol=0)
+    assert not torch.equal(want.loss, own.loss)
+
+
 def _accumulation_matches_whole_batch(loss, pred_net, x, targets, sizes, mean_divisor=None, kwargs=None):
     opt = optimizer("adam", lr=1e-2)
     weight = programs.micro_batch_weight(loss, mean_divisor, kwargs)

@@ -222,23 +222,25 @@ def test_signature_refuses_nets_without_trainable_parameters_and_clashing_names(
 
 
 # --- the optimizer train step's refusals ----------------------------------------------------------
-class _NetWithLr(nn.Module):
-    """A net whose parameter is called ``lr``: the name of the step's learning-rate input."""
+class _NetWithBeta1(nn.Module):
+    """A net whose parameter is called ``beta1``: the name of Adam's hyper-parameter input (not an
+    input of the plain train step, so only the optimizer step's own check can see the clash)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lr = nn.Parameter(torch.ones(1))
+        self.beta1 = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.lr
+        return x * self.beta1
 
 
 def test_optimizer_signature_refuses_a_parameter_named_like_a_hyper_parameter() -> None:
     from compile_losses.optim import optimizer
 
+    P.TrainStepSignature.of(_NetWithBeta1(), L.MSELoss(), 1)  # the plain train step has no beta1
     with pytest.raises(ValueError) as err:
-        P.optim_signature(_NetWithLr(), L.MSELoss(), 1, optimizer("sgd"))
-    assert str(err.value) == ("graph input/output names must be unique, got 'lr' twice (parameter names "
+        P.optim_signature(_NetWithBeta1(), L.MSELoss(), 1, optimizer("adam"))
+    assert str(err.value) == ("graph input/output names must be unique, got 'beta1' twice (parameter names "
                               "after replacing '.' by '_', targets of compile_losses.losses.MSELoss)")
 
 

@@ -220,9 +220,12 @@ def link_failures(report: Any, cases: Sequence[Any], repro_dir: Optional[str] = 
                 row.output, row.case)}
             continue
         backend = get_backends([row.backend])[0]
-        if not backend.piecewise:
-            row.localization = {"status": "unsupported", "detail": "{} runs no graph value by value".format(backend.name)}
+        if not backend.piecewise and not backend.stages:
+            row.localization = {"status": "unsupported", "detail": "{} runs no graph value by value and has no "
+                                "compiler stages to bisect".format(backend.name)}
             continue
+        if not backend.piecewise and kind == "forward":
+            kind = "loss_and_grad"  # stage bisection judges the loss value with its gradients
         key = (row.case, backend.name)
         if key not in done:
             done[key] = localize(case.net, case.loss, case.inputs, case.targets, backend=backend, lr=lr,
@@ -230,6 +233,7 @@ def link_failures(report: Any, cases: Sequence[Any], repro_dir: Optional[str] = 
         g = done[key].finding(kind)
         row.localization = {"status": "not run"} if g is None else {
             "graph": kind, "status": g.status, "line": g.line(), "fault": g.fault, "repro": g.repro,
+            "stage": g.stage, "bisector": g.bisector,
             "node": None if g.node is None else {k: g.node.get(k) for k in ("op_type", "name", "fx_node", "fx_target",
                                                                               "source")}}
     return list(done.values())
