@@ -9,6 +9,11 @@ and an AOTInductor package build (20-40 s on two cores). This module keeps both:
   the Python executable, the C++ compiler (path, size and mtime), the CPU's flags and the inductor
   settings the probe reads; replayed through the probe's own code, so inductor decides exactly as
   it would have;
+* records: the ``compile`` backend's choice between its compiled path and eager for one case
+  (with the timings it chose by), keyed by the case (module classes, settings and weights, the
+  inputs' full shapes and dtypes), the torch thread count and the versions; a later process on
+  the same machine builds only the chosen callable instead of timing both again. The choice is
+  about speed only: whatever it picks is built now, from the modules as they are;
 * files built from an exported program (``.pt2`` packages), keyed by the program's graph text
   (with shapes, strides and devices), its weights, buffers and constants (their bytes), its
   dynamic-shape ranges, the full portable inductor config, the caller's settings and the versions
@@ -31,7 +36,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-__all__ = ["cache_dir", "enabled", "program_key", "build_file", "prime_cpu_isa", "STATS"]
+__all__ = ["cache_dir", "enabled", "program_key", "record_key", "build_file", "load_record", "store_record",
+           "prime_cpu_isa", "STATS"]
 
 ENV_DIR = "COMPILE_LOSSES_CACHE_DIR"
 ENV_OFF = "COMPILE_LOSSES_NO_CACHE"
@@ -127,8 +133,13 @@ def program_key(program: Any, settings: Iterable[Any] = ()) -> str:
     return h.hexdigest()
 
 
+def record_key(*parts: Any) -> str:
+    """The key of a record that depends on ``parts`` (reprs) and the versions."""
+    return hashlib.sha256(repr((_versions(),) + parts).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------
-# files
+# files and records
 # ---------------------------------------------------------------------------------------------
 def _entry(kind: str, key: str, suffix: str) -> Optional[Path]:
     root = cache_dir()
@@ -169,6 +180,39 @@ def build_file(kind: str, key: str, dest: str, build: Callable[[str], Any]) -> b
     return False
 
 
+def load_record(kind: str, key: str) -> Optional[Dict[str, Any]]:
+    """The JSON object stored under ``key``, or None (missing, unreadable, or the cache is off)."""
+    entry = _entry(kind, key, ".json")
+    if entry is None or not entry.is_file():
+        _count(kind, "miss")
+        return None
+    try:
+        value = json.loads(entry.read_text())
+    except (OSError, ValueError):
+        value = None
+    _count(kind, "hit" if isinstance(value, dict) else "miss")
+    return value if isinstance(value, dict) else None
+
+
+def store_record(kind: str, key: str, value: Dict[str, Any]) -> None:
+    """Store ``value`` (JSON) under ``key``, whole or not at all."""
+    entry = _entry(kind, key, ".json")
+    if entry is None:
+        return
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".{}.".format(entry.name), dir=str(entry.parent))
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(value, f, sort_keys=True)
+            os.replace(tmp, entry)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass  # a read-only or full cache: the next process decides again
+
+
 # ---------------------------------------------------------------------------------------------
 # the CPU vector-ISA probe
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +251,8 @@ def prime_cpu_isa() -> None:
         if _PRIMED:
             return
         _PRIMED = True
-    entry = _entry("cpu-isa", _isa_key_or_empty(), ".json")
+    key = _isa_key_or_empty()
+    entry = _entry("cpu-isa", key, ".json")
     if entry is None:
         return
     from torch._inductor import cpu_vec_isa
@@ -234,14 +279,7 @@ def prime_cpu_isa() -> None:
         cpu_vec_isa.VecISA.check_build = real  # type: ignore[method-assign]
     _count("cpu-isa", "miss" if learned else "hit")
     if learned:
-        try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".isa.", dir=str(entry.parent))
-            with os.fdopen(fd, "w") as f:
-                json.dump(recorded, f, sort_keys=True)
-            os.replace(tmp, entry)
-        except OSError:
-            pass
+        store_record("cpu-isa", key, recorded)
 
 
 def _isa_key_or_empty() -> str:

@@ -236,3 +236,44 @@ def test_an_unchanged_package_is_copied_and_a_changed_weight_is_rebuilt(cache, t
     assert [r["miss"] - before["miss"] for r in runs] == [1, 1, 2]
     assert [r["hit"] - before["hit"] for r in runs] == [0, 1, 1]
     assert (tmp_path / "p0.pt2").read_bytes() == (tmp_path / "p1.pt2").read_bytes()
+
+
+@pytest.mark.compile
+def test_the_compile_choice_is_timed_once_then_read_back(cache, monkeypatch):
+    from compile_losses.backends import BACKENDS, clear_cache
+    from compile_losses.backends import tuned
+    from compile_losses.losses import MSELoss
+
+    backend = BACKENDS["compile"]
+    ok, reason = backend.available()
+    if not ok:
+        pytest.skip("compile unavailable: " + reason)
+    timed = []
+    real = tuned.pick_fastest
+    monkeypatch.setattr(tuned, "pick_fastest", lambda *a, **k: timed.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    net, args = SeedNet(), (torch.randn(10, 32), torch.randn(10, 1))
+    clear_cache()
+    first = backend.prepare_train_step(net, MSELoss(), args, 0.01)
+    clear_cache()  # a later process: nothing prepared in memory, the record on disk
+    second = backend.prepare_train_step(net, MSELoss(), args, 0.01)
+    assert timed == [1]
+    assert second.choice == first.choice and second.timings == pytest.approx(first.timings, rel=1e-9)
+    assert "earlier process" in second.note and "earlier process" not in first.note
+    torch.testing.assert_close(second(*args).loss, first(*args).loss)
+
+    # a recorded "eager" builds no compiled graph at all; another weight is another case (timed again)
+    key_files = list((cache / "compile-choice").rglob("*.json"))
+    assert len(key_files) == 1
+    key_files[0].write_text('{"choice": "eager", "timings": {"eager": 1e-5, "compile": 2e-5}, "settings": "x"}')
+    compiled_step = tuned.CompiledTrainStep
+    monkeypatch.setattr(tuned, "CompiledTrainStep", lambda *a, **k: pytest.fail("compiled although eager was recorded"))
+    clear_cache()
+    third = backend.prepare_train_step(net, MSELoss(), args, 0.01)
+    assert third.choice == "eager" and timed == [1]
+    monkeypatch.setattr(tuned, "CompiledTrainStep", compiled_step)
+    with torch.no_grad():
+        net.fc1.weight[0, 0] += 1.0
+    clear_cache()
+    backend.prepare_train_step(net, MSELoss(), args, 0.01)
+    assert timed == [1, 1]
