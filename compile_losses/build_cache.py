@@ -133,6 +133,19 @@ def program_key(program: Any, settings: Iterable[Any] = ()) -> str:
     return h.hexdigest()
 
 
+def package_versions(*names: str) -> Tuple[str, ...]:
+    """Installed versions of ``names`` (``"-"`` for one not installed), for keys of builds they make."""
+    from importlib import metadata
+
+    out = []
+    for name in names:
+        try:
+            out.append("{}=={}".format(name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append(name + "==-")
+    return tuple(out)
+
+
 def record_key(*parts: Any) -> str:
     """The key of a record that depends on ``parts`` (reprs) and the versions."""
     return hashlib.sha256(repr((_versions(),) + parts).encode()).hexdigest()

@@ -2,6 +2,7 @@
 on (a changed weight, buffer, constant, op or shape must miss), hits for an unchanged program,
 files that appear only whole, the off switch, and the CPU-ISA probe replayed without probing."""
 import os
+from typing import Dict
 
 import pytest
 import torch
@@ -277,3 +278,48 @@ def test_the_compile_choice_is_timed_once_then_read_back(cache, monkeypatch):
     clear_cache()
     backend.prepare_train_step(net, MSELoss(), args, 0.01)
     assert timed == [1, 1]
+
+
+def _stat(kind: str) -> Dict[str, int]:
+    return dict(build_cache.STATS.get(kind, {"hit": 0, "miss": 0}))
+
+
+@pytest.mark.onnx
+def test_onnx_exports_hit_for_the_same_program_and_miss_for_a_changed_weight(cache, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from compile_losses.backends.onnx import export_onnx
+
+    x = torch.randn(5, 4)
+    before = _stat("onnx-graph")
+    first = export_onnx(_scaled(), (x,)).SerializeToString()
+    second = export_onnx(_scaled(), (x,)).SerializeToString()
+    after = _stat("onnx-graph")
+    assert (after["miss"] - before["miss"], after["hit"] - before["hit"]) == (1, 1)
+    assert first == second
+    changed = _scaled()
+    with torch.no_grad():
+        changed.lin.bias += 1.0
+    model = export_onnx(changed, (x,))
+    assert _stat("onnx-graph")["miss"] - before["miss"] == 2
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, changed(x).numpy(), rtol=1e-6, atol=1e-6)  # never the old graph's output
+
+
+@pytest.mark.onnx
+def test_training_graph_exports_hit_for_the_same_graph_and_miss_for_a_changed_constant(cache, tmp_path):
+    from compile_losses.training import export_loss_and_grad_onnx
+
+    pred, target = torch.randn(6, 1), torch.randn(6, 1)
+    before = _stat("onnx-graph")
+    a = export_loss_and_grad_onnx(HuberLoss(delta=1.0), (pred, target), str(tmp_path / "a.onnx"))
+    b = export_loss_and_grad_onnx(HuberLoss(delta=1.0), (pred, target), str(tmp_path / "b.onnx"))
+    c = export_loss_and_grad_onnx(HuberLoss(delta=0.5), (pred, target), str(tmp_path / "c.onnx"))
+    after = _stat("onnx-graph")
+    assert (after["miss"] - before["miss"], after["hit"] - before["hit"]) == (2, 1)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert (tmp_path / "a.onnx").read_bytes() != (tmp_path / "c.onnx").read_bytes()
+    assert a["inputs"] == b["inputs"] == c["inputs"]

@@ -65,16 +65,22 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
         # Every batched input shares one Dim; the exporter says it keeps only one name for it.
         warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-        try:
-            with quiet_failure():
-                program = torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
-                                            input_names=graph.input_names, output_names=graph.output_names,
-                                            opset_version=OPSET, verbose=False, optimize=ONNX_OPTIMIZE)
-        except Exception as exc:  # the exporter raises several unrelated types; all end here
-            raise unsupported(exc, loss, "its {} graph, to ONNX".format(graph.kind), loss_example(),
-                              opset=OPSET) from None
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    program.save(path)
+        def build(dest: str) -> None:
+            try:
+                with quiet_failure():
+                    program = torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
+                                                input_names=graph.input_names, output_names=graph.output_names,
+                                                opset_version=OPSET, verbose=False, optimize=ONNX_OPTIMIZE)
+            except Exception as exc:  # the exporter raises several unrelated types; all end here
+                raise unsupported(exc, loss, "its {} graph, to ONNX".format(graph.kind), loss_example(),
+                                  opset=OPSET) from None
+            program.save(dest)
+
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        from ..build_cache import build_file
+
+        # the traced graph is the whole input of the export: its text, constants and settings key it
+        build_file("onnx-graph", _graph_key(gm, graph), path, build)
     model = onnx.load(path)
     onnx.checker.check_model(model)
     return {
@@ -90,6 +96,29 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
         "nodes": len(model.graph.node),
         "export_seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _graph_key(gm: torch.fx.GraphModule, graph: TracedGraph) -> str:
+    """The build-cache key of exporting ``gm`` (the traced joint graph): its code with every
+    node's shape, stride and device, the bytes of every tensor it holds, the inputs' names, roles,
+    example dtypes and shapes and which are batched, the export settings and the versions."""
+    import hashlib
+
+    from .. import build_cache
+
+    h = hashlib.sha256()
+    h.update(gm.print_readable(print_output=False, include_stride=True, include_device=True).encode())
+    for name, t in sorted(list(gm.named_parameters()) + list(gm.named_buffers())):
+        build_cache._tensor_digest(h, name, t)
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            build_cache._tensor_digest(h, "attr:" + str(node.target), value)
+    h.update(repr((graph.kind, graph.input_names, graph.input_roles, graph.output_names, graph.batched,
+                   [(str(t.dtype), tuple(t.shape)) for t in graph.example], OPSET, ONNX_OPTIMIZE)).encode())
+    return build_cache.record_key("torch.onnx.export", h.hexdigest(), build_cache.package_versions("onnx", "onnxscript"))
 
 
 @contextlib.contextmanager
