@@ -114,10 +114,11 @@ def _inductor_settings() -> str:
     return repr(sorted((k, repr(v)) for k, v in items.items()))
 
 
-def program_key(program: Any, settings: Iterable[Any] = ()) -> str:
+def program_key(program: Any, settings: Iterable[Any] = (), inductor: bool = True) -> str:
     """The key of a build from ``program`` (a ``torch.export.ExportedProgram``): its graph text
     with every node's shape, stride and device, its signature and dynamic-shape ranges, the bytes
-    of its weights, buffers and constants, the inductor config, ``settings`` and the versions."""
+    of its weights, buffers and constants, ``settings``, the versions and (``inductor``: for a
+    build inductor makes) inductor's config."""
     h = hashlib.sha256()
     h.update(repr(_versions()).encode())
     gm = program.graph_module
@@ -128,7 +129,8 @@ def program_key(program: Any, settings: Iterable[Any] = ()) -> str:
         _tensor_digest(h, "state:" + name, t)
     for name, t in sorted(program.constants.items()):
         _tensor_digest(h, "const:" + name, t)
-    h.update(_inductor_settings().encode())
+    if inductor:
+        h.update(_inductor_settings().encode())
     h.update(repr(tuple(settings)).encode())
     return h.hexdigest()
 

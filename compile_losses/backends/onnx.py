@@ -331,7 +331,8 @@ def _onnx_key(module: nn.Module, example: Tuple[Tensor, ...], shapes: Tuple[Any,
         return None
     finally:
         _flags._is_onnx_exporting = before
-    return build_cache.program_key(program, ("torch.onnx.export", repr(settings), build_cache.package_versions("onnx", "onnxscript")))
+    return build_cache.program_key(program, ("torch.onnx.export", repr(settings), build_cache.package_versions("onnx", "onnxscript")),
+                                   inductor=False)
 
 
 @contextlib.contextmanager
