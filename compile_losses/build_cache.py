@@ -17,7 +17,7 @@ and an AOTInductor package build (20-40 s on two cores). This module keeps both:
 * files built from an exported program (``.pt2`` packages), keyed by the program's graph text
   (with shapes, strides and devices), its weights, buffers and constants (their bytes), its
   dynamic-shape ranges, the full portable inductor config, the caller's settings and the versions
-  (torch, compile_losses, Python, platform, CPU flags). A changed weight, constant, op or setting
+  (torch, compile_losses and a hash of its source files, Python, platform, CPU flags). A changed weight, constant, op or setting
   is a different key: a stale build is never served.
 
 Where: ``$COMPILE_LOSSES_CACHE_DIR``, else ``$XDG_CACHE_HOME/compile_losses``, else
@@ -82,13 +82,28 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+@functools.lru_cache(maxsize=1)
+def _own_source() -> str:
+    """A hash of compile_losses' own source files: its rewrites of traced graphs (faithful
+    reductions) are part of what it builds, and its version number does not change with each edit."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()
+
+
 def _versions() -> Tuple[str, ...]:
     import torch
 
     from . import __version__
 
-    return (torch.__version__, str(getattr(torch.version, "git_version", "")), __version__, sys.version,
-            sys.platform, platform.machine(), _cpu_flags())
+    return (torch.__version__, str(getattr(torch.version, "git_version", "")), __version__, _own_source(),
+            sys.version, sys.platform, platform.machine(), _cpu_flags())
 
 
 def _tensor_digest(h: "hashlib._Hash", name: str, t: Any) -> None:

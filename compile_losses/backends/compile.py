@@ -44,6 +44,16 @@ class CompileBackend(Backend):
         # low-precision intermediates as eager does) and fallback_random, and torch.compile's
         # dynamic= ("auto": static first, dynamic on a second shape; True; False).
         self.setting_defaults = dict(INDUCTOR_SETTINGS if compiler == "inductor" else {}, dynamic="auto")
+        # dynamo alone, + AOTAutograd, + inductor's decompositions and partitioner, + inductor
+        pipeline = ("eager", "aot_eager", "aot_eager_decomp_partition", "inductor")
+        self.stages = pipeline[:pipeline.index(compiler) + 1] if compiler in pipeline and device == "cpu" else ()
+
+    def stage_callable(self, stage: str, module: nn.Module, example_inputs: Tuple[Tensor, ...],
+                       dynamic: bool) -> Callable[..., Any]:
+        if stage not in self.stages:
+            raise ValueError("stage must be one of {}, got {!r}".format(list(self.stages), stage))
+        self._require()
+        return torch.compile(own_code(module), backend=stage, fullgraph=self.fullgraph, dynamic=dynamic)
 
     def check_settings(self, applied: Dict[str, Any]) -> None:
         for key in INDUCTOR_SETTINGS:

@@ -60,27 +60,12 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
             loss_example: Callable[[], Tuple[Tensor, ...]]) -> Dict[str, Any]:
     import onnx
 
+    from ..build_cache import build_file
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # the traced graph is the whole input of the export: its text, constants and settings key it
     gm = faithful_graph(graph.module)
-    with warnings.catch_warnings(), _quiet_registry():
-        # Every batched input shares one Dim; the exporter says it keeps only one name for it.
-        warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-        def build(dest: str) -> None:
-            try:
-                with quiet_failure():
-                    program = torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
-                                                input_names=graph.input_names, output_names=graph.output_names,
-                                                opset_version=OPSET, verbose=False, optimize=ONNX_OPTIMIZE)
-            except Exception as exc:  # the exporter raises several unrelated types; all end here
-                raise unsupported(exc, loss, "its {} graph, to ONNX".format(graph.kind), loss_example(),
-                                  opset=OPSET) from None
-            program.save(dest)
-
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        from ..build_cache import build_file
-
-        # the traced graph is the whole input of the export: its text, constants and settings key it
-        build_file("onnx-graph", _graph_key(gm, graph), path, build)
+    build_file("onnx-graph", _graph_key(gm, graph), path, lambda dest: _program(graph, loss, loss_example, gm=gm).save(dest))
     model = onnx.load(path)
     onnx.checker.check_model(model)
     return {
@@ -119,6 +104,45 @@ def _graph_key(gm: torch.fx.GraphModule, graph: TracedGraph) -> str:
     h.update(repr((graph.kind, graph.input_names, graph.input_roles, graph.output_names, graph.batched,
                    [(str(t.dtype), tuple(t.shape)) for t in graph.example], OPSET, ONNX_OPTIMIZE)).encode())
     return build_cache.record_key("torch.onnx.export", h.hexdigest(), build_cache.package_versions("onnx", "onnxscript"))
+
+
+def _program(graph: TracedGraph, loss: nn.Module, loss_example: Callable[[], Tuple[Tensor, ...]],
+             optimize: bool = ONNX_OPTIMIZE, gm: Optional[torch.fx.GraphModule] = None) -> Any:
+    gm = faithful_graph(graph.module) if gm is None else gm  # gm: the rewritten graph, made already
+    with warnings.catch_warnings(), _quiet_registry():
+        # Every batched input shares one Dim; the exporter says it keeps only one name for it.
+        warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        try:
+            with quiet_failure():
+                return torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
+                                         input_names=graph.input_names, output_names=graph.output_names,
+                                         opset_version=OPSET, verbose=False, optimize=optimize)
+        except Exception as exc:  # the exporter raises several unrelated types; all end here
+            raise unsupported(exc, loss, "its {} graph, to ONNX".format(graph.kind), loss_example(),
+                              opset=OPSET) from None
+
+
+def training_program(kind: str, net: Optional[nn.Module], loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                     optimize: bool = ONNX_OPTIMIZE) -> Tuple[Any, TracedGraph]:
+    """The ``ONNXProgram`` of a training graph (``kind`` ``"loss_and_grad"``: example ``(pred,
+    *targets)``; ``"train_step"``: ``(x, *targets)``), exported as ``export_*_onnx`` export it,
+    and the traced graph it came from (names, roles, parameter table), for tools that run the
+    graph value by value."""
+    if kind == "loss_and_grad":
+        graph = trace_loss_and_grad(loss, example_inputs)
+        return _program(graph, loss, lambda: tuple(example_inputs), optimize), graph
+    if kind == "train_step":
+        if net is None:
+            raise ValueError("a train_step graph needs a net, got net=None")
+        graph = trace_train_step(net, loss, example_inputs)
+
+        def loss_example() -> Tuple[Tensor, ...]:
+            with torch.no_grad():
+                return (net(example_inputs[0]),) + tuple(example_inputs[1:])
+
+        return _program(graph, loss, loss_example, optimize), graph
+    raise ValueError("kind must be 'loss_and_grad' or 'train_step', got {!r}".format(kind))
 
 
 @contextlib.contextmanager
@@ -228,7 +252,7 @@ def _check_arity(names: Sequence[str], given: int) -> None:
         raise TypeError("the graph takes ({}), got {} tensors".format(", ".join(names), given))
 
 
-__all__ = ["OPSET", "signature_of", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
+__all__ = ["OPSET", "signature_of", "training_program", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
            "prepare_onnx_train_step"]
 
 

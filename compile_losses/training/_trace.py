@@ -8,6 +8,7 @@ Traced graphs are flat: ``(pred, *targets) -> (loss, grad_pred)`` and
 positional tensors and the names in :class:`TracedGraph` line up one to one.
 """
 import hashlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -158,6 +159,12 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
                        signature.output_names, batched, signature.param_table, loss_label(loss))
 
 
+# Each node keeps the user's source line (the exporters carry it into the graph's metadata, where
+# compile_losses.localize reads it); make_fx takes the switch in the torch versions that have it.
+_STACK_TRACES = ({"record_stack_traces": True}
+                 if "record_stack_traces" in inspect.signature(make_fx).parameters else {})
+
+
 class _Traced(NamedTuple):
     module: torch.fx.GraphModule
     example: Tuple[Tensor, ...]
@@ -170,7 +177,7 @@ def _make_fx(fn: Callable[..., Any], args: Tuple[Tensor, ...], batched: List[boo
     try:
         with faithful_reductions(), LinearAs2D():
             gm = make_fx(torch.func.functionalize(fn, remove="mutations"), decomposition_table=table,
-                         tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+                         tracing_mode="symbolic", _allow_non_fake_inputs=True, **_STACK_TRACES)(*example)
     except (NotImplementedError, RuntimeError) as exc:
         if any(k in str(exc) for k in ("data-dependent", "DataDependent", "_local_scalar_dense")):
             raise unsupported(exc, loss, "its gradient graph") from None
