@@ -15,6 +15,26 @@ except ImportError:  # hypothesis is a test extra; the suite installs it
     pass
 
 
+_OWN_CACHE = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The build cache (compile_losses.build_cache) of this run is a fresh folder unless the caller
+    # chose one (CI may keep one between runs): no test reads a build a user's run left behind.
+    if not os.environ.get("COMPILE_LOSSES_CACHE_DIR"):
+        import tempfile
+
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix="compile_losses_test_cache_"))
+        os.environ["COMPILE_LOSSES_CACHE_DIR"] = _OWN_CACHE[-1]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="run tests marked slow (CI=true turns this on)")

@@ -205,3 +205,34 @@ def test_cli_interleaved_gate_uses_the_evidence(tmp_path, monkeypatch, capsys):
     assert [(r["key"], r["decision"]) for r in gate_json["rows"]
             if r["decision"] != "ok"] == [("seed-train seed+mse-b10 cpu onnx", "FAIL")]
     assert "slower with confidence" in capsys.readouterr().out
+
+
+def test_the_committed_baseline_without_rounds_gates_by_threshold_alone_and_says_so():
+    """The committed CPU baseline was recorded before the rounds were kept: every row says "no
+    rounds", the gate still decides by the thresholds (a 2x slower row fails), and its summary says
+    that no statistical test ran and how to re-record."""
+    import copy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "benchmarks" / "baselines" / "cpu-amd-epyc-2c-quick.json"
+    baseline = load([str(path)])
+    if any(stats.paired_rounds(r.extra, m) for r in baseline.results.values() for m in ("vs_eager", "vs_triad")):
+        pytest.skip("the committed baseline has been re-recorded with rounds")
+    thresholds = gate.Thresholds.load(str(path.parent / "thresholds.json"))
+    judged = stats.evidence_gate(gate.compare_ratios(baseline, baseline, thresholds, "min"), baseline, baseline)
+    assert judged.ok and judged.threshold_only and judged.to_json()["threshold_only"] is True
+    assert {judged.evidence_for(r).verdict for r in judged.report.compared} == {stats.NO_ROUNDS}
+    assert stats.RE_RECORD in judged.to_markdown(only_notable=True) and "--record-baseline" in stats.RE_RECORD
+
+    slower = copy.deepcopy(baseline)
+    key = next(k for k, r in slower.results.items() if r.backend != "eager" and r.extra.get("paired", {}).get("vs_eager"))
+    for stat in ("min", "median", "mean"):
+        if stat in slower.results[key].stats:
+            slower.results[key].stats[stat] *= 2.0
+    for metric in slower.results[key].extra.get("paired", {}).values():
+        for stat in ("min", "median", "mean"):
+            if stat in metric:
+                metric[stat] *= 2.0
+    judged = stats.evidence_gate(gate.compare_ratios(slower, baseline, thresholds, "min"), slower, baseline)
+    assert not judged.ok and key in {r.key for r in judged.failures}
+    assert all(judged.evidence_for(r).verdict == stats.NO_ROUNDS for r in judged.failures)

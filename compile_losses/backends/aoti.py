@@ -4,7 +4,8 @@
 
 A build takes ~10-20 s on two cores, so prepared packages are cached per process (keyed on the
 module's structure and weights and the inputs' non-batch shapes: one build serves every batch
-size) and inductor's own on-disk caches make a rebuild in a later process cheaper. Gradient rows
+size), and on disk across processes by the exported program
+(:func:`compile_losses.training.build_package`). Gradient rows
 come from the training graphs (:mod:`compile_losses.training`).
 """
 import os
@@ -87,5 +88,5 @@ def export_aoti(module: nn.Module, example_inputs: Tuple[Tensor, ...], package_p
         folder = tempfile.TemporaryDirectory(prefix="compile_losses_aoti_")
         _DIRS.append(folder)
         package_path = os.path.join(folder.name, "model.pt2")
-    path = torch._inductor.aoti_compile_and_package(program, package_path=package_path)
-    return torch._inductor.aoti_load_package(path)
+    training.build_package(program, package_path)
+    return training.load_package(package_path)

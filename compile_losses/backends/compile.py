@@ -82,6 +82,10 @@ class CompileBackend(Backend):
     def _compile(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Tuple[Callable[..., Any], nn.Module]:
         from torch._dynamo.testing import CompileCounterWithBackend
 
+        from ..build_cache import prime_cpu_isa
+
+        if self.compiler == "inductor":
+            prime_cpu_isa()  # the vector-ISA probe from the cache, before inductor's first build
         used = module if self.device == "cpu" else copy.deepcopy(module).to(self.device)
         counter = CompileCounterWithBackend(self.compiler)
         dynamic = self._settings.get("dynamic", "auto")

@@ -310,12 +310,29 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
     with _quiet_export(), reductions, _keep_modes(module):
         if exporter == "dynamo":
             symbols = {d: torch.export.Dim(d) for d in dims}
-            program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
-                                        dynamic_shapes=tuple({0: symbols[d]} for d in dims),
-                                        opset_version=opset, optimize=optimize, verbose=False)
-            model = program.model_proto
-            if kept is not None:
+            shapes = tuple({0: symbols[d]} for d in dims)
+            if kept is not None:  # the caller wants the ONNXProgram itself (localize): no cache
+                program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
+                                            dynamic_shapes=shapes, opset_version=opset, optimize=optimize, verbose=False)
                 kept.append(program)
+                model = program.model_proto
+            else:
+                def build(dest: str) -> None:
+                    program = torch.onnx.export(module, example, dynamo=True, input_names=names,
+                                                output_names=["output"], dynamic_shapes=shapes, opset_version=opset,
+                                                optimize=optimize, verbose=False)
+                    with open(dest, "wb") as f:
+                        f.write(program.model_proto.SerializeToString())
+
+                key = _onnx_key(module, example, shapes, (names, dims, opset, optimize))
+                with tempfile.TemporaryDirectory() as tmp:
+                    if key is None:  # not capturable for the key (or no cache): the exporter alone decides
+                        build(os.path.join(tmp, "graph.onnx"))
+                    else:
+                        from ..build_cache import build_file
+
+                        build_file("onnx-graph", key, os.path.join(tmp, "graph.onnx"), build)
+                    model = onnx.load(os.path.join(tmp, "graph.onnx"))
         else:
             buffer = io.BytesIO()
             torch.onnx.export(module, example, buffer, dynamo=False, input_names=names, output_names=["output"],
@@ -323,6 +340,34 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
             model = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(model)
     return model
+
+
+def _onnx_key(module: nn.Module, example: Tuple[Tensor, ...], shapes: Tuple[Any, ...], settings: Tuple[Any, ...]) -> Optional[str]:
+    """The build-cache key of an ONNX export of ``module``: the program ``torch.export`` captures
+    (non-strict, as the exporter's first strategy does, and with the exporter's "exporting" flag
+    set, so code that asks ``torch.onnx.is_in_onnx_export()`` takes the branch it takes in the
+    export) with its weights and constants, the export settings and the onnx/onnxscript versions.
+    None where the cache is off or the program cannot be captured that way (then nothing is cached)."""
+    from .. import build_cache
+
+    if build_cache.cache_dir() is None:
+        return None
+    try:
+        from torch.onnx._internal.exporter import _flags
+    except ImportError:
+        return None
+    if not hasattr(_flags, "_is_onnx_exporting"):
+        return None
+    before = _flags._is_onnx_exporting
+    _flags._is_onnx_exporting = True
+    try:
+        program = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
+    except Exception:  # the exporter may still manage with another strategy: export uncached
+        return None
+    finally:
+        _flags._is_onnx_exporting = before
+    return build_cache.program_key(program, ("torch.onnx.export", repr(settings), build_cache.package_versions("onnx", "onnxscript")),
+                                   inductor=False)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..fast import CompiledForward, CompiledTrainStep, FusedLossAndGrad, Lazy, Selected, pick_fastest
 from ..nets import NetWithLoss
-from .base import _as_tuple
+from .base import _as_tuple, structure_key
 from .compile import CompileBackend
 from .eager import EagerBackend
 
@@ -96,10 +96,38 @@ class TunedCompileBackend(CompileBackend):
         forced = self._forced()
 
         def build() -> Tuple[Any, None]:
-            built, how_built = _first_that_builds(lambda: compiled(forced), how, default, example_inputs)
-            return _keep_faster({"eager": eager, "compile": lambda: built}, example_inputs, how_built, forced), None
+            if forced:
+                built, how_built = _first_that_builds(lambda: compiled(forced), how, default, example_inputs)
+                return _keep_faster({"eager": eager, "compile": lambda: built}, example_inputs, how_built, forced), None
+            return self._decided(kind, module, example_inputs, eager, compiled, how, default), None
 
         return self._cached(kind + (forced,), module, example_inputs, build, owners=owners)[0]
+
+    def _decided(self, kind: Tuple[Any, ...], module: nn.Module, example_inputs: Tuple[Tensor, ...],
+                 eager: Callable[[], Callable[..., Any]], compiled: Callable[[bool], Callable[..., Any]], how: str,
+                 default: Callable[[], Callable[..., Any]]) -> Selected:
+        """Timed choice between eager and compiled, or the choice an earlier process made for the
+        same case on this machine (from the build cache: then only the chosen one is built)."""
+        from ..build_cache import load_record, record_key, store_record
+
+        key = record_key(self.name, kind, sorted(self._settings.items()), structure_key(module, example_inputs),
+                         tuple((str(t.dtype), tuple(t.shape)) for t in example_inputs), torch.get_num_threads())
+        record = load_record("compile-choice", key)
+        if record is not None and record.get("choice") in ("eager", "compile"):
+            timings = {k: float(v) for k, v in record.get("timings", {}).items()}
+            if record["choice"] == "eager":
+                chosen = Selected("eager", eager(), timings, {}, "eager")
+                chosen.settings = str(record.get("settings", how))
+            else:
+                built, how_built = _first_that_builds(lambda: compiled(False), how, default, example_inputs)
+                chosen = Selected("compile", built, timings, {}, "eager")
+                chosen.settings = how_built
+            chosen.source = "decided in an earlier process on this machine, from the build cache"
+            return chosen
+        built, how_built = _first_that_builds(lambda: compiled(False), how, default, example_inputs)
+        chosen = _keep_faster({"eager": eager, "compile": lambda: built}, example_inputs, how_built, False)
+        store_record("compile-choice", key, {"choice": chosen.choice, "timings": chosen.timings, "settings": how_built})
+        return chosen
 
     @contextlib.contextmanager
     def parity_mode(self) -> Iterator[None]:

@@ -194,9 +194,16 @@ class EvidenceGate:
     def ok(self) -> bool:
         return not self.failures and bool(self.report.compared)
 
+    @property
+    def threshold_only(self) -> bool:
+        """No compared row has baseline rounds (a baseline recorded before the rounds were kept):
+        the gate is the threshold alone, and says so."""
+        compared = self.report.compared
+        return bool(compared) and all(self.evidence_for(r).n_baseline == 0 for r in compared)
+
     def to_json(self) -> Dict:
         data = self.report.to_json()
-        data.update(ok=self.ok, alpha=self.alpha, test=self.test)
+        data.update(ok=self.ok, alpha=self.alpha, test=self.test, threshold_only=self.threshold_only)
         for row, out in zip(self.report.rows, data["rows"]):
             ev = self.evidence_for(row)
             out.update(evidence=ev.verdict, p=ev.p, rounds=[ev.n_baseline, ev.n_current], decision=self.decision(row))
@@ -210,7 +217,10 @@ class EvidenceGate:
             r.mode, r.statistic, self.test, self.alpha, len(r.compared), len(r.failures), len(self.failures),
             sum(x.status == "new" for x in r.rows), sum(x.status == "missing" for x in r.rows),
             "PASS" if self.ok else "FAIL")
-        lines = [head, "", "| case | backend | metric | baseline | current | change | threshold (why) | status "
+        lines = [head, ""]
+        if self.threshold_only:
+            lines += [RE_RECORD, ""]
+        lines += ["| case | backend | metric | baseline | current | change | threshold (why) | status "
                  "| evidence (p, rounds) | decision |", "|---|---|---|---:|---:|---:|---:|---|---|---|"]
         for row in rows:
             workload, case, device, backend = row.key.split(" ")
@@ -226,6 +236,11 @@ class EvidenceGate:
 
 def _fmt(value: Optional[float]) -> str:
     return "-" if value is None else "{:.3g}".format(value)
+
+
+RE_RECORD = ("The baseline holds no per-round data, so no row has a statistical test: each is decided by its "
+             "threshold alone. Re-record it on a quiet machine with `compile-losses bench --quick --record-baseline` "
+             "(see tests/benchmarks/baselines/README.md).")
 
 
 def evidence_gate(report: "GateReport", current: "Run", baseline: "Run", alpha: float = DEFAULT_ALPHA) -> EvidenceGate:

@@ -329,7 +329,9 @@ def _check_trusted(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], 
 
             runner = load_torchscript(path)
         else:
-            runner = torch._inductor.aoti_load_package(str(path))
+            from ..training import load_package
+
+            runner = load_package(str(path))
         with torch.no_grad():
             got = runner(*[a.contiguous() for a in args])
             got = got[0] if isinstance(got, (list, tuple)) else got

@@ -3,8 +3,6 @@ import io
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
-
 from ..bundle_format import TRUSTED_KINDS
 
 
@@ -39,4 +37,6 @@ def load_trusted_artifact(bundle: Union[str, Path], kind: str, *, trust: bool = 
         from ..backends.torchscript import load_torchscript
 
         return load_torchscript(io.BytesIO(vb.files[art["path"]]))
-    return torch._inductor.aoti_load_package(str(vb.root / art["path"]))
+    from ..training import load_package
+
+    return load_package(str(vb.root / art["path"]))

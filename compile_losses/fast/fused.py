@@ -67,6 +67,10 @@ class FusedLossAndGrad:
         self.pool = BufferPool()
         joint = _joint(loss)
         # fullgraph: a graph break would split the joint pass and lose the fusion, so fail loudly.
+        if compile:
+            from ..build_cache import prime_cpu_isa
+
+            prime_cpu_isa()
         self._run = torch.compile(joint, fullgraph=True, options=options) if compile else joint
         self.compiled = compile
 

@@ -30,6 +30,9 @@ def compile_graph(fn: Callable[..., Any], args: Sequence[Tensor]) -> Callable[..
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
+    from ..build_cache import prime_cpu_isa
+
+    prime_cpu_isa()  # inductor's vector-ISA probe answered from the cache
     gm = make_fx(fn)(*args)
     try:
         fake_mode = FakeTensorMode(shape_env=ShapeEnv())

@@ -244,7 +244,8 @@ def measure_compile(log: Callable[[str], None]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for what in ("train-graph", "train-compile", "fused-loss"):
         with tempfile.TemporaryDirectory(prefix="compile_losses_inductor_") as cache:
-            env = _child_env({"TORCHINDUCTOR_CACHE_DIR": cache})
+            env = _child_env({"TORCHINDUCTOR_CACHE_DIR": cache,  # cold: both caches empty
+                              "COMPILE_LOSSES_CACHE_DIR": os.path.join(cache, "compile_losses")})
             cold = _child(_COMPILE_CHILD, [what], env)
             warm = _child(_COMPILE_CHILD, [what], env)
         out[what] = {"cold": cold, "warm": warm}

@@ -16,6 +16,7 @@ class Selected:
                  errors: Dict[str, str], baseline: str) -> None:
         self.choice, self.fn, self.timings, self.errors, self.baseline = choice, fn, timings, errors, baseline
         self.settings = ""  # what the compiled candidate is, when the chooser says (the compile backend)
+        self.source = ""  # where the choice came from, when not from timing now (a cached decision)
 
     def __call__(self, *args: Any) -> Any:
         return self.fn(*args)
@@ -29,6 +30,8 @@ class Selected:
             head += " (compiled paths were slower here: fell back to {})".format(self.baseline)
         if self.settings:
             head += " [compile = {}]".format(self.settings)
+        if self.source:
+            head += " ({})".format(self.source)
         return head + "; " + (", ".join(parts) if parts else "untimed (parity verifies the compiled path)")
 
     def __repr__(self) -> str:

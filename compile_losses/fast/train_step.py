@@ -66,6 +66,9 @@ class CompiledTrainStep:
             outs = self._graphs(*args)
         elif self.mode == "dynamo":
             if self._dynamo is None:
+                from ..build_cache import prime_cpu_isa
+
+                prime_cpu_isa()
                 self._dynamo = torch.compile(types.MethodType(private_code(CompiledTrainStep._flat), self), fullgraph=True)
             outs = self._dynamo(*args)
         else:

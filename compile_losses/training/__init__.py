@@ -20,7 +20,7 @@ Functions::
     export_train_step_onnx(net, loss, (x, *targets), path) -> info dict
     prepare_onnx_loss_and_grad / prepare_onnx_train_step / prepare_aoti_*      # callables, torch out
 """
-from ._aoti import aoti_package, prepare_aoti_loss_and_grad, prepare_aoti_optimizer_step, prepare_aoti_train_step
+from ._aoti import aoti_package, build_package, load_package, prepare_aoti_loss_and_grad, prepare_aoti_optimizer_step, prepare_aoti_train_step
 from ..signature import OPSET, TrainStepResult, TrainStepSignature, onnx_safe_name
 from ._onnx import (export_accumulated_step_onnx, export_loss_and_grad_onnx, export_optimizer_step_onnx,
                     export_train_step_onnx, prepare_onnx_loss_and_grad, prepare_onnx_optimizer_step,
@@ -41,6 +41,8 @@ __all__ = [
     "faithful_graph",
     "loss_and_grad",
     "onnx_safe_name",
+    "build_package",
+    "load_package",
     "prepare_aoti_loss_and_grad",
     "prepare_aoti_train_step",
     "prepare_onnx_loss_and_grad",

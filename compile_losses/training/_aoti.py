@@ -1,6 +1,7 @@
 """Training graphs through AOTInductor: ``torch.export`` of the same traced joint graph the ONNX
 export uses, compiled to a ``.pt2`` package and loaded back as a callable."""
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -29,7 +30,32 @@ def aoti_package(graph: TracedGraph, package_path: str) -> str:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExportUnsupportedError("{} cannot be exported for AOTInductor ({} graph): {}: {}".format(
                 graph.loss_label, graph.kind, type(exc).__name__, first), loss=graph.loss_label) from None
-        return torch._inductor.aoti_compile_and_package(program, package_path=package_path)
+        build_package(program, package_path)
+    return package_path
+
+
+def build_package(program: Any, package_path: str) -> bool:
+    """``program`` compiled by AOTInductor into ``package_path``, or the package built before from
+    the same graph, weights, constants, settings and versions, copied from the build cache
+    (:mod:`compile_losses.build_cache`). Returns True when it came from the cache."""
+    from ..build_cache import build_file, prime_cpu_isa, program_key
+
+    def build(dest: str) -> None:
+        made = torch._inductor.aoti_compile_and_package(program, package_path=dest)
+        if os.path.abspath(made) != os.path.abspath(dest):
+            shutil.copyfile(made, dest)
+
+    prime_cpu_isa()
+    return build_file("aoti-package", program_key(program, ("aoti_compile_and_package",)), package_path, build)
+
+
+def load_package(path: str) -> Any:
+    """``aoti_load_package(path)``, with inductor's vector-ISA probe (which loading runs too)
+    answered from the build cache."""
+    from ..build_cache import prime_cpu_isa
+
+    prime_cpu_isa()
+    return torch._inductor.aoti_load_package(str(path))
 
 
 def _runner(key: Tuple[Any, ...], trace: Callable[[], TracedGraph]) -> Tuple[Any, TracedGraph]:
@@ -39,7 +65,7 @@ def _runner(key: Tuple[Any, ...], trace: Callable[[], TracedGraph]) -> Tuple[Any
             folder = tempfile.TemporaryDirectory(prefix="compile_losses_aoti_")
             _DIRS.append(folder)
             path = aoti_package(graph, os.path.join(folder.name, graph.kind + ".pt2"))
-            _CACHE[key] = (torch._inductor.aoti_load_package(path), graph)
+            _CACHE[key] = (load_package(path), graph)
         return _CACHE[key]
 
 

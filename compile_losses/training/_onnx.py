@@ -60,9 +60,12 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
             loss_example: Callable[[], Tuple[Tensor, ...]]) -> Dict[str, Any]:
     import onnx
 
-    program = _program(graph, loss, loss_example)
+    from ..build_cache import build_file
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    program.save(path)
+    # the traced graph is the whole input of the export: its text, constants and settings key it
+    gm = faithful_graph(graph.module)
+    build_file("onnx-graph", _graph_key(gm, graph), path, lambda dest: _program(graph, loss, loss_example, gm=gm).save(dest))
     model = onnx.load(path)
     onnx.checker.check_model(model)
     return {
@@ -80,9 +83,32 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
     }
 
 
+def _graph_key(gm: torch.fx.GraphModule, graph: TracedGraph) -> str:
+    """The build-cache key of exporting ``gm`` (the traced joint graph): its code with every
+    node's shape, stride and device, the bytes of every tensor it holds, the inputs' names, roles,
+    example dtypes and shapes and which are batched, the export settings and the versions."""
+    import hashlib
+
+    from .. import build_cache
+
+    h = hashlib.sha256()
+    h.update(gm.print_readable(print_output=False, include_stride=True, include_device=True).encode())
+    for name, t in sorted(list(gm.named_parameters()) + list(gm.named_buffers())):
+        build_cache._tensor_digest(h, name, t)
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            build_cache._tensor_digest(h, "attr:" + str(node.target), value)
+    h.update(repr((graph.kind, graph.input_names, graph.input_roles, graph.output_names, graph.batched,
+                   [(str(t.dtype), tuple(t.shape)) for t in graph.example], OPSET, ONNX_OPTIMIZE)).encode())
+    return build_cache.record_key("torch.onnx.export", h.hexdigest(), build_cache.package_versions("onnx", "onnxscript"))
+
+
 def _program(graph: TracedGraph, loss: nn.Module, loss_example: Callable[[], Tuple[Tensor, ...]],
-             optimize: bool = ONNX_OPTIMIZE) -> Any:
-    gm = faithful_graph(graph.module)
+             optimize: bool = ONNX_OPTIMIZE, gm: Optional[torch.fx.GraphModule] = None) -> Any:
+    gm = faithful_graph(graph.module) if gm is None else gm  # gm: the rewritten graph, made already
     with warnings.catch_warnings(), _quiet_registry():
         # Every batched input shares one Dim; the exporter says it keeps only one name for it.
         warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)

@@ -615,11 +615,14 @@ def _clear_in_memory_caches() -> None:
 
 
 class CompileCache:
-    """Points TORCHINDUCTOR_CACHE_DIR at private folders for one test and restores it after."""
+    """Points TORCHINDUCTOR_CACHE_DIR and compile_losses' build cache (COMPILE_LOSSES_CACHE_DIR:
+    the compile backend's recorded choices) at private folders for one test and restores them after."""
+
+    VARS = ("TORCHINDUCTOR_CACHE_DIR", "COMPILE_LOSSES_CACHE_DIR")
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="cl-bench-cache-"))
-        self.saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        self.saved = {v: os.environ.get(v) for v in self.VARS}
         self.count = 0
 
     def fresh(self) -> None:
@@ -628,13 +631,15 @@ class CompileCache:
 
     def use(self, path: Path) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+        os.environ["COMPILE_LOSSES_CACHE_DIR"] = str(path / "compile_losses")
         _clear_in_memory_caches()
 
     def close(self) -> None:
-        if self.saved is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = self.saved
+        for var, value in self.saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
         _clear_in_memory_caches()
         shutil.rmtree(self.root, ignore_errors=True)
 
