@@ -286,7 +286,7 @@ def test_a_failing_compile_row_links_to_its_stage_bisection(monkeypatch):
                         lambda x: lowering.lowerings[aten.add.Tensor](original(x), original(x)))
     case = make_case(None, "l1", batch=7)
     with inductor_config.patch(fx_graph_cache=False):
-        report = cl.verify(None, case.loss, case.inputs, case.targets, ["compile-dynamo"])
+        report = cl.verify(None, case.loss, case.inputs, case.targets, ["compile-dynamo"], label=case.label)
         failing = [r for r in report.failures if r.backend == "compile-dynamo"]
         assert failing, str(report)
         link_failures(report, [case])
