@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from compile_losses.optim import OPTIMIZERS, optimizer
+from compile_losses.optim import OPTIMIZERS, Optimizer, optimizer
 
 SGD_CASES = [dict(lr=0.1)] + [
     dict(lr=0.05, momentum=m, dampening=d, weight_decay=wd, nesterov=n, maximize=mx)
@@ -73,6 +73,31 @@ def test_defaults_are_torchs(name, cls):
     ours.update(opt.flags)
     assert ours == {k: torch_defaults[k] for k in ours}
     assert set(ours) >= {"lr", "weight_decay", "maximize"}
+
+
+def test_an_optimizer_is_frozen_and_describes_itself():
+    import dataclasses
+
+    opt = optimizer("adam", lr=0.5, amsgrad=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opt.name = "sgd"  # type: ignore[misc]
+    assert opt.describe() == {
+        "name": "adam",
+        "hyper": {"lr": 0.5, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+        "flags": {"amsgrad": True, "maximize": False},
+        "state": ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+        "torch": "Adam",
+    }
+    # built directly, an SGD optimizer has no momentum buffer unless it says so
+    plain = Optimizer("sgd", optimizer("sgd").hyper, optimizer("sgd").flags)
+    assert plain.state_names == ("step",)
+    assert plain.with_hyper(lr=0.1).hyper_value("lr") == 0.1
+
+
+def test_with_hyper_names_overrides_in_its_errors():
+    with pytest.raises(ValueError) as err:
+        optimizer("adam").with_hyper(betas=(0.9,))
+    assert str(err.value) == "overrides['betas'] must be a pair (beta1, beta2), got (0.9,)"
 
 
 @pytest.mark.parametrize("name,args,error,match", [

@@ -257,3 +257,24 @@ def test_optimizer_step_refuses_an_unreduced_loss_naming_its_shape() -> None:
         step(params, {}, torch.ones(4, 3), torch.ones(4, 1), state=state, hyper=hyper)
     assert str(err.value) == ("loss must return a scalar to train with an optimizer (reduction 'mean' or "
                               "'sum'), got shape (4, 1)")
+
+
+# --- micro-batch weights -------------------------------------------------------------------------
+class _MeanWithoutReductionAttribute(nn.Module):
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).abs().mean()
+
+
+def test_a_loss_without_a_reduction_attribute_counts_as_a_mean_over_samples() -> None:
+    weight = P.micro_batch_weight(_MeanWithoutReductionAttribute())
+    w = weight(torch.zeros(5, 3), torch.zeros(5, 3))
+    assert w.dtype == torch.float64 and w.item() == 5.0
+
+
+def test_the_divisor_gets_the_loss_settings_but_not_its_reduction() -> None:
+    def counted(pred: torch.Tensor, target: torch.Tensor, *, ignore_index: int) -> torch.Tensor:
+        return (target != ignore_index).sum()  # a user divisor that takes no `reduction`
+
+    weight = P.micro_batch_weight(L.MSELoss(), counted, {"reduction": "mean", "ignore_index": 1})
+    w = weight(torch.zeros(4, 3), torch.tensor([1, 0, 1, 2]))
+    assert w.dtype == torch.float64 and w.item() == 2.0
