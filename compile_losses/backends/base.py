@@ -26,11 +26,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
+from ..dims import carry_dims, dims_of, distinct_sizes, resize_dims, symbolic_shape
 from ..nets import NetWithLoss
 from ..programs import autograd_loss_and_grad, autograd_train_step
 from ..signature import TrainStepResult
 
-__all__ = ["Backend", "Unsupported", "TrainStepResult", "structure_key", "export_example", "shares_batch", "clear_cache",
+__all__ = ["Backend", "Unsupported", "TrainStepResult", "structure_key", "export_example", "shares_batch", "input_dims",
+           "clear_cache",
            "register_cache"]
 
 
@@ -340,10 +342,23 @@ def structure_key(module: nn.Module, example_inputs: Sequence[Tensor]) -> Tuple[
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     batched = shares_batch(example_inputs)
     # an input that does not share the batch (unpaired negatives (M, D)) has a dim 0 of its own:
-    # part of the key, since a graph exported with it tied to the batch cannot take another size
-    signature = tuple((str(t.dtype), tuple(t.shape[1:])) + (() if b else (t.shape[0],))
+    # part of the key, since a graph exported with it tied to the batch cannot take another size.
+    # A marked dynamic dim (compile_losses.dims) keys on its symbol: one preparation, every size.
+    signature = tuple((str(t.dtype), symbolic_shape(t)[1:]) + (() if b else (t.shape[0],))
                       for t, b in zip(example_inputs, batched))
     return (h.hexdigest(), signature)
+
+
+def input_dims(example_inputs: Sequence[Tensor], own: Callable[[int], str] = "input{}_dim0".format
+               ) -> List[Dict[int, str]]:
+    """Every input's dynamic dims by symbol: dim 0 ``"batch"`` where it shares the batch, ``own(i)``
+    otherwise (a dim of its own), and the marked dims beyond it (:mod:`compile_losses.dims`)."""
+    out = []
+    for i, (t, b) in enumerate(zip(example_inputs, shares_batch(example_inputs))):
+        dims = {0: "batch" if b else own(i)} if t.dim() >= 1 else {}
+        dims.update(dims_of(t))
+        out.append(dims)
+    return out
 
 
 def shares_batch(example_inputs: Sequence[Tensor]) -> List[bool]:
@@ -375,7 +390,9 @@ def export_example(example_inputs: Sequence[Tensor], rows: int = 4) -> Tuple[Ten
                 t = t.repeat((-(-rows // t.shape[0]),) + (1,) * (t.dim() - 1))
             t = t[:rows]
         out.append(t.clone())
-    return tuple(out)
+    # marked dims get a size that tracing cannot specialize or merge with another (dims.distinct_sizes)
+    out = [carry_dims(src, t) for src, t in zip(example_inputs, out)]
+    return resize_dims(out, distinct_sizes(out, taken=[rows]))
 
 
 def _as_tuple(inputs: Any) -> Tuple[Tensor, ...]:
