@@ -382,7 +382,7 @@ def make_case(net_name: Optional[str], loss_name: str, *, batch: int, dtype: tor
                          .format(loss_name))
 
     def make(b: int, s: int, sizes: Optional[Dict[str, int]] = None) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
-        if sizes is not None and (net_spec is None or inputs_parsed):
+        if sizes is not None and (net_spec is None or inputs_parsed or not net_spec.dynamic_dims):
             raise UsageError("dynamic sizes need a registry net that declares dynamic dims, got net {!r}".format(
                 net_name))
         gen = torch.Generator().manual_seed(s)
