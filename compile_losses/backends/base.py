@@ -395,6 +395,20 @@ def export_example(example_inputs: Sequence[Tensor], rows: int = 4) -> Tuple[Ten
     return resize_dims(out, distinct_sizes(out, taken=[rows]))
 
 
+@contextlib.contextmanager
+def tf32_scope(on: bool) -> Iterator[None]:
+    """TF32 matmuls and convolutions on CUDA (``torch.backends.cuda.matmul.allow_tf32``,
+    ``torch.backends.cudnn.allow_tf32``) set to ``on`` while the block runs, restored after."""
+    if not isinstance(on, bool):
+        raise ValueError("tf32 must be True or False, got {!r}".format(on))
+    previous = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
 def _as_tuple(inputs: Any) -> Tuple[Tensor, ...]:
     if isinstance(inputs, Tensor):
         return (inputs,)
