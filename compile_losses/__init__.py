@@ -6,6 +6,7 @@
     cl.nets.SeedNet()
     cl.registry.LOSSES, cl.backends.BACKENDS
     report = cl.verify(net, loss, inputs, target)
+    loc = cl.localize(net, loss, inputs, target, backend="onnx")   # first diverging node
     path = cl.export_bundle(net, loss, inputs, target, out_dir)
 
 Heavy parts (backends, parity, export) are imported on first use, so ``import compile_losses``
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 
 _LAZY_MODULES = {"functional", "losses", "nets", "registry", "backends", "parity", "training", "export", "runtime"}
 _LAZY_ATTRS = {"verify": ("parity", "verify"), "ParityReport": ("parity", "ParityReport"),
-               "export_bundle": ("export", "export_bundle")}
+               "export_bundle": ("export", "export_bundle"), "localize": ("localize", "localize")}
 
 __all__ = sorted(_LAZY_MODULES | set(_LAZY_ATTRS)) + ["__version__"]
 

@@ -16,5 +16,9 @@ def part_of(kind: str) -> str:
 # Optional parts: the trusted-only families, then the training graphs and the parity run.
 PARTS = tuple(sorted({part_of(k) for k in TRUSTED_KINDS}, reverse=True)) + ("training", "parity")
 
+# The optimizers a bundle's train step may carry (compile_losses.optim writes them; the manifest
+# and the CLI name them; the runtime refuses any other).
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
 # A bundle whose parity fails is installed beside the good one under this suffix (export_bundle).
 FAILED_SUFFIX = ".failed"

@@ -29,9 +29,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["OPTIMIZERS", "Optimizer", "optimizer", "adam_update", "sgd_momentum_update"]
+from .bundle_format import OPTIMIZERS  # torch-free, for the CLI's parser and the runtime
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+__all__ = ["OPTIMIZERS", "Optimizer", "optimizer", "adam_update", "sgd_momentum_update"]
 
 # name -> (runtime hyper-parameters with torch's defaults, static flags with defaults)
 _DEFAULTS: Dict[str, Tuple[Dict[str, float], Dict[str, bool]]] = {

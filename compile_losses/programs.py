@@ -262,6 +262,37 @@ def accumulated_train_step(net: nn.Module, loss: nn.Module, opt: Any,
     return step
 
 
+def flat_accumulated_step(net: nn.Module, loss: nn.Module, opt: Any, signature: Any,
+                          weight: Optional[Callable[..., Tensor]]) -> Callable[..., Tuple[Tensor, ...]]:
+    """:func:`accumulated_train_step` over positional tensors in ``signature``'s order (an
+    :class:`compile_losses.signature.AccumStepSignature`): one program for K micro-batches, what
+    ``make_fx`` and the exporters see."""
+    step = accumulated_train_step(net, loss, opt, weight)
+    sig = signature.step
+    k, s = len(sig.params), len(sig.state)
+
+    def run(*args: Tensor) -> Tuple[Tensor, ...]:
+        head, micro, tail = signature.split(args)
+        params, fixed = dict(zip(sig.params, head[:k])), dict(zip(sig.frozen, head[k:]))
+        state = {n: dict(zip(sig.state, tail[i * s:(i + 1) * s])) for i, n in enumerate(sig.params)}
+        out = step(params, fixed, micro, state, dict(zip(sig.hyper, tail[k * s:])))
+        return ((out.loss,) + tuple(out.grads[n] for n in sig.params) + tuple(out.new_params[n] for n in sig.params)
+                + tuple(out.new_state[n][key] for n in sig.params for key in sig.state))
+
+    return run
+
+
+def equal_micro_batch_weight(loss: nn.Module, mean_divisor: Optional[Callable[..., Tensor]] = None,
+                             init_kwargs: Optional[Dict[str, Any]] = None) -> Optional[Callable[..., Tensor]]:
+    """:func:`micro_batch_weight` for micro-batches of one size (the K-step graph's): a sample
+    count is then the same for each, so the weight is 1 and nothing in the graph reads a size;
+    a registry ``mean_divisor`` (class weights, ignored targets) still counts per micro-batch."""
+    weight = micro_batch_weight(loss, mean_divisor, init_kwargs)
+    if weight is None or mean_divisor is not None:
+        return weight
+    return lambda pred, *targets: torch.ones((), dtype=torch.float64, device=pred.device)
+
+
 def eager_optimizer_trajectory(net: nn.Module, loss: nn.Module, opt: Any, steps: Sequence[Sequence[Sequence[Tensor]]],
                                weight: Optional[Callable[..., Tensor]] = None, **implementation: Any
                                ) -> Tuple[List[Tensor], Dict[str, Tensor], Dict[str, Dict[str, Tensor]]]:
@@ -301,6 +332,7 @@ def eager_optimizer_trajectory(net: nn.Module, loss: nn.Module, opt: Any, steps:
 
 
 __all__ += ["OptimStepSignature", "accumulate_grads", "accumulated_train_step", "apply_accumulated",
+            "equal_micro_batch_weight", "flat_accumulated_step",
             "eager_optimizer_trajectory", "flat_optimizer_step", "frozen", "micro_batch_weight", "optim_signature",
             "optimizer_train_step"]
 

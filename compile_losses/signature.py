@@ -237,10 +237,66 @@ class OptimStepSignature:
 
     def describe(self) -> Dict[str, Any]:
         return {"optimizer": self.optimizer, "params": list(self.params), "frozen": list(self.frozen),
-                "targets": list(self.targets), "state": list(self.state), "hyper": list(self.hyper),
-                "inputs": self.input_names, "outputs": self.output_names}
+                "input": self.input, "targets": list(self.targets), "state": list(self.state),
+                "hyper": list(self.hyper), "inputs": self.input_names, "outputs": self.output_names}
 
     @classmethod
     def from_description(cls, d: Dict[str, Any]) -> "OptimStepSignature":
         return cls(tuple(d["params"]), tuple(d["frozen"]), tuple(d["targets"]), tuple(d["state"]),
-                   tuple(d["hyper"]), d["optimizer"])
+                   tuple(d["hyper"]), d["optimizer"], d.get("input", "x"))
+
+
+@dataclass(frozen=True)
+class AccumStepSignature:
+    """The K-step accumulate-then-update program's names and order: ``step``'s, with the one
+    batch ``(x, *targets)`` replaced by ``K`` micro-batches ``x_0, <targets>_0, ..., x_<K-1>,
+    <targets>_<K-1>`` (one batch size, the graphs' dynamic dim, shared by all of them); outputs
+    as ``step``'s (the batch loss and gradients, then the update)."""
+
+    step: OptimStepSignature
+    micro: int
+
+    @property
+    def data_inputs(self) -> List[str]:
+        return ["{}_{}".format(n, i) for i in range(self.micro) for n in [self.step.input] + list(self.step.targets)]
+
+    @property
+    def input_names(self) -> List[str]:
+        s = self.step
+        return s.param_inputs + s.frozen_inputs + self.data_inputs + s.state_inputs + s.hyper_inputs
+
+    @property
+    def input_roles(self) -> List[str]:
+        s = self.step
+        return (["param"] * len(s.params) + ["frozen"] * len(s.frozen)
+                + (["input"] + ["target"] * len(s.targets)) * self.micro
+                + ["state"] * len(s.state_inputs) + ["hyper"] * len(s.hyper))
+
+    @property
+    def output_names(self) -> List[str]:
+        return self.step.output_names
+
+    def flat_inputs(self, params: Dict[str, Any], frozen: Dict[str, Any], micro_batches: Sequence[Sequence[Any]],
+                    state: Dict[str, Dict[str, Any]], hyper: Dict[str, Any]) -> Tuple[Any, ...]:
+        if len(micro_batches) != self.micro:
+            raise TypeError("the accumulated step takes {} micro-batches, got {}".format(self.micro, len(micro_batches)))
+        k, f = len(self.step.params), len(self.step.frozen)
+        flats = [self.step.flat_inputs(params, frozen, b[0], tuple(b[1:]), state, hyper) for b in micro_batches]
+        data = [a for flat in flats for a in flat[k + f:k + f + 1 + len(self.step.targets)]]
+        head, tail = flats[0][:k + f], flats[0][k + f + 1 + len(self.step.targets):]
+        return tuple(head) + tuple(data) + tuple(tail)
+
+    def split(self, args: Sequence[Any]) -> Tuple[Sequence[Any], List[Tuple[Any, ...]], Sequence[Any]]:
+        """Flat inputs as (params and frozen, the micro-batches, state and hyper-parameters)."""
+        k, f, n = len(self.step.params), len(self.step.frozen), 1 + len(self.step.targets)
+        data = args[k + f:k + f + n * self.micro]
+        return args[:k + f], [tuple(data[i * n:(i + 1) * n]) for i in range(self.micro)], args[k + f + n * self.micro:]
+
+    def result(self, outputs: Sequence[Any]) -> OptimStepResult:
+        return self.step.result(outputs)
+
+    def describe(self) -> Dict[str, Any]:
+        return dict(self.step.describe(), micro_batches=self.micro, inputs=self.input_names)
+
+
+__all__ += ["AccumStepSignature"]

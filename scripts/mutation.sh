@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
 # Mutation run over the modules that pin the product's core (issue "One data path"): the parity rule
 # and its float64 reference, the reductions, the training update and the regression gate. Each
-# module is mutated by mutmut 2.5.1 (mutations applied on disk one at a time, so TorchScript still
-# compiles the mutated code) and checked by the tests that own it. Run it in a scratch clone or
+# module is mutated with mutmut 2.5.1's operators (mutations applied on disk one at a time, so
+# TorchScript still compiles the mutated code) and checked by the tests that own it. Run it in a scratch clone or
 # worktree: it rewrites the files while it runs (and restores them).
 #
-#   bash scripts/mutation.sh            # about 40-60 min on 2 cores; then `mutmut results`
+#   bash scripts/mutation.sh            # every target; survivors and their diffs printed at the end
 #   bash scripts/mutation.sh gate       # one target: rule | reduction | programs | gate | optim
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 "$PY" -m pip install -q "mutmut==2.5.1" >/dev/null 2>&1 || true
-MUTMUT="$PY -m mutmut"
-PYTEST="$PY -m pytest -x -q -p no:cacheprovider --no-header"
+PYTEST="pytest -x -q -p no:cacheprovider -p no:xdist --no-header"
 declare -A PATHS=(
   [rule]=compile_losses/parity/rule.py
   [reduction]=compile_losses/_reduction.py
@@ -23,7 +22,7 @@ declare -A PATHS=(
 declare -A RUNNERS=(
   [rule]="$PYTEST tests/test_rule_pins.py tests/test_parity.py -k 'test_rule_pins or clause or non_finite or tolerance or planted or nondeterministic or reference_in_float64 or lr'"
   [reduction]="$PYTEST tests/test_reduction_pins.py tests/test_losses_math.py -k 'test_reduction_pins or not (script or compile or onnx)'"
-  [programs]="$PYTEST tests/test_programs_pins.py"
+  [programs]="$PYTEST tests/test_programs_pins.py tests/test_optim_programs.py"
   [gate]="$PYTEST tests/test_gate_pins.py tests/test_bench_gate.py"
   [optim]="$PYTEST tests/test_optim.py tests/test_optim_programs.py"
 )
@@ -31,13 +30,15 @@ targets=("${@:-rule reduction programs gate optim}")
 status=0
 for t in ${targets[@]}; do
   echo "== $t: ${PATHS[$t]}"
-  # one cache per target: mutmut 2.5.1's cache mixes up mutants of an earlier target's file
-  # ("Attribute Mutant.line is required") when several targets share it
-  rm -f .mutmut-cache
-  $MUTMUT run --paths-to-mutate "${PATHS[$t]}" --runner "${RUNNERS[$t]}" --tests-dir tests --simple-output
+  # mutmut's operators, our loop (scripts/mutation_run.py says why); verdicts in
+  # .mutation-<target>.jsonl, so a rerun resumes; MUTATION_FRESH=1 starts over
+  [ -n "${MUTATION_FRESH:-}" ] && rm -f ".mutation-$t.jsonl"
+  # MUTATION_SINCE=REV mutates only the lines changed since REV (after a complete run at REV)
+  "$PY" scripts/mutation_run.py --paths "${PATHS[$t]}" --runner "${RUNNERS[$t]}" --log ".mutation-$t.jsonl" \
+    ${MUTATION_SINCE:+--since "$MUTATION_SINCE"}
   rc=$?
-  echo "== $t: exit $rc (0: every mutant killed; bit 2 survivors, 4 timeouts, 8 suspicious)"
-  $MUTMUT results
+  echo "== $t: exit $rc (0: every mutant killed; 2 survivors, 4 timeouts)"
+  "$PY" scripts/mutation_run.py --paths "${PATHS[$t]}" --runner true --log ".mutation-$t.jsonl" --report
   [ $rc -eq 0 ] || status=1
 done
 exit $status

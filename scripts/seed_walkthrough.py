@@ -1,8 +1,12 @@
 #!/usr/bin/env python
 """Replays the walkthrough this project grew from: a 32-16-1 net, ten random samples, the MSE loss
-three ways, one backward pass and one SGD step by hand and by ``torch.optim.SGD``.
+three ways, one backward pass and one SGD step by hand and by ``torch.optim.SGD``; then the same
+step by ``train_step.onnx`` in onnxruntime, and the same net trained 32 AdamW steps in eager and by
+an exported bundle's trainer in onnxruntime, the two loss curves side by side.
 
-    python scripts/seed_walkthrough.py        # prints each step; exit 0 when every check holds
+    python scripts/seed_walkthrough.py                  # prints each step; exit 0 when every check holds
+    python scripts/seed_walkthrough.py --plot curves.png   # and the AdamW loss curves as a PNG
+    python scripts/seed_walkthrough.py --quick          # without the AdamW leg (it exports a bundle, ~15 s)
 
 The walkthrough is a list of legs (``LEGS``), each a function of the shared :class:`Walkthrough`
 state that prints what it does and records its checks. A new leg (for example the same train step
@@ -44,6 +48,7 @@ class Walkthrough:
     targets: Tensor
     start: Dict[str, Tensor]
     lr: float = LR
+    plot: Optional[str] = None
     results: Dict[str, Any] = field(default_factory=dict)
     checks: List[Check] = field(default_factory=list)
     out: Callable[[str], None] = print
@@ -75,7 +80,7 @@ def _max_abs_diff(a: Dict[str, Tensor], b: Dict[str, Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def setup(out: Callable[[str], None] = print, net_seed: int = 0) -> Walkthrough:
+def setup(out: Callable[[str], None] = print, net_seed: int = 0, plot: Optional[str] = None) -> Walkthrough:
     # The original builds the net first, then seeds the data with torch.manual_seed(1); the net's
     # own seed is ours (the original's initial weights were not seeded).
     torch.manual_seed(net_seed)
@@ -84,7 +89,7 @@ def setup(out: Callable[[str], None] = print, net_seed: int = 0) -> Walkthrough:
     inputs = torch.randn(10, 32)
     targets = torch.randn(10).view(1, -1)
     start = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    return Walkthrough(net=net, inputs=inputs, targets=targets, start=start, out=out)
+    return Walkthrough(net=net, inputs=inputs, targets=targets, start=start, out=out, plot=plot)
 
 
 def leg_data(w: Walkthrough) -> None:
@@ -218,9 +223,96 @@ def leg_onnx_train_step(w: Walkthrough) -> None:
 LEGS.append(leg_onnx_train_step)
 
 
-def run_walkthrough(out: Callable[[str], None] = print, legs: Optional[List[Callable[[Walkthrough], None]]] = None) -> Walkthrough:
+# ---------------------------------------------------------------------------------------------
+# AdamW leg (owner: optimizers in bundles): the same net trained ADAMW_STEPS AdamW steps on the ten
+# samples, by eager torch.optim and by an exported bundle's trainer in onnxruntime.
+# ---------------------------------------------------------------------------------------------
+ADAMW_STEPS = 32
+ADAMW = {"lr": 1e-2, "weight_decay": 1e-2}
+
+
+def _eager_adamw(w: Walkthrough, dtype: torch.dtype) -> Dict[str, Any]:
+    net = w.fresh_net().to(dtype)
+    x, y = w.inputs.to(dtype), w.targets.view(-1, 1).to(dtype)
+    optimizer = torch.optim.AdamW(net.parameters(), foreach=False, **ADAMW)
+    losses = []
+    for _ in range(ADAMW_STEPS):
+        optimizer.zero_grad()
+        value = MSELoss()(net(x), y)
+        value.backward()
+        optimizer.step()
+        losses.append(value.detach())
+    return {"losses": torch.stack(losses), "params": {k: p.detach().clone() for k, p in net.named_parameters()}}
+
+
+def leg_adamw_trainer(w: Walkthrough) -> None:
+    import tempfile
+
+    from compile_losses.export import export_bundle
+    from compile_losses.parity import judge
+    from compile_losses.runtime import load_bundle
+
+    w.say("== 7. {} AdamW steps ({}): eager torch.optim.AdamW and the bundle's trainer in onnxruntime ==".format(
+        ADAMW_STEPS, ", ".join("{}={}".format(k, v) for k, v in ADAMW.items())))
+    eager, eager64 = _eager_adamw(w, torch.float32), _eager_adamw(w, torch.float64)
+    targets = w.targets.view(-1, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_bundle(w.fresh_net(), MSELoss(), w.inputs, targets, tmp, name="seed-adamw", aoti=False,
+                             torchscript=False, parity=False, optimizer="adamw", optimizer_args=ADAMW)
+        bundle = load_bundle(path)
+    w.say("exported {} with train_step.onnx carrying AdamW (state and hyper-parameters as graph inputs)".format(path.name))
+    # From here on: numpy and onnxruntime only.
+    trainer = bundle.trainer()
+    x, y = w.inputs.numpy(), targets.numpy()
+    ort_losses = [trainer.step(x, y) for _ in range(ADAMW_STEPS)]
+    w.say("{:>4}  {:>12}  {:>12}  {:>10}".format("step", "eager", "onnxruntime", "diff"))
+    for i, (e, o) in enumerate(zip(eager["losses"].tolist(), ort_losses)):
+        w.say("{:>4}  {:>12.6f}  {:>12.6f}  {:>10.2g}".format(i + 1, e, o, o - e))
+    got = torch.tensor(ort_losses, dtype=torch.float32)
+    w.results.update(adamw_eager_losses=eager["losses"], adamw_ort_losses=got, adamw_eager_params=eager["params"],
+                     adamw_ort_params={k: torch.from_numpy(v) for k, v in trainer.params.items()})
+    curve = judge(got, eager["losses"], eager64["losses"])
+    w.check("the two loss curves agree by the parity rule", curve["status"] == "pass",
+            "clause {}, max |diff| {:.3g}".format(curve.get("clause"), curve.get("max_abs", float("nan"))))
+    finals = {k: judge(w.results["adamw_ort_params"][k], eager["params"][k], eager64["params"][k]) for k in eager["params"]}
+    w.check("the trainer's final parameters agree with eager by the parity rule",
+            all(v["status"] == "pass" for v in finals.values()),
+            "max |diff| {:.3g}".format(max(v.get("max_abs", float("nan")) for v in finals.values())))
+    w.check("AdamW lowers the loss", ort_losses[-1] < ort_losses[0], "{:.6f} -> {:.6f}".format(ort_losses[0], ort_losses[-1]))
+    if w.plot:
+        w.results["adamw_plot"] = _plot_curves(w.plot, eager["losses"].tolist(), ort_losses)
+        w.say("wrote {}".format(w.plot))
+
+
+def _plot_curves(path: str, eager: List[float], ort: List[float]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = list(range(1, len(eager) + 1))
+    ax.plot(steps, eager, label="eager torch.optim.AdamW", linewidth=2.5)
+    ax.plot(steps, ort, label="bundle trainer (onnxruntime)", linestyle="--", marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE loss before the step")
+    ax.set_yscale("log")
+    ax.set_title("SeedNet, {} AdamW steps".format(len(eager)))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+LEGS.append(leg_adamw_trainer)
+QUICK_SKIPS = (leg_adamw_trainer,)
+
+
+def run_walkthrough(out: Callable[[str], None] = print, legs: Optional[List[Callable[[Walkthrough], None]]] = None,
+                    plot: Optional[str] = None) -> Walkthrough:
     """Runs every leg and returns the state: ``.results`` by name, ``.checks``, ``.ok``."""
-    w = setup(out)
+    w = setup(out, plot=plot)
     for leg in LEGS if legs is None else legs:
         leg(w)
         w.say()
@@ -229,8 +321,13 @@ def run_walkthrough(out: Callable[[str], None] = print, legs: Optional[List[Call
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
-    w = run_walkthrough()
+    parser.add_argument("--plot", metavar="PNG", default=None, help="write the AdamW leg's two loss curves to this PNG")
+    parser.add_argument("--quick", action="store_true", help="leave out the AdamW leg (it exports a bundle)")
+    args = parser.parse_args(argv)
+    if args.quick and args.plot:
+        parser.error("--plot draws the AdamW leg, which --quick leaves out")
+    legs = [leg for leg in LEGS if not (args.quick and leg in QUICK_SKIPS)]
+    w = run_walkthrough(legs=legs, plot=args.plot)
     failed = [c for c in w.checks if not c.ok]
     print("{} of {} checks hold".format(len(w.checks) - len(failed), len(w.checks)))
     for c in failed:

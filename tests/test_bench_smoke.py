@@ -17,7 +17,8 @@ from compile_losses.bench.runner import MALLOC_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK_TESTS = {"test_loss_forward", "test_loss_forward_backward", "test_triad", "test_seed_inference",
-                   "test_seed_train_step", "test_compile_time", "test_net_inference", "test_net_train_step"}
+                   "test_seed_train_step", "test_compile_time", "test_net_inference", "test_net_train_step",
+                   "test_seed_adamw_step", "test_seed_adamw_trainer"}
 
 
 def _run_suite(tmp_path: Path, mode: str, markers: str) -> Counter:

@@ -164,6 +164,18 @@ def test_cli_dynamic_dims_rows_and_summary_carry_the_sizes(tmp_path, capsys):
     assert "sizes" in capsys.readouterr().out
 
 
+def test_registry_matrix_runs_each_dynamic_net_at_every_declared_size():
+    from compile_losses.parity import verify_registry
+    from compile_losses.parity.jobs import plan_units
+
+    report = verify_registry(losses=["info_nce"], net="encoder", alone=False, batches=(2,), large=0,
+                             dtypes=(torch.float32,), backends=["eager"], audit=False, dynamic_dims=True)
+    assert report.ok, report
+    assert {r.sizes["seq"] for r in report.rows} == {8} | {z["seq"] for z in NETS["encoder"].dynamic_sizes}
+    units = plan_units(losses=["info_nce"], net="encoder", alone=False, dynamic_dims=True)
+    assert units and all(u[2]["dynamic_dims"] is True for u in units)  # --jobs workers run the sizes too
+
+
 def test_cli_dynamic_dims_needs_a_net_that_declares_them(capsys):
     assert main(["verify", "--net", "seed", "--loss", "mse", "--backends", "eager", "--dynamic-dims",
                  "--no-audit", "--quiet"]) == 2
@@ -251,3 +263,19 @@ def test_runtime_refuses_a_shape_symbol_the_manifest_does_not_declare(encoder_bu
     with pytest.raises(BundleError, match=r"input x shape \['N', 'seq', 32\] names dim\(s\) \['seq'\] that the "
                                           r"manifest's dynamic_dims \[\] does not declare"):
         load_bundle(b).forward(np.zeros((2, 5, 32), np.float32))
+
+
+@pytest.mark.exhaustive  # the whole product for the nets with dynamic dims: hours on 2 cores
+@pytest.mark.parametrize("net", DYNAMIC)
+def test_dynamic_nets_full_product_exhaustive(net):
+    """dtypes x autocast x onnxruntime levels x threads x dynamic sizes, every backend."""
+    from compile_losses.parity import verify_registry
+    from compile_losses.sessions import OPT_LEVELS
+
+    grid = [{"ort_opt_level": level, "ort_threads": threads} for level in OPT_LEVELS for threads in (1, 0)]
+    report = verify_registry(losses=[NETS[net].loss], net=net, alone=False, batches=(1, 7), large=0,
+                             dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16), audit=False,
+                             autocasts=(None, torch.bfloat16), settings_grid=grid, dynamic_dims=True)
+    assert report.ok, report
+    sizes = {tuple(sorted((k, v) for k, v in r.sizes.items() if k != "batch")) for r in report.rows}
+    assert len(sizes) == 1 + len(NETS[net].dynamic_sizes)

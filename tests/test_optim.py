@@ -61,6 +61,20 @@ def test_names_and_defaults():
     assert optimizer("adam").hyper_names == ("lr", "beta1", "beta2", "eps", "weight_decay")
 
 
+@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                       ("adamw", torch.optim.AdamW)])
+def test_defaults_are_torchs(name, cls):
+    # every default hyper-parameter and flag is torch.optim's own (read from torch, not from us)
+    torch_defaults = dict(cls([torch.zeros(1, requires_grad=True)]).defaults)
+    if "betas" in torch_defaults:
+        torch_defaults["beta1"], torch_defaults["beta2"] = torch_defaults.pop("betas")
+    opt = optimizer(name)
+    ours = dict(opt.hyper)
+    ours.update(opt.flags)
+    assert ours == {k: torch_defaults[k] for k in ours}
+    assert set(ours) >= {"lr", "weight_decay", "maximize"}
+
+
 @pytest.mark.parametrize("name,args,error,match", [
     ("rmsprop", {}, ValueError, r"optimizer must be one of 'sgd', 'adam', 'adamw', got 'rmsprop'"),
     ("sgd", {"betas": (0.9, 0.9)}, ValueError, r"got unknown 'beta1', 'beta2'"),

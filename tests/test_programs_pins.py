@@ -219,3 +219,39 @@ def test_signature_refuses_nets_without_trainable_parameters_and_clashing_names(
     assert str(err.value).endswith("got 'x' twice (parameter names after replacing '.' by '_', targets of "
                                    "{}.{})".format(__name__, XTarget.__qualname__))
     S.TrainStepSignature(("a", "b"), ("target",)).check_unique("owner")  # distinct names pass
+
+
+# --- the optimizer train step's refusals ----------------------------------------------------------
+class _NetWithLr(nn.Module):
+    """A net whose parameter is called ``lr``: the name of the step's learning-rate input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lr = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.lr
+
+
+def test_optimizer_signature_refuses_a_parameter_named_like_a_hyper_parameter() -> None:
+    from compile_losses.optim import optimizer
+
+    with pytest.raises(ValueError) as err:
+        P.optim_signature(_NetWithLr(), L.MSELoss(), 1, optimizer("sgd"))
+    assert str(err.value) == ("graph input/output names must be unique, got 'lr' twice (parameter names "
+                              "after replacing '.' by '_', targets of compile_losses.losses.MSELoss)")
+
+
+def test_optimizer_step_refuses_an_unreduced_loss_naming_its_shape() -> None:
+    from compile_losses.optim import optimizer
+
+    opt = optimizer("sgd")
+    net = nn.Linear(3, 1)
+    step = P.optimizer_train_step(net, L.MSELoss(reduction="none"), opt)
+    params = dict(net.named_parameters())
+    state = {n: {"step": torch.zeros(())} for n in params}
+    hyper = {k: torch.tensor(v) for k, v in opt.hyper}
+    with pytest.raises(ValueError) as err:
+        step(params, {}, torch.ones(4, 3), torch.ones(4, 1), state=state, hyper=hyper)
+    assert str(err.value) == ("loss must return a scalar to train with an optimizer (reduction 'mean' or "
+                              "'sum'), got shape (4, 1)")

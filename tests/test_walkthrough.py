@@ -25,9 +25,10 @@ def _load() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def walk():
+def walk(tmp_path_factory):
     lines = []
-    w = _load().run_walkthrough(out=lines.append)
+    plot = tmp_path_factory.mktemp("walkthrough") / "adamw.png"
+    w = _load().run_walkthrough(out=lines.append, plot=str(plot))
     w.lines = lines
     return w
 
@@ -92,8 +93,38 @@ def test_manual_step_lowers_the_loss_and_matches_sgd(walk):
 
 def test_walkthrough_prints_each_step(walk):
     text = "\n".join(walk.lines)
-    for needle in ("== 1.", "== 2.", "== 3.", "== 4.", "== 5.", "fc2.weight.grad = None", "torch.nn.MSELoss"):
+    for needle in ("== 1.", "== 2.", "== 3.", "== 4.", "== 5.", "== 6.", "== 7.", "fc2.weight.grad = None",
+                   "torch.nn.MSELoss", "step         eager   onnxruntime"):
         assert needle in text
+
+
+def test_adamw_leg_matches_an_independent_eager_adamw(walk):
+    """The trainer's 32 losses and final parameters against torch.optim.AdamW with its default
+    implementation, run here on the ten samples from the walkthrough's start."""
+    net = walk.fresh_net()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=1e-2)
+    losses = []
+    for _ in range(32):
+        opt.zero_grad()
+        value = TF.mse_loss(net(walk.inputs), walk.targets.view(-1, 1))
+        value.backward()
+        opt.step()
+        losses.append(value.detach())
+    got = walk.results["adamw_ort_losses"]
+    assert got.shape == (32,)
+    assert_close(got, torch.stack(losses))
+    for name, p in net.named_parameters():
+        assert_close(walk.results["adamw_ort_params"][name], p.detach(), rtol=1e-5, atol=1e-6)
+    assert float(got[-1]) < 0.1 * float(got[0])
+    rows = [line for line in walk.lines if line[:4].strip().isdigit()]
+    assert len(rows) == 32 and rows[0].split()[0] == "1" and rows[-1].split()[0] == "32"
+
+
+def test_adamw_leg_writes_the_plot(walk):
+    path = walk.results["adamw_plot"]
+    with open(path, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(path) > 5000
 
 
 def test_legs_can_be_appended():
@@ -120,7 +151,24 @@ def test_main_exit_code_follows_the_checks(capsys, monkeypatch):
 
 
 def test_script_runs_as_a_user_runs_it():
-    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    # --quick: the AdamW leg (a bundle export) runs in-process above, and in full in the slow test below
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "FAIL" not in proc.stdout
-    assert "0.1924" in proc.stdout and "checks hold" in proc.stdout
+    assert "0.1924" in proc.stdout and "checks hold" in proc.stdout and "== 7." not in proc.stdout
+
+
+@pytest.mark.slow
+def test_script_with_the_plot_runs_as_a_user_runs_it(tmp_path):
+    png = tmp_path / "curves.png"
+    proc = subprocess.run([sys.executable, SCRIPT, "--plot", str(png)], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "== 7." in proc.stdout and "12 of 12 checks hold" in proc.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_and_plot_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _load().main(["--quick", "--plot", "x.png"])
+    assert exc.value.code == 2 and "--plot draws the AdamW leg" in capsys.readouterr().err

@@ -125,6 +125,35 @@ class Backend:
         backends only)."""
         raise Unsupported("{} is not audited".format(self.name))
 
+    # Localization (compile_losses.localize): ``piecewise`` backends run an exported graph whose
+    # every intermediate value can be made an output (:meth:`piecewise_graph`).
+    piecewise: bool = False
+
+    def piecewise_graph(self, kind: str, net: Optional[nn.Module], loss: nn.Module,
+                        example_inputs: Tuple[Tensor, ...], optimize: Optional[bool] = None) -> Dict[str, Any]:
+        """The graph this backend runs for ``kind`` (``"forward"``: ``module(*example_inputs)`` with
+        ``module`` ``loss`` or ``NetWithLoss(net, loss)``; ``"loss_and_grad"``; ``"train_step"``)
+        as ``{"program": ONNXProgram, "traced": TracedGraph or None, "provider": str}``;
+        ``optimize`` overrides the exporter's own optimizer setting."""
+        raise Unsupported("{}: no exported graph to run value by value".format(self.name))
+
+    # Localization by stage: the compiler pipeline's stages in order (the last is this backend's
+    # own), each a callable from :meth:`stage_callable`; () where the backend has none.
+    # TorchScript's one stage is the backend's own compilation (script, trace), static shapes.
+    stages: Tuple[str, ...] = ()
+    stage_shapes: Tuple[bool, ...] = (False, True)  # the dynamic= modes a bisection tries
+
+    def stage_callable(self, stage: str, module: nn.Module, example_inputs: Tuple[Tensor, ...],
+                       dynamic: bool) -> Callable[..., Any]:
+        """``module`` compiled up to ``stage`` (one of :attr:`stages`), static or dynamic shapes;
+        by default the backend's own compilation, its only stage."""
+        if not self.stages:
+            raise Unsupported("{}: no compiler stages to bisect".format(self.name))
+        if stage not in self.stages:
+            raise ValueError("stage must be one of {}, got {!r}".format(list(self.stages), stage))
+        self._require()
+        return self._compile(module, example_inputs)[0]
+
     def compile_count(self, fn: Callable[..., Any]) -> int:
         """How many graphs a callable prepared here has compiled so far (-1: not counted)."""
         counter = getattr(fn, "compile_counter", None)

@@ -47,6 +47,16 @@ class CompileBackend(Backend):
         self.setting_defaults = dict(INDUCTOR_SETTINGS if compiler == "inductor" else {}, dynamic="auto")
         if device.startswith("cuda"):
             self.setting_defaults["tf32"] = False  # TF32 matmuls/convolutions (see eager's)
+        # dynamo alone, + AOTAutograd, + inductor's decompositions and partitioner, + inductor
+        pipeline = ("eager", "aot_eager", "aot_eager_decomp_partition", "inductor")
+        self.stages = pipeline[:pipeline.index(compiler) + 1] if compiler in pipeline and device == "cpu" else ()
+
+    def stage_callable(self, stage: str, module: nn.Module, example_inputs: Tuple[Tensor, ...],
+                       dynamic: bool) -> Callable[..., Any]:
+        if stage not in self.stages:
+            raise ValueError("stage must be one of {}, got {!r}".format(list(self.stages), stage))
+        self._require()
+        return torch.compile(own_code(module), backend=stage, fullgraph=self.fullgraph, dynamic=dynamic)
 
     def check_settings(self, applied: Dict[str, Any]) -> None:
         for key in INDUCTOR_SETTINGS:

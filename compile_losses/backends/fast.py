@@ -63,9 +63,11 @@ class FastBackend(Backend):
 
     def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                         opt: Any) -> Callable[..., Any]:
-        # the fastest of the functional step in eager, compiled and in onnxruntime, timed on the
-        # net's parameters and the optimizer's initial state
-        from ..programs import OptimStepModule, optim_flat_example
+        # the fastest of the functional step in eager, compiled (torch.compile, and the guard-free
+        # make_fx graph as the SGD step's "compile-graph") and in onnxruntime, timed on the net's
+        # parameters and the optimizer's initial state
+        from ..fast.graph import GraphCache
+        from ..programs import OptimStepModule, dict_step, flat_optimizer_step, optim_flat_example
         from .compile import CompileBackend
         from .onnx import OnnxBackend
 
@@ -85,6 +87,7 @@ class FastBackend(Backend):
             "eager": positional(lambda: Backend._optimizer_step(_Eager(), net, loss, example_inputs, opt)),
             "compile": positional(lambda: CompileBackend(self.name + ":compile").prepare_optimizer_step(
                 net, loss, example_inputs, opt)),
+            "compile-graph": positional(lambda: dict_step(sig, GraphCache(flat_optimizer_step(net, loss, opt, sig)))),
         }
         if all(t.device.type == "cpu" for t in example_inputs):
             candidates["onnx"] = positional(lambda: OnnxBackend(self.name + ":onnx").prepare_optimizer_step(
@@ -97,6 +100,7 @@ class FastBackend(Backend):
             return selected(params, fixed, x, *targets, state, hyper)
 
         run.selected = selected  # type: ignore[attr-defined]
+        run.note = selected.note  # type: ignore[attr-defined]
         return run
 
 

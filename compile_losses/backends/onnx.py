@@ -41,7 +41,7 @@ from ..sessions import DEFAULT_OPT_LEVEL, INTRA_OP_THREADS, check_ort_settings, 
 from ..signature import OPSET
 from .base import Backend, TrainStepResult, Unsupported, export_example, input_dims, structure_key
 
-__all__ = ["OnnxBackend", "OPSET", "INTRA_OP_THREADS", "export_onnx", "ort_session", "faithful_cost"]
+__all__ = ["OnnxBackend", "OPSET", "INTRA_OP_THREADS", "export_onnx", "onnx_program", "ort_session", "faithful_cost"]
 
 _EXPORTS: Dict[Tuple[Any, ...], bytes] = {}
 
@@ -61,11 +61,29 @@ class OnnxBackend(Backend):
             raise ValueError("runner must be 'ort' or 'ref', got {!r}".format(runner))
         self.exporter = exporter
         self.runner = runner
+        # the torch.export-based graph in onnxruntime: its values map to FX nodes (localize)
+        self.piecewise = exporter == "dynamo" and runner == "ort"
         self.provider = provider
         self.device = "cuda" if provider.startswith("CUDA") else "cpu"
         # onnxruntime's graph optimization level and intra-op threads, for every graph it runs
         self.setting_defaults = ({"ort_opt_level": DEFAULT_OPT_LEVEL, "ort_threads": INTRA_OP_THREADS}
                                  if runner == "ort" else {})
+
+    def piecewise_graph(self, kind: str, net: Optional[nn.Module], loss: nn.Module,
+                        example_inputs: Tuple[Tensor, ...], optimize: Optional[bool] = None) -> Dict[str, Any]:
+        if not self.piecewise:
+            return super().piecewise_graph(kind, net, loss, example_inputs, optimize)
+        self._require()
+        optimize = ONNX_OPTIMIZE if optimize is None else bool(optimize)
+        example = export_example(example_inputs)
+        if kind == "forward":
+            from ..nets import NetWithLoss
+
+            module = loss if net is None else NetWithLoss(net, loss, n_targets=len(example_inputs) - 1)
+            return {"program": onnx_program(module, example, optimize=optimize), "traced": None,
+                    "provider": self.provider}
+        program, traced = training.training_program(kind, net, loss, example, optimize=optimize)
+        return {"program": program, "traced": traced, "provider": self.provider}
 
     def check_settings(self, applied: Dict[str, Any]) -> None:
         if self.runner == "ort":
@@ -271,8 +289,22 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[Tensor], exporter: s
             "torch.export-based" if exporter == "dynamo" else "TorchScript-based"), example, opset=opset) from None
 
 
+def onnx_program(module: nn.Module, example_inputs: Sequence[Tensor], opset: int = OPSET,
+                 optimize: bool = ONNX_OPTIMIZE) -> Any:
+    """The torch.export-based exporter's ``ONNXProgram`` of ``module(*inputs)``, exported as
+    :func:`export_onnx` exports it (its ``model_proto`` is that graph; its ``exported_program`` the
+    FX graph it was translated from), for tools that run the graph value by value. ``optimize``:
+    the exporter's onnxscript optimizer (off in the project's graphs)."""
+    example = export_example(example_inputs)
+    names = input_names(module, len(example))
+    kept: List[Any] = []
+    with quiet_failure():
+        _export(module, example, names, "dynamo", opset, faithful_reductions(), optimize=optimize, kept=kept)
+    return kept[0]
+
+
 def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], exporter: str, opset: int,
-            reductions: Any) -> Any:
+            reductions: Any, optimize: bool = ONNX_OPTIMIZE, kept: Optional[List[Any]] = None) -> Any:
     import onnx
 
     # dim 0 of every input is dynamic: "batch" where it is the batch, its own dim otherwise; and
@@ -283,8 +315,10 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
             symbols = {s: torch.export.Dim(s) for d in dims for s in d.values()}
             program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
                                         dynamic_shapes=tuple({i: symbols[s] for i, s in d.items()} for d in dims),
-                                        opset_version=opset, optimize=ONNX_OPTIMIZE, verbose=False)
+                                        opset_version=opset, optimize=optimize, verbose=False)
             model = program.model_proto
+            if kept is not None:
+                kept.append(program)
         else:
             buffer = io.BytesIO()
             torch.onnx.export(module, example, buffer, dynamo=False, input_names=names, output_names=["output"],

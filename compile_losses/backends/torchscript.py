@@ -59,6 +59,8 @@ class ScriptBackend(Backend):
     supports_autograd = True
     cost = 0.2
     markers = ("script",)
+    stages = ("script",)  # localize: one stage against eager
+    stage_shapes = (False,)
 
     def _available(self) -> Tuple[bool, str]:
         return _jit_available()
@@ -93,6 +95,8 @@ class TraceBackend(Backend):
     supports_autograd = True
     cost = 0.2
     markers = ("script",)
+    stages = ("trace",)  # localize: one stage against eager
+    stage_shapes = (False,)
 
     def _available(self) -> Tuple[bool, str]:
         return _jit_available()

@@ -11,12 +11,13 @@ from typing import Dict, Iterable, List, Optional
 
 from .results import LOSS_WORKLOADS, Result, Run
 
-_WORKLOAD_ORDER = ("loss-fwdbwd", "loss-fwd", "triad", "seed-train", "seed-infer", "net-train", "net-infer")
+_WORKLOAD_ORDER = ("loss-fwdbwd", "loss-fwd", "triad", "seed-train", "seed-adamw", "seed-infer", "net-train", "net-infer")
 _WORKLOAD_TITLES = {
     "loss-fwdbwd": "Loss alone, forward + backward",
     "loss-fwd": "Loss alone, forward",
     "triad": "Streaming triad (torch.add(x, y, out=z), reused buffer): the memory roofline",
     "seed-train": "SeedNet train step (forward, loss, backward, SGD)",
+    "seed-adamw": "SeedNet AdamW step (forward, loss, backward, AdamW update), vs eager torch.optim.AdamW",
     "seed-infer": "SeedNet inference loss",
     "net-train": "Larger nets, train step",
     "net-infer": "Larger nets, inference loss",

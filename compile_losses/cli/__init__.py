@@ -18,6 +18,7 @@ VERBS = {
     "export": ("export_cmd", "write a deployment bundle (the main job with no arguments)"),
     "check-bundle": ("check_bundle_cmd", "check a bundle with the runtime alone: checksums, paths, fixtures"),
     "bench": ("bench_cmd", "throughput benchmarks, plot, summary and regression gate"),
+    "localize": ("localize_cmd", "where a graph starts to diverge from eager; --inject: the localizer's self-test"),
 }
 RUNTIME_VERBS = ("check-bundle",)
 # What the runtime side needs; every other dependency of the project is the torch side, and a

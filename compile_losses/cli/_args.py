@@ -67,7 +67,7 @@ def lr_arg(text: str) -> float:
 def add_optimizer_arguments(parser: argparse.ArgumentParser) -> None:
     """``--optimizer sgd|adam|adamw`` and ``--optim-arg KEY=VALUE`` (repeatable; torch.optim's names,
     ``beta1``/``beta2`` or ``betas=[b1, b2]``)."""
-    from ..optim import OPTIMIZERS
+    from ..bundle_format import OPTIMIZERS
 
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                         help="train with this optimizer (torch.optim's single-tensor update)")

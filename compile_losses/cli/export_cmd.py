@@ -6,6 +6,10 @@ With no arguments: the reference net (``seed``) with the default loss (``mse``) 
 their example inputs and targets as tensor specs (``float32[N,32]``, ``int64[N]{0..9}`` for class
 indices, ``float32[N,1]{0.1:2}`` for a uniform range; ``N`` is the batch, exported dynamic).
 Progress goes to stderr; the table and the summary to stdout.
+
+``--optimizer sgd|adam|adamw`` with ``--optim-arg KEY=VALUE`` (repeatable) puts that optimizer
+into ``train_step.onnx`` (state and hyper-parameters as graph inputs and outputs) and a short
+trajectory into the fixtures.
 """
 import argparse
 import json
@@ -15,7 +19,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from ..errors import UsageError
-from ._args import add_init_arguments, init_kwargs, lr_arg
+from ._args import add_init_arguments, add_optimizer_arguments, init_kwargs, lr_arg, optimizer_kwargs
 
 
 
@@ -40,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="example batch size (default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and example data (default: 0)")
     parser.add_argument("--lr", type=lr_arg, default=0.01, help="SGD rate in the train-step fixtures (default: 0.01)")
+    add_optimizer_arguments(parser)
     parser.add_argument("--skip", default="", metavar="PARTS",
                         help="comma list of parts to leave out: " + ", ".join(_parts()))
     parser.add_argument("--no-aoti", action="store_true",
@@ -125,6 +130,9 @@ def _registry() -> Any:
 
 def run(args: argparse.Namespace) -> int:
     skips = _skips(args)
+    optim_args = optimizer_kwargs(args)  # a bad --optim-arg is a usage error before any export
+    if args.optimizer is not None and "training" in skips:
+        raise UsageError("--optimizer needs the training graphs (drop 'training' from --skip)")
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
@@ -145,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         path = ex.export_bundle(
             case.net, case.loss, case.inputs, case.targets, args.out, name=name, lr=args.lr, parity=parity,
             progress=say, install_failing=args.install_failing,
+            optimizer=args.optimizer, optimizer_args=optim_args if args.optimizer else None,
             net_info=_info("net", args.net, case.net, init_kwargs(args, "net"), case.description),
             loss_info=_info("loss", loss_name, case.loss, init_kwargs(args, "loss"), case.description),
             **{part: part not in skips for part in ex.PARTS if part != "parity"})

@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --optimizer: micro-batches per step (default 1)")
     parser.add_argument("--detail", action="store_true", help="print every row, not one line per case and backend")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--localize", action="store_true",
+                        help="for each failing row, find the first diverging node of its graph (piecewise backends)")
+    parser.add_argument("--repro", metavar="DIR", help="with --localize: write a standalone repro per divergence under DIR")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="--all or a list of losses: run the cases in N worker processes (0: one per core), "
                              "merged into the serial run's report (default 1: in this process)")
@@ -139,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
     if args.large < 0:
         raise UsageError("--large must be >= 0, got {}".format(args.large))
     progress = None if args.quiet else sys.stderr
+    if args.localize and (args.all or args.optimizer is not None or (args.loss is not None and "," in args.loss)):
+        raise UsageError("--localize takes one --loss (not --all, a list, or --optimizer)")
+    if args.repro and not args.localize:
+        raise UsageError("--repro needs --localize")
     optim_args = optimizer_kwargs(args)
     if args.optimizer is None and (args.steps != 32 or args.accumulate != 1):
         raise UsageError("--steps and --accumulate need --optimizer (sgd, adam or adamw)")
@@ -229,6 +236,11 @@ def run(args: argparse.Namespace) -> int:
             report.rows += audit_rows([entry], require)
         if bar:
             bar.close()
+        if args.localize:
+            from ..localize.api import link_failures
+
+            for loc in link_failures(report, cases, repro_dir=args.repro, lr=args.lr):
+                print(loc)
     return _finish(report, args)
 
 

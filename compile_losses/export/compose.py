@@ -15,13 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ExportError, UsageError
-from .fixtures import _double, _fixtures, _np
+from .fixtures import TRAJECTORY_STEPS, _double, _fixtures, _np
 from ..bundle_format import FAILED_SUFFIX, FORMAT_VERSION
 from ..programs import check_lr
 from .install import _NAME, _install, _out_dir, _step, recover
 from .manifest import _versions, describe_module, write_manifest
 from .writers import (write_aoti, write_forward_onnx, write_loss_and_grad_onnx, write_loss_onnx, write_npz,
-                      write_torchscript, write_train_step_onnx)
+                      write_optimizer_step_onnx, write_torchscript, write_train_step_onnx)
 
 
 Say = Callable[[str], None]  # one line per step of an export
@@ -54,8 +54,9 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
                   aoti: bool = True, torchscript: bool = True, training: bool = True, lr: float = 0.01,
                   parity: Any = True, net_info: Optional[Dict[str, Any]] = None,
                   loss_info: Optional[Dict[str, Any]] = None, progress: Optional[Say] = None,
-                  install_failing: bool = False, dynamic_dims: Optional[List[Optional[Dict[int, str]]]] = None
-                  ) -> "BundlePath":
+                  install_failing: bool = False, optimizer: Optional[str] = None,
+                  optimizer_args: Optional[Dict[str, Any]] = None,
+                  dynamic_dims: Optional[List[Optional[Dict[int, str]]]] = None) -> "BundlePath":
     """Write the bundle for ``loss(net(*inputs), *target)`` to ``<out_dir>/<name>/`` and return it.
 
     Args:
@@ -73,6 +74,12 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
         install_failing: install a bundle that fails parity (or a trusted artifact's check) at
             ``<out_dir>/<name>`` all the same; by default it goes to ``<name>.failed`` beside it,
             so a good bundle is never replaced by a failing one.
+        optimizer, optimizer_args: ``"sgd" | "adam" | "adamw"`` and its arguments
+            (:func:`compile_losses.optim.optimizer`: torch.optim's names and defaults): then
+            ``train_step.onnx`` carries that optimizer's update, its state and hyper-parameters as
+            graph inputs and outputs (``bundle.trainer()`` runs it), the manifest records them, and
+            the fixtures hold a short trajectory (:data:`TRAJECTORY_STEPS` steps) that ``check()``
+            re-runs. Without it the train step is one plain SGD step with rate ``lr``.
         dynamic_dims: one ``{dim index: symbol}`` per tensor of ``inputs + target`` (a shorter list
             leaves the rest): those dims are exported dynamic (a sequence length, an image size),
             recorded by symbol in the manifest's shapes and its ``dynamic_dims``, and the runtime
@@ -93,6 +100,7 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
         raise TypeError("net and loss must be torch.nn.Module instances, got {} and {}".format(
             type(net).__name__, type(loss).__name__))
     lr = check_lr(lr)
+    opt = _optimizer(optimizer, optimizer_args, training)
     inputs_t, targets_t = _as_tuple(inputs, "inputs"), _as_tuple(target, "target")
     if dynamic_dims is not None:
         from ..dims import marked_aliases
@@ -117,7 +125,7 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
     try:
         manifest, parity_report = _build(net, loss, inputs_t, targets_t, staging, name, aoti=aoti,
                                          torchscript=torchscript, training=training, lr=lr, parity=parity,
-                                         net_info=net_info, loss_info=loss_info, say=say)
+                                         net_info=net_info, loss_info=loss_info, say=say, opt=opt)
         say("validating the bundle with the runtime alone")
         report = validate_bundle(staging)
         _step("validated")
@@ -137,6 +145,23 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
         loss.train(modes[1])
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _optimizer(name: Optional[str], args: Optional[Dict[str, Any]], training: bool) -> Any:
+    """The validated :class:`compile_losses.optim.Optimizer`, or None for the plain SGD step."""
+    if name is None:
+        if args:
+            raise UsageError("optimizer_args needs optimizer ('sgd', 'adam' or 'adamw'), got optimizer=None",
+                             argument="optimizer_args")
+        return None
+    if not training:
+        raise UsageError("optimizer={!r} needs training=True (the optimizer lives in train_step.onnx)".format(name),
+                         argument="optimizer")
+    if args is not None and not isinstance(args, dict):
+        raise TypeError("optimizer_args must be a dict, got {}".format(type(args).__name__))
+    from ..optim import optimizer as make_optimizer
+
+    return make_optimizer(name, **dict(args or {}))
 
 
 def failing_parts(manifest: Dict[str, Any]) -> List[str]:
@@ -173,7 +198,8 @@ class BundlePath(type(Path())):  # type: ignore[misc]
 
 def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets: Tuple[Tensor, ...], folder: Path,
            name: str, *, aoti: bool, torchscript: bool, training: bool, lr: float, parity: Any,
-           net_info: Optional[Dict[str, Any]], loss_info: Optional[Dict[str, Any]], say: Say) -> Dict[str, Any]:
+           net_info: Optional[Dict[str, Any]], loss_info: Optional[Dict[str, Any]], say: Say,
+           opt: Any = None) -> Dict[str, Any]:
     start = time.perf_counter()
     from ..dims import infer_output_dims, mark_dims, sizes_of
 
@@ -207,8 +233,12 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
     if training:
         attempt("loss_and_grad", "exporting loss_and_grad.onnx",
                 lambda: write_loss_and_grad_onnx(loss, pred, targets, folder), True)
-        attempt("train_step", "exporting train_step.onnx",
-                lambda: write_train_step_onnx(net, loss, inputs, targets, folder), True)
+        if opt is None:
+            attempt("train_step", "exporting train_step.onnx",
+                    lambda: write_train_step_onnx(net, loss, inputs, targets, folder), True)
+        else:  # asked for by name: a train step that cannot be built fails the export
+            attempt("train_step", "exporting train_step.onnx ({})".format(opt.name),
+                    lambda: write_optimizer_step_onnx(net, loss, inputs, targets, opt, folder), False)
     if torchscript:
         attempt("torchscript_forward", "writing forward.pt (TorchScript)",
                 lambda: write_torchscript(net, inputs, folder / "forward.pt", "torchscript_forward"), True)
@@ -221,11 +251,12 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
     _record_class_ranges(loss, pred, inputs, targets, entries)
     if "train_step" in entries:
         state = dict(net.named_parameters())
-        entries["params"] = write_npz({p["name"]: _np(state[p["name"]]) for p in entries["train_step"]["roles"]["params"]},
+        entries["params"] = write_npz({n: _np(state[n]) for n in _step_params(entries["train_step"], opt)},
                                       folder / "params.npz", "params")
         _step("params")
     say("computing fixtures (eager float32 and float64 references)")
-    entries["fixtures"] = write_npz(_fixtures(net, loss, inputs, targets, entries, lr), folder / "fixtures.npz", "fixtures")
+    entries["fixtures"] = write_npz(_fixtures(net, loss, inputs, targets, entries, lr, opt), folder / "fixtures.npz",
+                                    "fixtures")
     _step("fixtures")
     parity_summary, report = _parity(net, loss, inputs, targets, entries, parity, say, lr)
     _step("parity")
@@ -243,7 +274,7 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
         "loss_output": loss_entry["outputs"],
         # dims beyond the batch that take any size, by symbol (the shapes above name them)
         "dynamic_dims": sorted(sizes_of(inputs + targets)),
-        "train_step": {"optimizer": "sgd", "fixture_lr": lr} if "train_step" in entries else None,
+        "train_step": _train_step_record(entries, lr, opt),
         "artifacts": list(entries.values()),
         "unavailable": unavailable,
         "parity": parity_summary,
@@ -252,6 +283,23 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
     write_manifest(folder, manifest)
     _step("manifest")
     return manifest, report
+
+
+def _step_params(entry: Dict[str, Any], opt: Any) -> List[str]:
+    """The parameters params.npz holds: every one the train step reads (trained, then frozen)."""
+    roles = entry["roles"]
+    return list(roles["params"]) + list(roles["frozen"]) if opt is not None else [p["name"] for p in roles["params"]]
+
+
+def _train_step_record(entries: Dict[str, Any], lr: float, opt: Any) -> Optional[Dict[str, Any]]:
+    """The manifest's ``train_step``: the optimizer, its arguments and state names (and the
+    trajectory's length), or the plain SGD step's fixture rate."""
+    if "train_step" not in entries:
+        return None
+    if opt is None:
+        return {"optimizer": "sgd", "fixture_lr": lr}
+    return {"optimizer": opt.name, "optimizer_args": dict(dict(opt.hyper), **dict(opt.flags)),
+            "state": list(opt.state_names), "trajectory_steps": TRAJECTORY_STEPS}
 
 
 def _record_class_ranges(loss: nn.Module, pred: Tensor, inputs: Tuple[Tensor, ...], targets: Tuple[Tensor, ...],
@@ -265,7 +313,9 @@ def _record_class_ranges(loss: nn.Module, pred: Tensor, inputs: Tuple[Tensor, ..
             if kind in entries:
                 entries[kind]["inputs"][1 + i].update(r)
         if "train_step" in entries:
-            name = entries["train_step"]["roles"]["data"][len(inputs) + i]
+            roles = entries["train_step"]["roles"]
+            data = roles["data"] if "data" in roles else [roles.get("input", "x")] + list(roles["targets"])
+            name = data[len(inputs) + i]
             next(s for s in entries["train_step"]["inputs"] if s["name"] == name).update(r)
 
 

@@ -107,6 +107,20 @@ def write_train_step_onnx(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor,
     return _onnx_entry(path, "train_step", roles=roles, optimizer=info.get("optimizer"))
 
 
+def write_optimizer_step_onnx(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets: Tuple[Tensor, ...],
+                              opt: Any, folder: Path) -> Dict[str, Any]:
+    """``train_step.onnx`` with ``opt``'s update: state and hyper-parameters as graph inputs and
+    outputs, its calling convention (``roles``) the graph's
+    :class:`~compile_losses.signature.OptimStepSignature` description."""
+    from ..training import export_optimizer_step_onnx
+
+    if len(inputs) != 1:
+        raise ValueError("the optimizer train step takes one net input, got {}".format(len(inputs)))
+    path = folder / "train_step.onnx"
+    info = export_optimizer_step_onnx(net, loss, inputs + targets, opt, str(path))
+    return _onnx_entry(path, "train_step", roles=info["signature"], optimizer=info["optimizer"])
+
+
 def write_torchscript(module: nn.Module, example: Tuple[Tensor, ...], path: Path, kind: str) -> Dict[str, Any]:
     """TorchScript as the TorchScript backend makes it (scripted, or traced for modules that do
     not script; the manifest says which)."""

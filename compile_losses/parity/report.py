@@ -44,6 +44,7 @@ class Row:
         return (self.dtype or "-", self.autocast or "-", self.ort_opt_level or "-",
                 "-" if self.ort_threads is None else str(self.ort_threads), other or "-", dims or "-")
     required: bool = False  # an uncompilable / graph-breaks row of a backend the user required
+    localization: Optional[Dict[str, Any]] = None  # verify --localize: where a failing row's graph diverges
 
     @property
     def failed(self) -> bool:

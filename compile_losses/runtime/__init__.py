@@ -6,6 +6,8 @@
     value = b.loss(pred, target)
     step = b.train_step(x, target, lr=0.01)    # -> TrainStepResult(loss, grads, new_params)
     report = b.check()                         # fixtures re-run, judged by the parity rule
+    t = b.trainer(lr=1e-3)                     # a bundle exported with optimizer="adamw" (or sgd, adam)
+    t.step(x, target) -> float; t.params; t.state; t.save("ckpt.npz"); t.load("ckpt.npz")
 
 Every graph run has a time bound (``timeout_s`` on ``load_bundle`` and on each call; ``check``
 defaults to 60 s) and raises :class:`BundleTimeoutError` past it.
@@ -18,7 +20,8 @@ from .errors import BadArgumentError, BundleError, BundleTimeoutError
 from .integrity import MANIFEST_MAX_BYTES, MAX_LOADED_BYTES, verify_bundle
 from .parity import CheckReport
 from .timeouts import DEFAULT_CHECK_TIMEOUT_S, DEFAULT_RUN_TIMEOUT_S
+from .trainer import Trainer, TrainerStateError
 
 __all__ = ["BadArgumentError", "Bundle", "BundleError", "BundleTimeoutError", "CheckReport", "DEFAULT_CHECK_TIMEOUT_S",
-           "DEFAULT_RUN_TIMEOUT_S", "MANIFEST_MAX_BYTES", "MAX_LOADED_BYTES", "TrainStepResult", "load_bundle",
+           "DEFAULT_RUN_TIMEOUT_S", "MANIFEST_MAX_BYTES", "MAX_LOADED_BYTES", "TrainStepResult", "Trainer", "TrainerStateError", "load_bundle",
            "verify_bundle"]

@@ -1,4 +1,4 @@
-"""A verified bundle, run with onnxruntime: forward, loss, loss-and-grad, train step, check."""
+"""A verified bundle, run with onnxruntime: forward, loss, loss-and-grad, train step, trainer, check."""
 import json
 import math
 import os
@@ -14,7 +14,8 @@ from .graph import Graph
 from .integrity import GRAPH_KINDS, MAX_LOADED_BYTES, RUNTIME_KINDS, VerifiedBundle, verify_bundle
 from .npz import NPZ_MAX_BYTES, read_npz
 from .parity import CheckReport, Row, compare
-from .specs import Roles, SignatureError, parse_roles
+from .specs import OptimRoles, Roles, SignatureError, is_optimizer_step, parse_optim_roles, parse_roles
+from .trainer import Trainer, TrainerStateError, check_hyper
 from .timeouts import DEFAULT_CHECK_TIMEOUT_S, DEFAULT_RUN_TIMEOUT_S, check_timeout
 
 REQUIRED_KINDS = ("forward", "loss", "fixtures")
@@ -60,6 +61,9 @@ class Bundle:
         for x, y in batches:
             params = b.train_step(x, y, lr=0.01, params=params).new_params
 
+    A bundle exported with an optimizer (``export_bundle(..., optimizer="adamw")``) trains
+    through :meth:`trainer` instead, which holds the parameters and optimizer state.
+
     Every call that runs a graph takes ``timeout_s`` (default: the one given to ``load_bundle``;
     ``None`` for no bound) and raises :class:`BundleTimeoutError` when a run passes it.
     """
@@ -87,11 +91,14 @@ class Bundle:
             for a in self._params.values():
                 a.setflags(write=False)
         self._roles: Optional[Roles] = None
+        self._optim: Optional[OptimRoles] = None
         self._graphs: Dict[str, Graph] = {}
         for kind in GRAPH_KINDS:
             if kind in arts:
                 self._graphs[kind] = Graph(vb, arts[kind], providers, intra_op_threads)
-        if "train_step" in self._graphs:
+        if "train_step" in self._graphs and is_optimizer_step(arts["train_step"]):
+            self._optim = self._check_optim(arts["train_step"], arts["params"]["path"])
+        elif "train_step" in self._graphs:
             self._roles = self._check_roles(arts["train_step"], arts["params"]["path"])
         self.trusted_only = [a["path"] for a in vb.manifest["artifacts"] if a.get("trusted_only")]
 
@@ -114,6 +121,69 @@ class Bundle:
         if faults:
             raise BundleError(str(self.path), faults)
         return roles
+
+    def _check_optim(self, art: Dict[str, Any], params_path: str) -> OptimRoles:
+        """The optimizer train step: its roles against its graph, the manifest's ``train_step``
+        record against them, params.npz holding every parameter it reads, and the trajectory's
+        length; every fault named."""
+        graph = self._graphs["train_step"]
+        try:
+            roles = parse_optim_roles(art, graph.signature)
+        except SignatureError as exc:
+            raise BundleError(str(self.path), [(art["path"], str(exc))]) from None
+        sig = roles.signature
+        faults = []
+        record = self.manifest.get("train_step")
+        want = {"optimizer": sig.optimizer, "optimizer_args": dict(roles.hyper, **roles.flags), "state": list(sig.state)}
+        if not isinstance(record, dict):
+            faults.append(("manifest.json", "train_step must be an object naming the optimizer, got {}".format(
+                type(record).__name__)))
+        else:
+            for key, value in want.items():
+                if record.get(key) != value:
+                    faults.append(("manifest.json", "train_step.{} is {}, train_step.onnx's entry says {}".format(
+                        key, ascii(record.get(key))[:120], ascii(value)[:120])))
+            steps = record.get("trajectory_steps")
+            if not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= 1000):
+                faults.append(("manifest.json", "train_step.trajectory_steps must be an integer in [1, 1000], got {}".format(
+                    ascii(steps)[:40])))
+        specs = {n: (d, s) for n, d, s in graph.inputs}
+        for n, inp in list(zip(sig.params, sig.param_inputs)) + list(zip(sig.frozen, sig.frozen_inputs)):
+            arr = self._params.get(n)
+            dtype, shape = specs[inp]
+            if arr is None:
+                faults.append((params_path, "lacks {!r}, a parameter of the train step".format(n)))
+            elif arr.dtype != dtype or arr.shape != tuple(shape):
+                faults.append((params_path, "{!r} is {} {}, the train step takes {} {}".format(n, arr.dtype, arr.shape, dtype, shape)))
+        if faults:
+            raise BundleError(str(self.path), faults)
+        return roles
+
+    def trainer(self, *, params: Optional[Dict[str, Any]] = None, timeout_s: Any = _BUNDLE_DEFAULT,
+                **overrides: Any) -> Trainer:
+        """A :class:`~compile_losses.runtime.trainer.Trainer` over this bundle's optimizer train
+        step: from the exported parameters (or ``params``, keyed as ``net.named_parameters()``),
+        a fresh optimizer state and the exported hyper-parameters, ``overrides`` replacing some
+        (``lr=1e-3``, ``weight_decay=0.0``, ``betas=(0.9, 0.99)``)."""
+        graph = self._graph("train_step")
+        if self._optim is None:
+            raise NotImplementedError("bundle {}'s train_step.onnx is the plain SGD step (use train_step(); "
+                                      "export with optimizer= for a trainer)".format(self.name))
+        hyper = check_hyper(self._optim.signature.hyper, overrides)
+        start = dict(self._params)
+        if params is not None:
+            sig = self._optim.signature
+            missing = [n for n in sig.params if n not in params]
+            unknown = sorted(set(params) - set(sig.params))
+            if missing or unknown:
+                raise KeyError("trainer: params must give exactly {}, {}".format(
+                    ", ".join(sig.params), "missing {}".format(missing) if missing else "unknown {}".format(unknown)))
+            for n in sig.params:
+                ref, arr = self._params[n], np.asarray(params[n])
+                if arr.dtype != ref.dtype or arr.shape != ref.shape:
+                    raise TypeError("trainer: params[{!r}] must be {} {}, got {} {}".format(n, ref.dtype, ref.shape, arr.dtype, arr.shape))
+                start[n] = arr
+        return Trainer(graph, self._optim, start, hyper, self._timeout(timeout_s))
 
     @property
     def graphs(self) -> Tuple[str, ...]:
@@ -160,6 +230,9 @@ class Bundle:
                    timeout_s: Any = _BUNDLE_DEFAULT) -> TrainStepResult:
         """One SGD step on ``(x, *targets)`` from ``params`` (default: the exported weights)."""
         graph = self._graph("train_step")
+        if self._optim is not None:
+            raise NotImplementedError("bundle {}'s train_step.onnx carries {} state: train with bundle.trainer()".format(
+                self.name, self._optim.signature.optimizer))
         roles = self._roles
         params = self._params if params is None else params
         missing = [p["name"] for p in roles.params if p["name"] not in params]
@@ -177,7 +250,12 @@ class Bundle:
     def _fixture_args(self, kind: str, graph: Graph) -> List[Any]:
         """The inputs a graph's fixtures were computed from; the train step's parameters come from
         the shipped params.npz, so weights swapped there (and re-signed) fail the check."""
-        shipped = {p["input"]: self._params[p["name"]] for p in self._roles.params} if kind == "train_step" else {}
+        shipped: Dict[str, np.ndarray] = {}
+        if kind == "train_step" and self._optim is not None:
+            sig = self._optim.signature
+            shipped = {i: self._params[n] for n, i in list(zip(sig.params, sig.param_inputs)) + list(zip(sig.frozen, sig.frozen_inputs))}
+        elif kind == "train_step":
+            shipped = {p["input"]: self._params[p["name"]] for p in self._roles.params}
         return [shipped[name] if name in shipped else self._fixtures[kind + "/in/" + name] for name, _, _ in graph.inputs]
 
     def check(self, *, timeout_s: Any = DEFAULT_CHECK_TIMEOUT_S) -> CheckReport:
@@ -211,8 +289,51 @@ class Bundle:
                 continue
             for i, (name, g, (eager, ref64)) in enumerate(zip(graph.outputs, got, expected)):
                 gradient = (kind == "loss_and_grad" and i > 0) or (kind == "train_step" and i > 0)
+                if np.shape(g) != np.shape(eager) and np.size(g) == np.size(eager) == 1:
+                    g = np.asarray(g).reshape(np.shape(eager))  # onnxruntime's (1,) for a 0-d output
                 rows.append(compare(kind, name, g, eager, ref64, gradient=gradient))
+        if self._optim is not None:
+            left = None if deadline is None else deadline - time.monotonic()
+            rows += self._check_trajectory(left, budget)
         return CheckReport(self.name, rows)
+
+    def _check_trajectory(self, left: Optional[float], budget: Optional[float]) -> List[Row]:
+        """The fixtures' trajectory re-run by a fresh trainer from the shipped parameters: the
+        per-step losses (one row), every final parameter and state tensor, by the parity rule."""
+        sig = self._optim.signature
+        steps = self.manifest["train_step"]["trajectory_steps"]
+        nan = float("nan")
+        names = [sig.input] + list(sig.targets)
+        try:
+            batches = [[self._fixtures["trajectory/in/{}/{}".format(i, n)] for n in names] for i in range(steps)]
+            expected = {tag: {"loss": self._fixtures["trajectory/{}/loss".format(tag)],
+                              **{"final/" + p: self._fixtures["trajectory/{}/final/{}".format(tag, p)] for p in sig.params},
+                              **{"state/{}/{}".format(p, k): self._fixtures["trajectory/{}/state/{}/{}".format(tag, p, k)]
+                                 for p in sig.params for k in sig.state}} for tag in ("eager", "ref64")}
+        except KeyError as exc:
+            return [Row("trajectory", "-", False, "fail: fixtures.npz lacks {}".format(exc), nan, nan, nan, nan, None, None)]
+        trainer = Trainer(self._graphs["train_step"], self._optim, self._params, {}, left)
+        deadline = None if left is None else time.monotonic() + left
+        losses = []
+        try:
+            for batch in batches:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise BundleTimeoutError(str(self.path), "train_step.onnx", budget)
+                trainer._timeout_s = remaining
+                losses.append(trainer._step(batch[0], tuple(batch[1:])))
+        except BundleTimeoutError:
+            raise BundleTimeoutError(str(self.path), self._graphs["train_step"].path, budget) from None
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            return [Row("trajectory", "-", False, "fail: the trajectory did not run: {}".format(ascii(first)[1:-1]),
+                        nan, nan, nan, nan, None, None)]
+        got = {"loss": np.stack([l.reshape(()) for l in losses]).astype(losses[0].dtype)}
+        params, state = trainer.params, trainer.state
+        got.update({"final/" + p: params[p] for p in sig.params})
+        got.update({"state/{}/{}".format(p, k): state[p][k] for p in sig.params for k in sig.state})
+        return [compare("trajectory", name, got[name], expected["eager"][name], expected["ref64"][name],
+                        gradient=name != "loss") for name in got]
 
 
 def load_bundle(path: "os.PathLike[str] | str", *, manifest_sha256: Optional[str] = None,

@@ -3,7 +3,7 @@ the manifest's signature checked on every call, and every run under a time bound
 import hashlib
 import threading
 import weakref
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Container, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnxruntime as ort
@@ -94,14 +94,19 @@ class Graph:
             raise BundleError(str(vb.root), [(rel, "graph inputs/outputs {} do not match the manifest's {}".format(
                 ascii(names)[:300], ascii(([n for n, _, _ in self.inputs], self.outputs))[:300]))])
 
-    def feed(self, args: Sequence[Any]) -> Dict[str, np.ndarray]:
-        """Check arity, dtype and shape against the signature; ``N`` must be one size throughout."""
+    def feed(self, args: Sequence[Any], trusted: Container[int] = ()) -> Dict[str, np.ndarray]:
+        """Check arity, dtype and shape against the signature; ``N`` must be one size throughout.
+        ``trusted``: positions holding arrays already checked against the signature (a trainer's
+        parameters and state, which only it and this graph's checked outputs ever write)."""
         if len(args) != len(self.inputs):
             raise TypeError("{} takes {} inputs ({}), got {}".format(
                 self.kind, len(self.inputs), ", ".join(quote(n) for n, _, _ in self.inputs), len(args)))
         sizes: Dict[str, Tuple[str, int]] = {}
         feed = {}
-        for (name, dtype, shape), value in zip(self.inputs, args):
+        for i, ((name, dtype, shape), value) in enumerate(zip(self.inputs, args)):
+            if i in trusted:
+                feed[name] = value
+                continue
             arr = np.asarray(value)
             if arr.dtype != dtype:
                 raise TypeError("{}: {} must have dtype {}, got {}".format(self.kind, quote(name), dtype, arr.dtype))
@@ -129,9 +134,9 @@ class Graph:
         return ": dim {} is {}, expected {} (only {} take any size)".format(
             d, got[d], shape[d], ", ".join(["N"] + [s for s in shape[1:] if isinstance(s, str)]))
 
-    def run(self, args: Sequence[Any], timeout_s: Optional[float]) -> List[np.ndarray]:
+    def run(self, args: Sequence[Any], timeout_s: Optional[float], trusted: Container[int] = ()) -> List[np.ndarray]:
         """The graph's outputs; stopped and :class:`BundleTimeoutError` after ``timeout_s``."""
-        feed = self.feed(args)
+        feed = self.feed(args, trusted)
         options = ort.RunOptions()
         options.log_severity_level = _QUIET
         if timeout_s is None:

@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from ..bundle_format import OPTIMIZERS
 from .errors import quote
 from .integrity import is_int
 
@@ -119,3 +120,95 @@ def parse_roles(raw: Any, sig: Signature) -> Roles:
     if lr_spec[1].kind != "f" or lr_spec[2] != ():
         raise SignatureError("train_step roles.lr {} must be a float scalar input, got {} {}".format(quote(lr), lr_spec[1], lr_spec[2]))
     return Roles(parsed, data, lr, loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# the optimizer train step: roles are an OptimStepSignature description, checked against the graph
+# ---------------------------------------------------------------------------------------------
+MAX_LIST = 4096
+
+
+@dataclass(frozen=True)
+class OptimRoles:
+    signature: Any                  # compile_losses.signature.OptimStepSignature
+    hyper: Dict[str, float]         # the exported hyper-parameter values, in graph order
+    flags: Dict[str, bool]
+
+
+def _names(raw: Any, what: str, allow_empty: bool = True) -> Tuple[str, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_LIST or (not raw and not allow_empty):
+        raise SignatureError("{} must be a {}list of names, got {}".format(
+            what, "" if allow_empty else "non-empty ", ascii(raw)[:80]))
+    out = tuple(_name(v, "{}[{}]".format(what, i)) for i, v in enumerate(raw))
+    if len(set(out)) != len(out):
+        raise SignatureError("{} names must be unique, got {}".format(what, ascii(list(out))[:200]))
+    return out
+
+
+def _real(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise SignatureError("{} must be a finite number, got {}".format(what, ascii(value)[:40]))
+    return float(value)
+
+
+def is_optimizer_step(art: Dict[str, Any]) -> bool:
+    """A train step that carries an optimizer (its entry names one), not the plain SGD step."""
+    return isinstance(art.get("roles"), dict) and "optimizer" in art["roles"]
+
+
+def parse_optim_roles(art: Dict[str, Any], sig: Signature) -> OptimRoles:
+    """The optimizer train step's roles (``art["roles"]``, an OptimStepSignature description)
+    and optimizer (``art["optimizer"]``: name, hyper, flags, state), checked against each other
+    and the graph: inputs and outputs exactly as the signature names them, parameters and state
+    of fixed shapes, hyper-parameters and the step count 0-d float64."""
+    from ..signature import OptimStepSignature
+
+    roles, opt = art.get("roles"), art.get("optimizer")
+    if not isinstance(roles, dict) or not isinstance(opt, dict):
+        raise SignatureError("train_step roles and optimizer must be objects, got {} and {}".format(
+            type(roles).__name__, type(opt).__name__))
+    name = roles.get("optimizer")
+    if name not in OPTIMIZERS or opt.get("name") != name:
+        raise SignatureError("train_step optimizer must be one of {} and the same in roles and optimizer, got {} "
+                             "and {}".format(", ".join(OPTIMIZERS), ascii(name)[:40], ascii(opt.get("name"))[:40]))
+    params = _names(roles.get("params"), "train_step roles.params", allow_empty=False)
+    frozen = _names(roles.get("frozen"), "train_step roles.frozen")
+    targets = _names(roles.get("targets"), "train_step roles.targets")
+    state = _names(roles.get("state"), "train_step roles.state", allow_empty=False)
+    hyper_names = _names(roles.get("hyper"), "train_step roles.hyper", allow_empty=False)
+    if set(params) & set(frozen):
+        raise SignatureError("train_step roles.params and roles.frozen share {}".format(ascii(sorted(set(params) & set(frozen)))))
+    if state[0] != "step":
+        raise SignatureError("train_step roles.state must start with 'step', got {}".format(ascii(list(state))[:80]))
+    hyper, flags = opt.get("hyper"), opt.get("flags")
+    if not isinstance(hyper, dict) or list(hyper) != list(hyper_names):
+        raise SignatureError("train_step optimizer.hyper must give exactly roles.hyper {}, got {}".format(
+            ascii(list(hyper_names))[:120], ascii(hyper)[:120]))
+    if not isinstance(flags, dict) or len(flags) > 16 or not all(isinstance(v, bool) for v in flags.values()):
+        raise SignatureError("train_step optimizer.flags must map names to true/false, got {}".format(ascii(flags)[:120]))
+    if opt.get("state") != list(state):
+        raise SignatureError("train_step optimizer.state {} differs from roles.state {}".format(
+            ascii(opt.get("state"))[:80], ascii(list(state))[:80]))
+    values = {k: _real(v, "train_step optimizer.hyper[{}]".format(quote(k))) for k, v in hyper.items()}
+    osig = OptimStepSignature(params, frozen, targets, state, hyper_names, name, _name(roles.get("input", "x"), "train_step roles.input"))
+    got_in, got_out = [n for n, _, _ in sig.inputs], list(sig.outputs)
+    if osig.input_names != got_in or osig.output_names != got_out:
+        raise SignatureError("train_step roles give inputs {} and outputs {}, but the graph's are {} and {}".format(
+            ascii(osig.input_names)[:200], ascii(osig.output_names)[:120], ascii(got_in)[:200], ascii(got_out)[:120]))
+    specs = {n: (d, s) for n, d, s in sig.inputs}
+    for p, safe in zip(params, osig.param_inputs):
+        dtype, shape = specs[safe]
+        if dtype.kind != "f" or not all(is_int(d) for d in shape):
+            raise SignatureError("train_step parameter {} must be a float input of fixed shape, got {} {}".format(
+                quote(p), dtype, shape))
+        for key in state:
+            sd, ss = specs["state_{}_{}".format(safe, key)]
+            want = (np.dtype(np.float64), ()) if key == "step" else (dtype, shape)
+            if (sd, ss) != want:
+                raise SignatureError("train_step state {} of {} must be {} {}, got {} {}".format(
+                    quote(key), quote(p), want[0], want[1], sd, ss))
+    for h in hyper_names:
+        if specs[h] != (np.dtype(np.float64), ()):
+            raise SignatureError("train_step hyper-parameter {} must be a 0-d float64 input, got {} {}".format(
+                quote(h), *specs[h]))
+    return OptimRoles(osig, values, dict(flags))

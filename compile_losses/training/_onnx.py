@@ -60,19 +60,7 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
             loss_example: Callable[[], Tuple[Tensor, ...]]) -> Dict[str, Any]:
     import onnx
 
-    gm = faithful_graph(graph.module)
-    with warnings.catch_warnings(), _quiet_registry():
-        # Every batched input shares one Dim; the exporter says it keeps only one name for it.
-        warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-        try:
-            with quiet_failure():
-                program = torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
-                                            input_names=graph.input_names, output_names=graph.output_names,
-                                            opset_version=OPSET, verbose=False, optimize=ONNX_OPTIMIZE)
-        except Exception as exc:  # the exporter raises several unrelated types; all end here
-            raise unsupported(exc, loss, "its {} graph, to ONNX".format(graph.kind), loss_example(),
-                              opset=OPSET) from None
+    program = _program(graph, loss, loss_example)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     program.save(path)
     model = onnx.load(path)
@@ -90,6 +78,45 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
         "nodes": len(model.graph.node),
         "export_seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _program(graph: TracedGraph, loss: nn.Module, loss_example: Callable[[], Tuple[Tensor, ...]],
+             optimize: bool = ONNX_OPTIMIZE) -> Any:
+    gm = faithful_graph(graph.module)
+    with warnings.catch_warnings(), _quiet_registry():
+        # Every batched input shares one Dim; the exporter says it keeps only one name for it.
+        warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        try:
+            with quiet_failure():
+                return torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
+                                         input_names=graph.input_names, output_names=graph.output_names,
+                                         opset_version=OPSET, verbose=False, optimize=optimize)
+        except Exception as exc:  # the exporter raises several unrelated types; all end here
+            raise unsupported(exc, loss, "its {} graph, to ONNX".format(graph.kind), loss_example(),
+                              opset=OPSET) from None
+
+
+def training_program(kind: str, net: Optional[nn.Module], loss: nn.Module, example_inputs: Tuple[Tensor, ...],
+                     optimize: bool = ONNX_OPTIMIZE) -> Tuple[Any, TracedGraph]:
+    """The ``ONNXProgram`` of a training graph (``kind`` ``"loss_and_grad"``: example ``(pred,
+    *targets)``; ``"train_step"``: ``(x, *targets)``), exported as ``export_*_onnx`` export it,
+    and the traced graph it came from (names, roles, parameter table), for tools that run the
+    graph value by value."""
+    if kind == "loss_and_grad":
+        graph = trace_loss_and_grad(loss, example_inputs)
+        return _program(graph, loss, lambda: tuple(example_inputs), optimize), graph
+    if kind == "train_step":
+        if net is None:
+            raise ValueError("a train_step graph needs a net, got net=None")
+        graph = trace_train_step(net, loss, example_inputs)
+
+        def loss_example() -> Tuple[Tensor, ...]:
+            with torch.no_grad():
+                return (net(example_inputs[0]),) + tuple(example_inputs[1:])
+
+        return _program(graph, loss, loss_example, optimize), graph
+    raise ValueError("kind must be 'loss_and_grad' or 'train_step', got {!r}".format(kind))
 
 
 @contextlib.contextmanager
@@ -199,7 +226,7 @@ def _check_arity(names: Sequence[str], given: int) -> None:
         raise TypeError("the graph takes ({}), got {} tensors".format(", ".join(names), given))
 
 
-__all__ = ["OPSET", "signature_of", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
+__all__ = ["OPSET", "signature_of", "training_program", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
            "prepare_onnx_train_step"]
 
 
@@ -261,3 +288,28 @@ def _declared_rank(value: Any, rank: int) -> Any:
 
 
 __all__ += ["export_optimizer_step_onnx", "prepare_onnx_optimizer_step"]
+
+
+def export_accumulated_step_onnx(net: nn.Module, loss: nn.Module, micro_batches: Sequence[Sequence[Tensor]], opt: Any,
+                                 path: str, weight: Optional[Callable[..., Tensor]] = None) -> Dict[str, Any]:
+    """Write the K-step accumulate-then-update program (:func:`trace_accumulated_step`) as ONNX:
+    inputs ``(*params, *frozen, x_0, *targets_0, ..., *state, *hyper)``, names from
+    :class:`~compile_losses.signature.AccumStepSignature` (``info["signature"]``)."""
+    from ..signature import AccumStepSignature
+    from ._trace import optimizer_example, trace_accumulated_step
+
+    start = time.perf_counter()
+    graph = trace_accumulated_step(net, loss, micro_batches, opt, weight)
+    first = tuple(micro_batches[0])
+
+    def loss_example() -> Tuple[Tensor, ...]:
+        with torch.no_grad():
+            return (net(first[0]),) + first[1:]
+
+    info = _export(graph, path, start, loss, loss_example)
+    info["optimizer"] = opt.describe()
+    info["signature"] = AccumStepSignature(optimizer_example(net, loss, first, opt)[0], len(micro_batches)).describe()
+    return info
+
+
+__all__ += ["export_accumulated_step_onnx"]

@@ -8,6 +8,7 @@ Traced graphs are flat: ``(pred, *targets) -> (loss, grad_pred)`` and
 positional tensors and the names in :class:`TracedGraph` line up one to one.
 """
 import hashlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -168,6 +169,12 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
                        signature.output_names, batched, signature.param_table, loss_label(loss))
 
 
+# Each node keeps the user's source line (the exporters carry it into the graph's metadata, where
+# compile_losses.localize reads it); make_fx takes the switch in the torch versions that have it.
+_STACK_TRACES = ({"record_stack_traces": True}
+                 if "record_stack_traces" in inspect.signature(make_fx).parameters else {})
+
+
 class _Traced(NamedTuple):
     module: torch.fx.GraphModule
     example: Tuple[Tensor, ...]
@@ -180,7 +187,7 @@ def _make_fx(fn: Callable[..., Any], args: Tuple[Tensor, ...], batched: List[boo
     try:
         with faithful_reductions(), LinearAs2D():
             gm = make_fx(torch.func.functionalize(fn, remove="mutations"), decomposition_table=table,
-                         tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+                         tracing_mode="symbolic", _allow_non_fake_inputs=True, **_STACK_TRACES)(*example)
     except (NotImplementedError, RuntimeError) as exc:
         if any(k in str(exc) for k in ("data-dependent", "DataDependent", "_local_scalar_dense")):
             raise unsupported(exc, loss, "its gradient graph") from None
@@ -412,3 +419,39 @@ def trace_optimizer_step(net: nn.Module, loss: nn.Module, example_inputs: Sequen
     graph = _make_fx(flat_optimizer_step(net, loss, opt, sig), flat, batched, loss, target)
     return TracedGraph("train_step", graph.module, graph.example, sig.input_names, sig.input_roles,
                        sig.output_names, batched, sig.param_table, loss_label(loss))
+
+
+# ---------------------------------------------------------------------------------------------
+# the K-step accumulate-then-update program: (*params, *frozen, x_0, *targets_0, ..., x_<K-1>,
+# *targets_<K-1>, *state, *hyper) -> the optimizer step's outputs (compile_losses.programs.
+# flat_accumulated_step); every micro-batch shares the one dynamic batch size
+# ---------------------------------------------------------------------------------------------
+def trace_accumulated_step(net: nn.Module, loss: nn.Module, micro_batches: Sequence[Sequence[Tensor]], opt: Any,
+                           weight: Optional[Callable[..., Tensor]] = None, target: str = "onnx") -> TracedGraph:
+    """``make_fx`` (symbolic) of one program for ``len(micro_batches)`` micro-batches of one
+    size: each micro-batch's loss and gradients weighted by ``weight`` (default
+    :func:`compile_losses.programs.equal_micro_batch_weight` of the loss: 1 for a ``"mean"``
+    loss, no normalization for a ``"sum"`` one), summed, and the optimizer's update."""
+    from ..programs import equal_micro_batch_weight, flat_accumulated_step, optim_flat_example
+    from ..signature import AccumStepSignature
+
+    batches = [tuple(b) for b in micro_batches]
+    if len(batches) < 2:
+        raise ValueError("micro_batches must hold at least 2 micro-batches (one is the plain step), got {}".format(
+            len(batches)))
+    sizes = {b[0].shape[0] if b and isinstance(b[0], Tensor) and b[0].dim() else None for b in batches}
+    if len(sizes) != 1 or None in sizes or len({len(b) for b in batches}) != 1:
+        raise ValueError("micro_batches must be (x, *targets) tuples of one batch size (the graph's dynamic dim), "
+                         "got sizes {}".format(sorted(str(s) for s in sizes)))
+    step_sig, flat1 = optim_flat_example(net, loss, batches[0], opt)
+    sig = AccumStepSignature(step_sig, len(batches))
+    if weight is None:
+        weight = equal_micro_batch_weight(loss)
+    k, f, n = len(step_sig.params), len(step_sig.frozen), len(batches[0])
+    x = batches[0][0]
+    flat = tuple(flat1[:k + f]) + tuple(t for b in batches for t in b) + tuple(flat1[k + f + n:])
+    per_batch = [True] + [_has_batch(t, x.shape[0]) for t in batches[0][1:]]
+    batched = [False] * (k + f) + per_batch * len(batches) + [False] * (len(flat1) - k - f - n)
+    graph = _make_fx(flat_accumulated_step(net, loss, opt, sig, weight), flat, batched, loss, target)
+    return TracedGraph("train_step", graph.module, graph.example, sig.input_names, sig.input_roles,
+                       sig.output_names, batched, step_sig.param_table, loss_label(loss))

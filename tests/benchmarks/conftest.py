@@ -226,6 +226,7 @@ _TABLES: Dict[str, Callable[[], list]] = {
     "test_loss_forward_backward": lambda: loss_cases("fwdbwd"),
     "test_seed_inference": seed_cases,
     "test_seed_train_step": seed_cases,
+    "test_seed_adamw_step": seed_cases,
     "test_net_inference": net_cases,
     "test_net_train_step": net_cases,
     "test_compile_time": compile_cases,
@@ -242,6 +243,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         devices = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, no_cuda])]
         metafunc.parametrize("device", devices)
         metafunc.parametrize("numel", triad_numels(), ids=lambda n: "n{}".format(n))
+        return
+    if name == "test_seed_adamw_trainer":  # the runtime's trainer: one path, on the CPU (smoke: one case)
+        cases = seed_cases()[:1] if SMOKE else seed_cases()
+        CASES.update((c.id, c) for c in cases)
+        metafunc.parametrize("device", ["cpu"])
+        metafunc.parametrize("case", [c.id for c in cases], indirect=True, ids=[c.id for c in cases])
         return
     if name not in _TABLES:
         return
@@ -403,6 +410,7 @@ class Bench:
         self.max_time = max_time
         self.min_rounds = min_rounds
         self.compile_rounds = COMPILE_ROUNDS
+        self.reference_name = reference_backend(device)
         self.memory_at_start: Optional[int] = None
         self.reserved_bytes = 0  # the triad's buffers: held by the instrument, not by the backend
 

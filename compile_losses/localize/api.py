@@ -1,0 +1,253 @@
+"""``localize(net, loss, inputs, target, backend=...)`` and its result."""
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from torch import Tensor, nn
+
+__all__ = ["GraphFinding", "Localization", "link_failures", "localize", "piecewise_backend"]
+
+
+@dataclass
+class GraphFinding:
+    """One graph's localization. ``status``: ``"diverges"`` (``node`` is the first diverging
+    node, ``fault`` whether the graph as exported diverges, ``"exporter"``, or only with
+    onnxruntime's optimizations on, ``"runtime optimizer"``), ``"clean"`` (every compared value
+    passes the rule at both levels), ``"hidden"`` (the graph's own outputs fail but not with its
+    values made outputs: an optimizer fusion that marking values prevents), ``"unsupported"`` /
+    ``"error"`` (``detail`` says why)."""
+
+    kind: str
+    status: str
+    detail: str = ""
+    fault: Optional[str] = None
+    node: Optional[Dict[str, Any]] = None
+    levels: Dict[str, Any] = field(default_factory=dict)
+    outputs: Dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    repro: Optional[str] = None
+    stage: Optional[Dict[str, Any]] = None  # by-stage bisection: the first failing stage and graph
+    export_seconds: Optional[float] = None  # of ``seconds``: exporting and the eager reference values
+
+    def line(self) -> str:
+        if self.stage is not None and self.status == "diverges":
+            s = self.stage
+            return "{:<14} diverges first at stage {} ({} graph, {} shapes, output {})".format(
+                self.kind, s["stage"], s["graph"], "dynamic" if s["dynamic"] else "static", s["output"])
+        if self.status != "diverges" or self.node is None:
+            return "{:<14} {}{}".format(self.kind, self.status, ": " + self.detail if self.detail else "")
+        n = self.node
+        src = n.get("source")
+        where = "{}:{}".format(src["file"], src["line"]) if src else "no source line recorded"
+        out = next((o for o in n["outputs"] if "err_backend64" in o), n["outputs"][0] if n["outputs"] else {})
+        err = ("error vs float64 {:.3g}, eager's {:.3g}".format(out["err_backend64"], out["err_eager64"])
+               if "err_backend64" in out else out.get("detail", out.get("status", "")))
+        return "{:<14} diverges at {} {}{} (FX {} {}) [{}], {}: {}; {}".format(
+            self.kind, n["op_type"], n["name"], " (absent from the graph)" if n.get("absent") else "",
+            n["fx_node"], n["fx_target"], self.fault, where,
+            "x".join(str(d) for d in out.get("shape", [])) or "scalar", err)
+
+
+@dataclass
+class Localization:
+    backend: str
+    case: str
+    graphs: List[GraphFinding]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no graph diverges (nothing to localize)."""
+        return all(g.status not in ("diverges", "hidden") for g in self.graphs)
+
+    def finding(self, kind: str) -> Optional[GraphFinding]:
+        return next((g for g in self.graphs if g.kind == kind), None)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"backend": self.backend, "case": self.case, "ok": self.ok, "seconds": round(self.seconds, 3),
+                "graphs": [asdict(g) for g in self.graphs]}
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self) -> str:
+        head = "localize {} through {} ({:.1f} s)".format(self.case, self.backend, self.seconds)
+        return "\n".join([head] + ["  " + g.line() for g in self.graphs])
+
+
+def piecewise_backend(backend: Any = None) -> Any:
+    """The adapter to localize through: a name, an adapter, or None for the first registered
+    ``piecewise`` backend available here."""
+    from ..backends import BACKENDS, Backend, get_backends
+
+    if isinstance(backend, Backend):
+        return backend
+    if backend is None:
+        for b in BACKENDS.values():
+            if b.piecewise and b.available()[0]:
+                return b
+        raise ValueError("backend: no piecewise backend (an exported graph run value by value) is available here")
+    if not isinstance(backend, str):
+        raise TypeError("backend must be a backend name or adapter, got {}".format(type(backend).__name__))
+    return get_backends([backend])[0]
+
+
+def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any, backend: Any = None, *,
+             kinds: Optional[Sequence[str]] = None, lr: float = 0.01, optimize: Optional[bool] = None,
+             repro_dir: Optional[str] = None, label: Optional[str] = None,
+             dynamic: Sequence[bool] = (False, True)) -> Localization:
+    """Find where each of ``backend``'s graphs for this case starts to diverge from eager.
+
+    ``net`` None: ``inputs`` is the prediction (as in :func:`compile_losses.verify`). ``kinds``:
+    a subset of ``("forward", "loss_and_grad", "train_step")`` (default all the case has).
+    ``optimize``: export with the exporter's onnxscript optimizer on or off (default the
+    project's setting). ``repro_dir``: write a standalone repro per diverging graph under it
+    (:mod:`compile_losses.localize.repro`). A backend with compiler ``stages`` (torch.compile) is
+    bisected by stage instead (:mod:`.stages`; ``dynamic``: the shape modes tried), its
+    ``loss_and_grad`` and ``train_step`` programs: the finding's ``stage`` names the first stage and
+    graph (forward, backward) that diverges. A backend with neither gives ``"unsupported"``
+    findings that say why, never a clean result.
+    """
+    from ..backends import Unsupported
+    from ..validate import check_case
+    from .graphs import KINDS, case_graphs, graph_reference
+
+    start = time.perf_counter()
+    adapter = piecewise_backend(backend)
+    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    targets = (target,) if isinstance(target, Tensor) else tuple(target)
+    check_case(net, loss, inputs, targets)
+    wanted = case_graphs(net, loss) if kinds is None else list(kinds)
+    bad = [k for k in wanted if k not in KINDS]
+    if bad:
+        raise ValueError("kinds must be among {}, got {}".format(list(KINDS), bad))
+    modes = [(m, m.training) for m in (net, loss) if m is not None]
+    for m, _ in modes:
+        m.eval()
+    findings: List[GraphFinding] = []
+    try:
+        if not adapter.piecewise and adapter.stages:
+            findings = _by_stage(adapter, net, loss, inputs, targets, wanted, dynamic)
+            wanted = []
+        for kind in wanted:
+            t0 = time.perf_counter()
+            try:
+                ref = graph_reference(adapter, kind, net, loss, inputs, targets, lr=lr, optimize=optimize)
+            except Unsupported as exc:
+                findings.append(GraphFinding(kind, "unsupported", str(exc), seconds=time.perf_counter() - t0))
+                continue
+            except Exception as exc:  # an export that fails: said, never a clean result
+                findings.append(GraphFinding(kind, "error", "{}: {}".format(type(exc).__name__, str(exc)[:300]),
+                                             seconds=time.perf_counter() - t0))
+                continue
+            exported = time.perf_counter() - t0
+            g = find(ref, repro_dir=repro_dir, start=t0)
+            g.export_seconds = round(exported, 3)
+            findings.append(g)
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+    name = label or "{}{}".format("" if net is None else type(net).__name__ + "+", type(loss).__name__)
+    return Localization(adapter.name, name, findings, time.perf_counter() - start)
+
+
+def find(ref: Any, model: Any = None, repro_dir: Optional[str] = None, start: Optional[float] = None) -> GraphFinding:
+    """Localize one graph (``model``, default the reference's own) against its reference."""
+    from .onnx_graph import final_outputs, localize_model
+
+    t0 = time.perf_counter() if start is None else start
+    model = ref.model if model is None else model
+    found = localize_model(ref, model)
+    outputs = {level: final_outputs(ref, model, level) for level in found["levels"]}
+    failing = any(j and j.get("status") != "pass" for o in outputs.values() for j in o.values())
+    if found["node"] is not None:
+        g = GraphFinding(ref.kind, "diverges", fault=found["fault"], node=found["node"], levels=found["levels"],
+                         outputs=outputs)
+        if repro_dir is not None:
+            from .repro import write_repro
+
+            g.repro = write_repro(ref, model, found["node"], repro_dir, found["level"], found["values"])
+    elif failing:
+        g = GraphFinding(ref.kind, "hidden", "the graph's outputs fail the rule, but no value does once every "
+                         "value is an output (an optimizer fusion that marking values prevents)",
+                         levels=found["levels"], outputs=outputs)
+    else:
+        g = GraphFinding(ref.kind, "clean", "every compared value passes the parity rule at both optimization levels",
+                         levels=found["levels"], outputs=outputs)
+    g.seconds = round(time.perf_counter() - t0, 3)
+    return g
+
+
+def graph_of_output(output: str) -> Optional[str]:
+    """The graph a parity row's output comes from (``loss``; ``lg.loss``/``dpred``; the train
+    step's ``step.loss``, ``grad:<p>``, ``new:<p>``)."""
+    if output == "loss":
+        return "forward"
+    if output in ("lg.loss", "dpred", "loss_and_grad"):
+        return "loss_and_grad"
+    if output.startswith(("step.", "grad:", "new:")) or output == "train_step":
+        return "train_step"
+    return None
+
+
+def link_failures(report: Any, cases: Sequence[Any], repro_dir: Optional[str] = None, lr: float = 0.01) -> List[Localization]:
+    """Localize each failing row of ``report`` (one localization per case and backend) and link
+    it from the row (``row.localization``): the graph's finding, or why there is none."""
+    from ..backends import get_backends
+
+    by_label = {c.label: c for c in cases}
+    done: Dict[Any, Localization] = {}
+    for row in report.failures:
+        kind = graph_of_output(row.output)
+        case = by_label.get(row.case)
+        if kind is None or case is None:
+            row.localization = {"status": "not localized", "detail": "no graph for output {!r} of case {!r}".format(
+                row.output, row.case)}
+            continue
+        backend = get_backends([row.backend])[0]
+        if not backend.piecewise:
+            row.localization = {"status": "unsupported", "detail": "{} runs no graph value by value".format(backend.name)}
+            continue
+        key = (row.case, backend.name)
+        if key not in done:
+            done[key] = localize(case.net, case.loss, case.inputs, case.targets, backend=backend, lr=lr,
+                                 repro_dir=repro_dir, label=case.label)
+        g = done[key].finding(kind)
+        row.localization = {"status": "not run"} if g is None else {
+            "graph": kind, "status": g.status, "line": g.line(), "fault": g.fault, "repro": g.repro,
+            "node": None if g.node is None else {k: g.node.get(k) for k in ("op_type", "name", "fx_node", "fx_target",
+                                                                              "source")}}
+    return list(done.values())
+
+
+def _by_stage(adapter: Any, net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...],
+              targets: Tuple[Tensor, ...], kinds: Sequence[str], dynamic: Sequence[bool]) -> List[GraphFinding]:
+    import torch
+
+    from ..nets import NetWithLoss
+    from .stages import bisect_stages
+
+    out = []
+    for kind in kinds:
+        t0 = time.perf_counter()
+        if kind == "forward":
+            continue  # the value is judged in the loss_and_grad and train_step runs (their forward graph)
+        if kind == "loss_and_grad":
+            if net is None:
+                pred = inputs[0]
+            else:
+                with torch.no_grad():
+                    pred = net(*inputs)
+            result = bisect_stages(adapter, kind, loss, (pred,) + targets, True, dynamic)
+        else:
+            module = NetWithLoss(net, loss, n_targets=len(targets))
+            result = bisect_stages(adapter, kind, module, inputs + targets, False, dynamic)
+        first = result["first"]
+        g = GraphFinding(kind, "diverges" if first else "clean",
+                         "" if first else "every stage passes the parity rule, forward and backward",
+                         fault=None if first is None else "{} {}".format(first["stage"], first["graph"]),
+                         levels=result["runs"], stage=first)
+        g.seconds = round(time.perf_counter() - t0, 3)
+        out.append(g)
+    return out
