@@ -132,6 +132,16 @@ def test_encoder_passes_at_every_sequence_length_from_one_export():
     assert len(onnx_backend._EXPORTS) - before == 1  # the forward graph was exported once for every seq
 
 
+@pytest.mark.script
+def test_traced_loss_gradient_keeps_the_prediction_and_target_sizes_together():
+    """The autograd backends' loss-and-gradient copy of the prediction keeps its marks: a traced
+    example resizes the prediction and the dense target alike (they once parted: (4,1,16,16) vs
+    (4,1,2,3))."""
+    case = make_case("convseg", "dice", batch=3)
+    for report in _sizes_run(case, [{"height": 9, "width": 5}], ["eager", "trace"]):
+        assert report.ok and {r.status for r in report.rows} == {PASS}, report
+
+
 @pytest.mark.slow  # ~1 min: the conv net's training graphs with height and width dynamic
 def test_dense_net_passes_at_every_height_and_width_from_one_export():
     case = make_case("convseg", "dice", batch=2)

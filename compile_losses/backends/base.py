@@ -449,7 +449,8 @@ def _as_tuple(inputs: Any) -> Tuple[Tensor, ...]:
 
 
 def _with_grad_first(example_inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-    return (example_inputs[0].detach().requires_grad_(True),) + tuple(example_inputs[1:])
+    first = example_inputs[0]
+    return (carry_dims(first, first.detach().requires_grad_(True)),) + tuple(example_inputs[1:])
 
 
 def _keep_counter(outer: Any, inner: Any) -> None:
