@@ -899,15 +899,38 @@ class NetSpec:
     loss: str
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
     net_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # Dims of the input beyond the batch that take any size: {dim index: symbol} (a sequence
+    # length, an image's height and width). The one place they are declared: cases mark them on
+    # their tensors (compile_losses.dims), the adapters export them dynamic, bundles record them.
+    dynamic_dims: Dict[int, str] = field(default_factory=dict)
+    # The sizes ``verify --dynamic-dims`` checks, one {symbol: size} per run: 1 and sizes the
+    # export (made at input_shape, see dims.distinct_sizes) never saw.
+    dynamic_sizes: Tuple[Dict[str, int], ...] = ()
 
     def build(self, **overrides: Any) -> nn.Module:
         kwargs = dict(self.net_kwargs)
         kwargs.update(overrides)
         return self.factory(**kwargs)
 
-    def example_input(self, batch: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> Tensor:
+    def input_shape_at(self, sizes: Optional[Dict[str, int]] = None) -> Tuple[int, ...]:
+        """``input_shape`` with the dynamic dims at ``sizes`` (by symbol; the others as declared)."""
+        sizes = sizes or {}
+        unknown = sorted(set(sizes) - set(self.dynamic_dims.values()))
+        if unknown:
+            raise ValueError("sizes names {} but net {!r} has dynamic dims {}".format(
+                unknown, self.name, sorted(self.dynamic_dims.values()) or "none"))
+        shape = list(self.input_shape)
+        for d, name in self.dynamic_dims.items():
+            if name in sizes:
+                if not isinstance(sizes[name], int) or sizes[name] < 1:
+                    raise ValueError("size of {!r} must be a positive integer, got {!r}".format(name, sizes[name]))
+                shape[d - 1] = sizes[name]
+        return tuple(shape)
+
+    def example_input(self, batch: int, dtype: torch.dtype = torch.float32, seed: int = 0,
+                      sizes: Optional[Dict[str, int]] = None) -> Tensor:
         gen = torch.Generator().manual_seed(seed)
-        return torch.randn((batch,) + self.input_shape, generator=gen, dtype=dtype)
+        return torch.randn((batch,) + self.input_shape_at(sizes), generator=gen, dtype=dtype)
 
 
 NETS: Dict[str, NetSpec] = {
@@ -915,8 +938,11 @@ NETS: Dict[str, NetSpec] = {
     for spec in [
         NetSpec("seed", N.SeedNet, (32,), "mse"),
         NetSpec("mlp", N.MLPClassifier, (64,), "cross_entropy", {"label_smoothing": 0.1}),
-        NetSpec("convseg", N.ConvSegNet, (3, 16, 16), "dice"),
-        NetSpec("encoder", N.TinyEncoder, (8, 32), "info_nce"),
+        NetSpec("convseg", N.ConvSegNet, (3, 16, 16), "dice", dynamic_dims={2: "height", 3: "width"},
+                dynamic_sizes=({"height": 1, "width": 1}, {"height": 9, "width": 16}, {"height": 16, "width": 5},
+                               {"height": 23, "width": 11})),
+        NetSpec("encoder", N.TinyEncoder, (8, 32), "info_nce", dynamic_dims={1: "seq"},
+                dynamic_sizes=({"seq": 1}, {"seq": 5}, {"seq": 13})),
     ]
 }
 

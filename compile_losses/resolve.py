@@ -294,16 +294,48 @@ class Case:
     _make: Callable[[int, int], Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]] = field(repr=False, default=None)  # type: ignore[assignment]
 
     def with_batch(self, batch: int, seed: Optional[int] = None) -> "Case":
+        """The same case at another batch size (at the same dynamic sizes, if any)."""
+        return self._at(batch, seed, self.description.get("sizes"))
+
+    def with_sizes(self, sizes: Dict[str, int], batch: Optional[int] = None) -> "Case":
+        """The same case with the net's dynamic dims (registry ``NetSpec.dynamic_dims``) at
+        ``sizes`` ({symbol: size}), every tensor marked with the dims it has
+        (:mod:`compile_losses.dims`), so that backends prepare once for every size."""
+        return self._at(self.description["batch"] if batch is None else batch, None, dict(sizes))
+
+    def _at(self, batch: int, seed: Optional[int], sizes: Optional[Dict[str, int]]) -> "Case":
         seed = self.description["seed"] if seed is None else seed
-        inputs, targets = self._make(batch, seed)
+        if sizes is not None:
+            sizes = dict(self.description.get("dynamic") or {}, **sizes)
+        inputs, targets = self._make(batch, seed) if sizes is None else self._make(batch, seed, sizes)
         description = dict(self.description, batch=batch, seed=seed, inputs=[tuple(t.shape) for t in inputs],
                            targets=[tuple(t.shape) for t in targets])
+        if sizes is not None:
+            description["sizes"] = dict(sizes)
+            _mark_case(inputs + targets, lambda sz: self._make(batch, seed, sz), sizes)
         return Case(self.net, self.loss, inputs, targets, description, self._make)
 
     @property
     def label(self) -> str:
         d = self.description
-        return "{} {} batch={}".format(d["name"], d["dtype"], d["batch"])
+        extra = "".join(" {}={}".format(k, v) for k, v in (d.get("sizes") or {}).items())
+        return "{} {} batch={}{}".format(d["name"], d["dtype"], d["batch"], extra)
+
+
+def _mark_case(tensors: Tuple[Tensor, ...], make: Callable[[Dict[str, int]], Any], sizes: Dict[str, int]) -> None:
+    """Mark each tensor's dims that follow a symbol: those whose size changes when only that
+    symbol's size does (inputs and targets alike: a dense target has the image's height)."""
+    from .dims import mark_dims
+
+    found: List[Dict[int, str]] = [{} for _ in tensors]
+    for name, size in sizes.items():
+        ins, ts = make(dict(sizes, **{name: size + 1}))
+        for i, (a, b) in enumerate(zip(tensors, ins + ts)):
+            for d in range(1, min(a.dim(), b.dim())):
+                if a.shape[d] != b.shape[d]:
+                    found[i][d] = name
+    for t, dims in zip(tensors, found):
+        mark_dims(t, dims)
 
 
 def make_case(net_name: Optional[str], loss_name: str, *, batch: int, dtype: torch.dtype = torch.float32,
@@ -349,7 +381,10 @@ def make_case(net_name: Optional[str], loss_name: str, *, batch: int, dtype: tor
         raise UsageError("loss {!r} alone is not in the registry: give its prediction, e.g. --input 'float32[N,1]'"
                          .format(loss_name))
 
-    def make(b: int, s: int) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+    def make(b: int, s: int, sizes: Optional[Dict[str, int]] = None) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+        if sizes is not None and (net_spec is None or inputs_parsed or not net_spec.dynamic_dims):
+            raise UsageError("dynamic sizes need a registry net that declares dynamic dims, got net {!r}".format(
+                net_name))
         gen = torch.Generator().manual_seed(s)
         if inputs_parsed:
             inputs = tuple(p.make(b, dtype, gen) for p in inputs_parsed)
@@ -357,7 +392,10 @@ def make_case(net_name: Optional[str], loss_name: str, *, batch: int, dtype: tor
             pred, targets = spec.input_for(b, dtype, seed=s)  # type: ignore[union-attr]
             return (pred,), (targets if not targets_parsed else tuple(p.make(b, dtype, gen) for p in targets_parsed))
         else:
-            inputs = (net_spec.example_input(b, dtype, seed=s),)  # type: ignore[union-attr]
+            try:
+                inputs = (net_spec.example_input(b, dtype, seed=s, sizes=sizes),)  # type: ignore[union-attr]
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         if alone:
             pred = inputs[0]
         else:
@@ -378,6 +416,9 @@ def make_case(net_name: Optional[str], loss_name: str, *, batch: int, dtype: tor
                    "net_kwargs": dict(net_kwargs or {}), "loss_kwargs": {k: _plain(v) for k, v in loss_kwargs.items()},
                    "batch": batch, "dtype": str(dtype).replace("torch.", ""), "seed": seed,
                    "inputs": [tuple(t.shape) for t in inputs], "targets": [tuple(t.shape) for t in targets]}
+    if net_spec is not None and net_spec.dynamic_dims and not inputs_parsed:
+        # the net's declared dynamic dims at the declared shape (Case.with_sizes starts from these)
+        description["dynamic"] = {n: net_spec.input_shape[d - 1] for d, n in net_spec.dynamic_dims.items()}
     return Case(net, loss, inputs, targets, description, make)
 
 

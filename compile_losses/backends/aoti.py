@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import training
-from .base import Backend, TrainStepResult, Unsupported, export_example
+from .base import Backend, TrainStepResult, Unsupported, export_example, input_dims
 from .compile import cxx_compiler
 
 __all__ = ["AotiBackend", "export_aoti"]
@@ -76,11 +76,14 @@ def export_aoti(module: nn.Module, example_inputs: Tuple[Tensor, ...], package_p
     """``torch.export`` (dim 0 of every input dynamic) then AOTInductor; returns the loaded runner.
     With ``package_path`` the ``.pt2`` is written there, else into a folder the process keeps."""
     example = export_example(example_inputs)
-    batch = torch.export.Dim("batch")
+    # dim 0 of every input, and every dim marked dynamic on the inputs (compile_losses.dims)
+    dims = input_dims(example)
+    symbols = {s: torch.export.Dim(s) for d in dims for s in d.values()}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-            program = torch.export.export(module, example, dynamic_shapes=tuple({0: batch} for _ in example))
+            program = torch.export.export(module, example, dynamic_shapes=tuple(
+                {i: symbols[s] for i, s in d.items()} for d in dims))
     except Exception as exc:  # torch.export raises many types; one line says which and why
         first = (str(exc).strip().splitlines() or [""])[0]
         raise RuntimeError("torch.export failed: {}: {}".format(type(exc).__name__, first)) from None

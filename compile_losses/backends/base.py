@@ -26,11 +26,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
+from ..dims import carry_dims, dims_of, distinct_sizes, resize_dims, symbolic_shape
 from ..nets import NetWithLoss
 from ..programs import autograd_loss_and_grad, autograd_train_step
 from ..signature import TrainStepResult
 
-__all__ = ["Backend", "Unsupported", "TrainStepResult", "structure_key", "export_example", "shares_batch", "clear_cache",
+__all__ = ["Backend", "Unsupported", "TrainStepResult", "structure_key", "export_example", "shares_batch", "input_dims",
+           "clear_cache",
            "register_cache"]
 
 
@@ -369,10 +371,23 @@ def structure_key(module: nn.Module, example_inputs: Sequence[Tensor]) -> Tuple[
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     batched = shares_batch(example_inputs)
     # an input that does not share the batch (unpaired negatives (M, D)) has a dim 0 of its own:
-    # part of the key, since a graph exported with it tied to the batch cannot take another size
-    signature = tuple((str(t.dtype), tuple(t.shape[1:])) + (() if b else (t.shape[0],))
+    # part of the key, since a graph exported with it tied to the batch cannot take another size.
+    # A marked dynamic dim (compile_losses.dims) keys on its symbol: one preparation, every size.
+    signature = tuple((str(t.dtype), symbolic_shape(t)[1:]) + (() if b else (t.shape[0],))
                       for t, b in zip(example_inputs, batched))
     return (h.hexdigest(), signature)
+
+
+def input_dims(example_inputs: Sequence[Tensor], own: Callable[[int], str] = "input{}_dim0".format
+               ) -> List[Dict[int, str]]:
+    """Every input's dynamic dims by symbol: dim 0 ``"batch"`` where it shares the batch, ``own(i)``
+    otherwise (a dim of its own), and the marked dims beyond it (:mod:`compile_losses.dims`)."""
+    out = []
+    for i, (t, b) in enumerate(zip(example_inputs, shares_batch(example_inputs))):
+        dims = {0: "batch" if b else own(i)} if t.dim() >= 1 else {}
+        dims.update(dims_of(t))
+        out.append(dims)
+    return out
 
 
 def shares_batch(example_inputs: Sequence[Tensor]) -> List[bool]:
@@ -404,7 +419,23 @@ def export_example(example_inputs: Sequence[Tensor], rows: int = 4) -> Tuple[Ten
                 t = t.repeat((-(-rows // t.shape[0]),) + (1,) * (t.dim() - 1))
             t = t[:rows]
         out.append(t.clone())
-    return tuple(out)
+    # marked dims get a size that tracing cannot specialize or merge with another (dims.distinct_sizes)
+    out = [carry_dims(src, t) for src, t in zip(example_inputs, out)]
+    return resize_dims(out, distinct_sizes(out, taken=[rows]))
+
+
+@contextlib.contextmanager
+def tf32_scope(on: bool) -> Iterator[None]:
+    """TF32 matmuls and convolutions on CUDA (``torch.backends.cuda.matmul.allow_tf32``,
+    ``torch.backends.cudnn.allow_tf32``) set to ``on`` while the block runs, restored after."""
+    if not isinstance(on, bool):
+        raise ValueError("tf32 must be True or False, got {!r}".format(on))
+    previous = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def _as_tuple(inputs: Any) -> Tuple[Tensor, ...]:
@@ -418,7 +449,8 @@ def _as_tuple(inputs: Any) -> Tuple[Tensor, ...]:
 
 
 def _with_grad_first(example_inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-    return (example_inputs[0].detach().requires_grad_(True),) + tuple(example_inputs[1:])
+    first = example_inputs[0]
+    return (carry_dims(first, first.detach().requires_grad_(True)),) + tuple(example_inputs[1:])
 
 
 def _keep_counter(outer: Any, inner: Any) -> None:

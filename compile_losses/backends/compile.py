@@ -8,6 +8,7 @@ checks it). Preparation makes the first call, so compiling stays outside any tim
 callable compiles its own code object, so preparations never share (or exhaust) dynamo's
 per-function recompile budget, and each keeps a count of its compilations for the audit.
 """
+import contextlib
 import copy
 import os
 import shutil
@@ -16,7 +17,7 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from .base import Backend, move
+from .base import Backend, move, tf32_scope
 from .eager import cuda_available
 
 __all__ = ["CompileBackend", "INDUCTOR_SETTINGS", "own_code", "cxx_compiler"]
@@ -44,6 +45,8 @@ class CompileBackend(Backend):
         # low-precision intermediates as eager does) and fallback_random, and torch.compile's
         # dynamic= ("auto": static first, dynamic on a second shape; True; False).
         self.setting_defaults = dict(INDUCTOR_SETTINGS if compiler == "inductor" else {}, dynamic="auto")
+        if device.startswith("cuda"):
+            self.setting_defaults["tf32"] = False  # TF32 matmuls/convolutions (see eager's)
         # dynamo alone, + AOTAutograd, + inductor's decompositions and partitioner, + inductor
         pipeline = ("eager", "aot_eager", "aot_eager_decomp_partition", "inductor")
         self.stages = pipeline[:pipeline.index(compiler) + 1] if compiler in pipeline and device == "cpu" else ()
@@ -61,14 +64,19 @@ class CompileBackend(Backend):
                 raise ValueError("{} must be True or False, got {!r}".format(key, applied[key]))
         if "dynamic" in applied and applied["dynamic"] not in ("auto", True, False):
             raise ValueError("dynamic must be 'auto', True or False, got {!r}".format(applied["dynamic"]))
+        if "tf32" in applied and not isinstance(applied["tf32"], bool):
+            raise ValueError("tf32 must be True or False, got {!r}".format(applied["tf32"]))
 
     def _settings_context(self, applied: Dict[str, Any]) -> Any:
         patch = {k: applied[k] for k in INDUCTOR_SETTINGS if k in applied}
-        if not patch:
-            return super()._settings_context(applied)
-        import torch._inductor.config as inductor_config
+        stack = contextlib.ExitStack()
+        if "tf32" in applied:
+            stack.enter_context(tf32_scope(applied["tf32"]))
+        if patch:
+            import torch._inductor.config as inductor_config
 
-        return inductor_config.patch(**patch)
+            stack.enter_context(inductor_config.patch(**patch))
+        return stack
 
     def _available(self) -> Tuple[bool, str]:
         if not hasattr(torch, "compile"):

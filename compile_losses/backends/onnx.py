@@ -9,7 +9,9 @@
   2^24 elements is off from float64 by ~1e-3 relative (eager: ~1e-8). :func:`faithful_cost`
   measures what that costs.
 - Dim 0 of every input is dynamic: the batch where it equals the first input's, a dim of its own
-  otherwise (unpaired negatives ``(M, D)``); the export runs on a small example.
+  otherwise (unpaired negatives ``(M, D)``); so is every dim marked dynamic on the inputs
+  (:mod:`compile_losses.dims`: the net's declared sequence length or image size). The export runs
+  on a small example.
 - onnxruntime sessions come from :mod:`compile_losses.sessions` (one intra-op thread), the same
   factory the training graphs and the benchmarks use. Its graph optimization level and thread
   count are settings (``ort_opt_level``, ``ort_threads``: see ``Backend.settings_scope``), taken by
@@ -37,7 +39,7 @@ from ..diagnose import quiet_failure, unsupported
 from ..errors import UsageError
 from ..sessions import DEFAULT_OPT_LEVEL, INTRA_OP_THREADS, check_ort_settings, ort_session
 from ..signature import OPSET
-from .base import Backend, TrainStepResult, Unsupported, export_example, shares_batch, structure_key
+from .base import Backend, TrainStepResult, Unsupported, export_example, input_dims, structure_key
 
 __all__ = ["OnnxBackend", "OPSET", "INTRA_OP_THREADS", "export_onnx", "onnx_program", "ort_session", "faithful_cost"]
 
@@ -305,12 +307,13 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
             reductions: Any, optimize: bool = ONNX_OPTIMIZE, kept: Optional[List[Any]] = None) -> Any:
     import onnx
 
-    # dim 0 of every input is dynamic: "batch" where it is the batch, its own dim otherwise
-    dims = ["batch" if b else "{}_dim0".format(n) for n, b in zip(names, shares_batch(example))]
+    # dim 0 of every input is dynamic: "batch" where it is the batch, its own dim otherwise; and
+    # every dim marked dynamic on the example (compile_losses.dims: a sequence length, an image size)
+    dims = input_dims(example, own=lambda i: "{}_dim0".format(names[i]))
     with _quiet_export(), reductions, _keep_modes(module):
         if exporter == "dynamo":
-            symbols = {d: torch.export.Dim(d) for d in dims}
-            shapes = tuple({0: symbols[d]} for d in dims)
+            symbols = {s: torch.export.Dim(s) for d in dims for s in d.values()}
+            shapes = tuple({i: symbols[s] for i, s in d.items()} for d in dims)
             if kept is not None:  # the caller wants the ONNXProgram itself (localize): no cache
                 program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
                                             dynamic_shapes=shapes, opset_version=opset, optimize=optimize, verbose=False)
@@ -336,7 +339,7 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
         else:
             buffer = io.BytesIO()
             torch.onnx.export(module, example, buffer, dynamo=False, input_names=names, output_names=["output"],
-                              dynamic_axes={n: {0: d} for n, d in zip(names, dims)}, opset_version=opset)
+                              dynamic_axes={n: dict(d) for n, d in zip(names, dims)}, opset_version=opset)
             model = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(model)
     return model

@@ -97,6 +97,9 @@ def _case(args: argparse.Namespace) -> Any:
     except (ValueError, TypeError, RuntimeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError("--net {} and --loss {} do not fit the example inputs: {}".format(args.net, loss, first)) from None
+    spec = registry.NETS.get(args.net)
+    if spec is not None and spec.dynamic_dims and not args.input:
+        case = case.with_sizes({})  # the net's declared dynamic dims: the bundle takes any size there
     return loss, case
 
 

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: all)")
     parser.add_argument("--ort-threads", default="", metavar="COUNTS",
                         help="onnxruntime intra-op thread counts, comma-separated (0: all cores; default 1)")
+    parser.add_argument("--dynamic-dims", action="store_true",
+                        help="run each case of a net that declares dynamic dims (encoder: seq; convseg: height, width) "
+                             "with them dynamic, at its declared shape and at each of its registry sizes")
     parser.add_argument("--compile-setting", action="append", default=[], metavar="KEY=VALUE",
                         help="torch.compile setting that changes numerics (emulate_precision_casts, fallback_random: "
                              "true/false; dynamic: auto/true/false); repeatable")
@@ -185,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         report = run_matrix(losses=names, net=net, alone=not args.no_alone, batches=batches, large=args.large,
                             dtypes=dtypes, backends=backends, audit=not args.no_audit, lr=args.lr,
                             progress=progress, strict_audit=args.strict_audit,
-                            autocasts=autocasts, settings_grid=grid)
+                            autocasts=autocasts, settings_grid=grid, dynamic_dims=args.dynamic_dims)
     else:
         loss_name = args.loss or DEFAULT_LOSS
         plans = [net] + ([None] if net is not None and not args.no_alone and loss_name in LOSSES
@@ -201,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
                 spec = LOSSES.get(loss_name)
                 if case_net is None and spec is not None and spec.elementwise and args.large and not args.input:
                     sizes.append(max(1, args.large // int(torch.tensor(spec.feature_shape).prod())))
-                cases += [case if n == batches[0] else case.with_batch(n) for n in sizes]
+                at_batches = [case if n == batches[0] else case.with_batch(n) for n in sizes]
+                cases += [c if z is None else c.with_sizes(z) for c in at_batches
+                          for z in _dynamic_sizes(case_net, args)]
         n_backends = len(get_backends(backends))
         auditor = None if args.no_audit else audited(get_backends(backends))
         audit = auditor is not None
@@ -237,6 +242,17 @@ def run(args: argparse.Namespace) -> int:
             for loc in link_failures(report, cases, repro_dir=args.repro, lr=args.lr):
                 print(loc)
     return _finish(report, args)
+
+
+def _dynamic_sizes(net, args):  # type: ignore[no-untyped-def]
+    """[None] (as given), or with --dynamic-dims the registry net's declared shape ({}) and its sizes."""
+    from ..registry import NETS
+
+    spec = NETS.get(net) if args.dynamic_dims and net is not None and not args.input else None
+    if args.dynamic_dims and net is not None and (spec is None or not spec.dynamic_dims):
+        raise UsageError("--dynamic-dims needs a registry net that declares dynamic dims ({}), got --net {}".format(
+            ", ".join(n for n, s in NETS.items() if s.dynamic_dims), net))
+    return [None] if spec is None else [{}] + [dict(z) for z in spec.dynamic_sizes]
 
 
 def _finish(report, args) -> int:  # type: ignore[no-untyped-def]

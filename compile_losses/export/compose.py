@@ -40,7 +40,9 @@ def _as_tuple(value: Any, what: str) -> Tuple[Tensor, ...]:
     if not items or not all(isinstance(t, Tensor) for t in items):
         raise TypeError("{} must be a tensor or a tuple of tensors, got {}".format(
             what, tuple(type(t).__name__ for t in items) if isinstance(value, (tuple, list)) else type(value).__name__))
-    return tuple(t.detach() for t in items)
+    from ..dims import carry_dims
+
+    return tuple(carry_dims(t, t.detach()) for t in items)
 
 
 def _quiet(msg: str) -> None:
@@ -53,7 +55,8 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
                   parity: Any = True, net_info: Optional[Dict[str, Any]] = None,
                   loss_info: Optional[Dict[str, Any]] = None, progress: Optional[Say] = None,
                   install_failing: bool = False, optimizer: Optional[str] = None,
-                  optimizer_args: Optional[Dict[str, Any]] = None) -> "BundlePath":
+                  optimizer_args: Optional[Dict[str, Any]] = None,
+                  dynamic_dims: Optional[List[Optional[Dict[int, str]]]] = None) -> "BundlePath":
     """Write the bundle for ``loss(net(*inputs), *target)`` to ``<out_dir>/<name>/`` and return it.
 
     Args:
@@ -77,6 +80,10 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
             graph inputs and outputs (``bundle.trainer()`` runs it), the manifest records them, and
             the fixtures hold a short trajectory (:data:`TRAJECTORY_STEPS` steps) that ``check()``
             re-runs. Without it the train step is one plain SGD step with rate ``lr``.
+        dynamic_dims: one ``{dim index: symbol}`` per tensor of ``inputs + target`` (a shorter list
+            leaves the rest): those dims are exported dynamic (a sequence length, an image size),
+            recorded by symbol in the manifest's shapes and its ``dynamic_dims``, and the runtime
+            takes any size there. Tensors marked with :func:`compile_losses.dims.mark_dims` count too.
 
     Returns:
         :class:`BundlePath`: the folder, with ``.report`` (the parity report), ``.manifest``,
@@ -95,6 +102,10 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
     lr = check_lr(lr)
     opt = _optimizer(optimizer, optimizer_args, training)
     inputs_t, targets_t = _as_tuple(inputs, "inputs"), _as_tuple(target, "target")
+    if dynamic_dims is not None:
+        from ..dims import marked_aliases
+
+        inputs_t, targets_t = marked_aliases(inputs_t, targets_t, dynamic_dims)
     from ..validate import check_case
 
     check_case(net, loss, inputs_t, targets_t, finite=True)  # bad input: a named error, before any export
@@ -190,8 +201,11 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
            net_info: Optional[Dict[str, Any]], loss_info: Optional[Dict[str, Any]], say: Say,
            opt: Any = None) -> Dict[str, Any]:
     start = time.perf_counter()
+    from ..dims import infer_output_dims, mark_dims, sizes_of
+
     with torch.no_grad():
         pred = net(*inputs).detach()
+    mark_dims(pred, infer_output_dims(net, inputs))  # the prediction's dims follow the inputs'
     entries: Dict[str, Dict[str, Any]] = {}
     unavailable: List[Dict[str, str]] = []
     timings: Dict[str, float] = {}
@@ -258,6 +272,8 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
         "targets": loss_entry["inputs"][1:],
         "outputs": forward["outputs"],
         "loss_output": loss_entry["outputs"],
+        # dims beyond the batch that take any size, by symbol (the shapes above name them)
+        "dynamic_dims": sorted(sizes_of(inputs + targets)),
         "train_step": _train_step_record(entries, lr, opt),
         "artifacts": list(entries.values()),
         "unavailable": unavailable,

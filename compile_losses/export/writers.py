@@ -14,8 +14,9 @@ from ..errors import ExportError
 
 
 def _onnx_signature(path: Path) -> Tuple[int, List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """Opset and (name, dtype, shape) of a written ONNX graph; every symbolic dim becomes "N"
-    (only the batch is exported dynamic)."""
+    """Opset and (name, dtype, shape) of a written ONNX graph; a symbolic dim 0 becomes "N" (the
+    batch), a symbolic dim beyond it keeps its name (a dynamic dim the inputs declared, see
+    :mod:`compile_losses.dims`; an expression of sizes in an output becomes ``d<index>``)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -25,7 +26,8 @@ def _onnx_signature(path: Path) -> Tuple[int, List[Dict[str, Any]], List[Dict[st
         out = []
         for v in values:
             t = v.type.tensor_type
-            shape = ["N" if d.HasField("dim_param") else int(d.dim_value) for d in t.shape.dim]
+            shape = [int(d.dim_value) if not d.HasField("dim_param") else "N" if i == 0 else
+                     d.dim_param if d.dim_param.isidentifier() else "d{}".format(i) for i, d in enumerate(t.shape.dim)]
             out.append({"name": v.name, "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), "shape": shape})
         return out
 

@@ -33,7 +33,7 @@ def plan_units(losses: Optional[Sequence[str]] = None, net: Optional[str] = "see
                dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
                backends: Optional[Sequence[str]] = None, audit: bool = True, lr: float = 0.01,
                strict_audit: bool = False, autocasts: Sequence[Optional[torch.dtype]] = (None,),
-               settings_grid: Sequence[Dict[str, Any]] = ({},)) -> List[Unit]:
+               settings_grid: Sequence[Dict[str, Any]] = ({},), dynamic_dims: bool = False) -> List[Unit]:
     """The serial run of ``verify_registry`` with these arguments, as units in its order."""
     from ..backends import get_backends
     from ..registry import LOSSES, NETS
@@ -41,7 +41,7 @@ def plan_units(losses: Optional[Sequence[str]] = None, net: Optional[str] = "see
 
     names = list(LOSSES) if losses is None else list(losses)
     common = dict(batches=list(batches), large=large, backends=backends, lr=lr, net_cases=False,
-                  autocasts=list(autocasts), settings_grid=list(settings_grid))
+                  autocasts=list(autocasts), settings_grid=list(settings_grid), dynamic_dims=dynamic_dims)
     units: List[Unit] = []
     has_net = net not in (None, "none")
     for loss_name in names:

@@ -37,10 +37,12 @@ class Row:
     settings: Optional[Dict[str, Any]] = None
 
     def axes(self) -> Tuple[Any, ...]:
-        """(dtype, autocast, ort_opt_level, ort_threads, other settings): what the summary groups by."""
+        """(dtype, autocast, ort_opt_level, ort_threads, other settings, dynamic sizes): what the
+        summary groups by (the sizes of the dynamic dims beyond the batch, which every row has)."""
         other = ",".join("{}={}".format(k, v) for k, v in sorted((self.settings or {}).items()))
+        dims = ",".join("{}={}".format(k, v) for k, v in (self.sizes or {}).items() if k != "batch")
         return (self.dtype or "-", self.autocast or "-", self.ort_opt_level or "-",
-                "-" if self.ort_threads is None else str(self.ort_threads), other or "-")
+                "-" if self.ort_threads is None else str(self.ort_threads), other or "-", dims or "-")
     required: bool = False  # an uncompilable / graph-breaks row of a backend the user required
     localization: Optional[Dict[str, Any]] = None  # verify --localize: where a failing row's graph diverges
 
@@ -190,18 +192,18 @@ class ParityReport:
         return "\n".join(parts)
 
     def by_axes(self) -> List[Dict[str, Any]]:
-        """Counts per (backend, dtype, autocast, ort_opt_level, ort_threads, other settings)."""
+        """Counts per (backend, dtype, autocast, ort_opt_level, ort_threads, other settings, sizes)."""
         per: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
         for r in self.rows:
             key = (r.backend,) + r.axes()
             _count(per.setdefault(key, dict(zip(("backend", "dtype", "autocast", "ort_opt_level", "ort_threads",
-                                                 "settings"), key), **_zero_counts())), r)
+                                                 "settings", "sizes"), key), **_zero_counts())), r)
         return list(per.values())
 
     def summary_table(self) -> str:
-        header = ["backend", "dtype", "autocast", "ort opt", "ort thr", "settings", "pass (1)", "pass (2)", "fail",
+        header = ["backend", "dtype", "autocast", "ort opt", "ort thr", "settings", "sizes", "pass (1)", "pass (2)", "fail",
                   "unavailable", "skipped", "unsupported", UNCOMPILABLE, GRAPH_BREAKS]
-        lines = [[c["backend"], c["dtype"], c["autocast"], c["ort_opt_level"], c["ort_threads"], c["settings"],
+        lines = [[c["backend"], c["dtype"], c["autocast"], c["ort_opt_level"], c["ort_threads"], c["settings"], c["sizes"],
                   str(c["pass_clause1"]), str(c["pass_clause2"]), str(c["fail"]), str(c["unavailable"]),
                   str(c["skipped"]), str(c["unsupported"]), str(c[UNCOMPILABLE]), str(c[GRAPH_BREAKS])]
                  for c in self.by_axes()]

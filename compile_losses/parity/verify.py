@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ..backends import Backend, Unsupported, get_backends, reference_for
 from ..backends.base import to_cpu
+from ..dims import infer_output_dims, mark_dims, marked_aliases, sizes_of
 from ..nets import NetWithLoss
 from ..programs import check_lr
 from .audit import audit_rows, audited, compile_audit
@@ -34,8 +35,11 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     change numerics, e.g. ``{"ort_opt_level": "basic", "ort_threads": 0,
     "emulate_precision_casts": True}``: each backend takes those it declares, see
     ``Backend.setting_defaults``), ``autocast`` (``torch.bfloat16``/``torch.float16``: net and loss
-    run under ``torch.autocast``, parameters keep their dtype), ``sizes`` (what the row records as
-    the sizes it ran; default the batch), ``require`` (backend names, a list or
+    run under ``torch.autocast``, parameters keep their dtype), ``dynamic_dims`` (one
+    ``{dim index: symbol}`` dict per tensor of ``inputs + targets``: those dims are exported
+    dynamic, and one preparation serves every size; tensors marked with
+    :func:`compile_losses.dims.mark_dims` count too), ``sizes`` (what the row records as
+    the sizes it ran; default the batch and every dynamic dim's size), ``require`` (backend names, a list or
     ``"a,b"``: their ``uncompilable`` rows fail the report; others' do not).
 
     With ``optimizer`` (``"sgd"``, ``"adam"``, ``"adamw"``) it checks a training trajectory
@@ -63,6 +67,8 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     from ..validate import check_case
 
     check_case(net, loss, inputs, targets)  # bad input: one named error before any backend runs
+    if options.get("dynamic_dims") is not None:
+        inputs, targets = marked_aliases(inputs, targets, options["dynamic_dims"])
     lr = check_lr(options.get("lr", 0.01))
     spec = options.get("spec") or _registry_spec(loss)
     label = options.get("label") or _label(net, loss, inputs)
@@ -70,7 +76,8 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     autocast = check_autocast(options.get("autocast"))
     axes = {"dtype": _dtype_name(next((t.dtype for t in inputs + targets if t.is_floating_point()), None)),
             "autocast": _dtype_name(autocast),
-            "sizes": dict(options.get("sizes") or {"batch": int(inputs[0].shape[0]) if inputs[0].dim() else 1})}
+            "sizes": dict(options.get("sizes") or dict(
+                {"batch": int(inputs[0].shape[0]) if inputs[0].dim() else 1}, **sizes_of(inputs + targets)))}
     if autocast is not None:
         net, loss = autocast_modules(net, loss, len(inputs), len(targets), autocast)
         label = "{} autocast={}".format(label, axes["autocast"])
@@ -191,7 +198,10 @@ class _References:
         else:
             with torch.no_grad():
                 pred = net(*inputs)
-        self.lg_args = (pred.detach(),) + targets
+        pred = pred.detach()
+        if net is not None and sizes_of(inputs):  # the prediction's dims follow the marked inputs'
+            mark_dims(pred, infer_output_dims(net, inputs))
+        self.lg_args = (pred,) + targets
         self.train = net is not None and any(p.requires_grad for p in net.parameters())
         eager = reference_for("cpu")
         self.first = _run_all(eager, self, self.case_module, loss, net, self.case_args, self.lg_args)
@@ -297,7 +307,7 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
                     dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
                     backends: Union[None, str, Sequence[str]] = None, audit: bool = True, lr: float = 0.01,
                     progress: Any = None, strict_audit: bool = False, autocasts: Sequence[Optional[torch.dtype]] = (None,),
-                    settings_grid: Sequence[Dict[str, Any]] = ({},)) -> ParityReport:
+                    settings_grid: Sequence[Dict[str, Any]] = ({},), dynamic_dims: bool = False) -> ParityReport:
     """Every registry loss (or ``losses``) with ``net`` and alone, at ``batches`` and, for the
     elementwise losses alone, at ``large`` elements; in each of ``dtypes``; plus (``net_cases``)
     each larger registry net with its representative loss. One module per (case, dtype) serves
@@ -305,7 +315,9 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
     ``audit`` adds the torch.compile audit of each loss (float32); ``strict_audit`` fails it on
     compiler-internal recompilations too. ``autocasts``: each float32
     case also runs under ``torch.autocast`` in these dtypes (None: without); ``settings_grid``:
-    backend settings combinations (see :func:`settings_runs`)."""
+    backend settings combinations (see :func:`settings_runs`); ``dynamic_dims``: each case of a net
+    that declares dynamic dims (registry ``NetSpec.dynamic_dims``) runs with them dynamic, at its
+    declared shape and at each of its ``dynamic_sizes`` (one preparation serves them all)."""
     from ..registry import LOSSES, NETS
     from ..resolve import make_case
 
@@ -328,7 +340,12 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
     auditor = audited(chosen) if audit else None
     audits = [n for n in names if n in LOSSES] if auditor is not None else []
     runs = [(a, st, names) for a in autocasts for st, names in settings_runs(chosen, settings_grid)]
-    steps = sum(len(bs) for *_, bs in plan) * sum(len(n) for *_, n in runs) + len(audits)
+    def sizes_of_net(case_net: Optional[str]) -> List[Optional[Dict[str, int]]]:
+        spec = NETS.get(case_net) if dynamic_dims and case_net is not None else None
+        return [None] if spec is None or not spec.dynamic_dims else [{}] + [dict(z) for z in spec.dynamic_sizes]
+
+    steps = (sum(len(bs) * len(sizes_of_net(cn)) for cn, _, _, bs in plan) * sum(len(n) for *_, n in runs)
+             + len(audits))
     bar = progress if isinstance(progress, Progress) else (Progress(steps, None if progress is True else progress)
                                                            if progress else None)
     report = ParityReport()
@@ -337,12 +354,14 @@ def verify_registry(losses: Optional[Sequence[str]] = None, net: Optional[str] =
         for case_net, loss_name, dtype, bs in plan:
             case = make_case(case_net, loss_name, batch=bs[0], dtype=dtype)
             for n in bs:
-                c = case if n == bs[0] else case.with_batch(n)
-                for autocast, settings, names in runs:
-                    if autocast is not None and dtype != torch.float32:
-                        continue  # mixed precision: float32 parameters under autocast
-                    report.extend(verify(c.net, c.loss, c.inputs, c.targets, names, lr=lr, label=c.label,
-                                         progress=bar, autocast=autocast, settings=settings))
+                for sizes in sizes_of_net(case_net):
+                    c = case if n == bs[0] else case.with_batch(n)
+                    c = c if sizes is None else c.with_sizes(sizes)
+                    for autocast, settings, names in runs:
+                        if autocast is not None and dtype != torch.float32:
+                            continue  # mixed precision: float32 parameters under autocast
+                        report.extend(verify(c.net, c.loss, c.inputs, c.targets, names, lr=lr, label=c.label,
+                                             progress=bar, autocast=autocast, settings=settings))
         for loss_name in audits:
             if bar:
                 bar.step("compile audit {}".format(loss_name))

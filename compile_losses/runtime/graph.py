@@ -69,6 +69,15 @@ class Graph:
         except SignatureError as exc:
             raise BundleError(str(vb.root), [(rel, str(exc))]) from None
         self.inputs, self.outputs, self.classes = self.signature.inputs, self.signature.outputs, self.signature.classes
+        # a symbol beyond dim 0 is a dim that takes any size: only those the manifest declares
+        self.dynamic = tuple(vb.manifest.get("dynamic_dims", []))
+        for name, _, shape in self.inputs:
+            bad = [d for d in shape[1:] if isinstance(d, str) and d not in self.dynamic]
+            if bad:
+                raise BundleError(str(vb.root), [(rel, "input {} shape {} names dim(s) {} that the manifest's "
+                                                       "dynamic_dims {} does not declare".format(
+                                                           quote(name), ascii(list(shape))[:120], ascii(bad)[:80],
+                                                           ascii(list(self.dynamic))[:120]))])
         try:
             model = self_contained(vb, rel)
         except ProtobufError as exc:
@@ -103,7 +112,8 @@ class Graph:
                 raise TypeError("{}: {} must have dtype {}, got {}".format(self.kind, quote(name), dtype, arr.dtype))
             want = "({})".format(", ".join(str(d) for d in shape))
             if arr.ndim != len(shape) or any(isinstance(d, int) and d != g for d, g in zip(shape, arr.shape)):
-                raise ValueError("{}: {} must have shape {}, got {}".format(self.kind, quote(name), want, tuple(arr.shape)))
+                raise ValueError("{}: {} must have shape {}, got {}{}".format(
+                    self.kind, quote(name), want, tuple(arr.shape), self._fixed_dim(shape, arr.shape)))
             for d, g in zip(shape, arr.shape):
                 if isinstance(d, str):
                     seen = sizes.setdefault(d, (name, g))
@@ -114,6 +124,15 @@ class Graph:
                 _check_classes(self.kind, name, arr, *self.classes[name])
             feed[name] = np.ascontiguousarray(arr)
         return feed
+
+    def _fixed_dim(self, shape: Tuple[Any, ...], got: Tuple[int, ...]) -> str:
+        """With declared dynamic dims, which fixed dim a wrong shape breaks: its index, the size
+        given and the size expected (the dims that take any size are named)."""
+        if not self.dynamic or len(shape) != len(got):
+            return ""
+        d = next(i for i, (want, g) in enumerate(zip(shape, got)) if isinstance(want, int) and want != g)
+        return ": dim {} is {}, expected {} (only {} take any size)".format(
+            d, got[d], shape[d], ", ".join(["N"] + [s for s in shape[1:] if isinstance(s, str)]))
 
     def run(self, args: Sequence[Any], timeout_s: Optional[float], trusted: Container[int] = ()) -> List[np.ndarray]:
         """The graph's outputs; stopped and :class:`BundleTimeoutError` after ``timeout_s``."""

@@ -190,6 +190,20 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+MAX_DYNAMIC_DIMS = 16
+
+
+def dynamic_dims_fault(dims: Any) -> Optional[str]:
+    """Why a manifest's ``dynamic_dims`` (the symbols of the dims beyond the batch that take any
+    size; absent in bundles without any) is malformed, or None."""
+    ok = (isinstance(dims, list) and len(dims) <= MAX_DYNAMIC_DIMS and len(set(map(ascii, dims))) == len(dims)
+          and all(isinstance(d, str) and d.isidentifier() and len(d) <= 64 and d not in ("N", "batch") for d in dims))
+    if ok:
+        return None
+    return ("dynamic_dims must be a list of at most {} distinct symbol names (identifiers of at most 64 characters, "
+            "not N or batch), got {}".format(MAX_DYNAMIC_DIMS, ascii(dims)[:120]))
+
+
 def is_int(value: Any) -> bool:
     """A JSON integer: ``int`` but not ``bool`` (``True == 1`` and ``1.0 == 1`` in Python)."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -218,6 +232,9 @@ def _manifest(root: Path, pinned: Optional[str]) -> Tuple[Dict[str, Any], str]:
     if not (is_int(version) and version == FORMAT_VERSION):
         faults.append((MANIFEST, "format_version must be {}, got {} (the integer {} exactly)".format(
             FORMAT_VERSION, json.dumps(version)[:80], FORMAT_VERSION)))
+    why = dynamic_dims_fault(manifest.get("dynamic_dims", []))
+    if why is not None:
+        faults.append((MANIFEST, why))
     arts = manifest.get("artifacts")
     if not isinstance(arts, list) or not arts or len(arts) > MAX_ARTIFACTS:
         faults.append((MANIFEST, "artifacts must be a list of 1 to {} entries".format(MAX_ARTIFACTS)))

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._reduction import faithful_reductions
+from ..dims import carry_dims, dims_of, distinct_sizes, resize_dims, symbolic_shape
 from ..diagnose import unsupported, user_frame
 from ..errors import ExportUnsupportedError
 from ..programs import sgd_update
@@ -106,8 +107,17 @@ class TracedGraph:
                                   tuple(n for n, r in zip(self.input_names, self.input_roles) if r == "target"))
 
     def dynamic_shapes(self) -> Tuple[Optional[Dict[int, Any]], ...]:
-        batch = torch.export.Dim(BATCH)
-        return tuple({0: batch} if b else None for b in self.batched)
+        """The batch on dim 0 of the batched inputs, and every dim marked dynamic on the example
+        (:mod:`compile_losses.dims`), one ``torch.export.Dim`` per symbol."""
+        symbols = {BATCH: torch.export.Dim(BATCH)}
+        out: List[Optional[Dict[int, Any]]] = []
+        for t, b in zip(self.example, self.batched):
+            dims = {0: BATCH} if b else {}
+            dims.update(dims_of(t))
+            for name in dims.values():
+                symbols.setdefault(name, torch.export.Dim(name))
+            out.append({d: symbols[n] for d, n in dims.items()} or None)
+        return tuple(out)
 
 
 def loss_label(loss: nn.Module) -> str:
@@ -215,9 +225,13 @@ def _trace_batch(args: Tuple[Tensor, ...], batched: List[bool]) -> Tuple[Tensor,
         while size in other:
             size += 1
     if size == batch:
-        return tuple(a.detach() for a in args)
-    rows = torch.arange(size) % batch
-    return tuple(a.detach().index_select(0, rows.to(a.device)) if b else a.detach() for a, b in zip(args, batched))
+        out = tuple(carry_dims(a, a.detach()) for a in args)
+    else:
+        rows = torch.arange(size) % batch
+        out = tuple(carry_dims(a, a.detach().index_select(0, rows.to(a.device)) if b else a.detach())
+                    for a, b in zip(args, batched))
+    # dims marked dynamic beyond the batch (a sequence length, an image size): the same two rules
+    return resize_dims(out, distinct_sizes(out, taken=[size]))
 
 
 def _split_pred(example_inputs: Sequence[Tensor], name: str, form: str) -> Tuple[Tensor, Tuple[Tensor, ...]]:
@@ -281,9 +295,30 @@ def faithful_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         node.meta["val"] = new_val
         cast.meta["val"] = val
     _float64_scalars(gm)
+    _symbolic_scalars(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _symbolic_scalars(gm: torch.fx.GraphModule) -> None:
+    # A scalar that depends on a dynamic size (group norm's backward scales by 1 / (C/G * H * W))
+    # reaches aten.mul.Scalar as a SymFloat, which the ONNX exporter's Scalar overload cannot
+    # take ("float() argument must be ... not 'SymbolicTensor'"). Hand it over as a 0-d tensor.
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.mul.Scalar:
+            continue
+        if len(node.args) != 2 or not isinstance(node.args[1], torch.fx.Node):
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, Tensor):
+            continue
+        with gm.graph.inserting_before(node):
+            scalar = gm.graph.call_function(torch.ops.aten.scalar_tensor.default, (node.args[1],),
+                                            {"dtype": val.dtype, "device": val.device})
+        scalar.meta["val"] = torch.empty((), dtype=val.dtype, device=val.device)
+        node.target = torch.ops.aten.mul.Tensor
+        node.args = (node.args[0], scalar)
 
 
 _ELEMENTWISE_TENSOR_OPS = (torch.ops.aten.div.Tensor, torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor,
@@ -324,7 +359,7 @@ def structure_key(kind: str, net: Optional[nn.Module], loss: nn.Module, example_
     # graph traced with it tied to the batch (M = N) cannot take another M
     first = example_inputs[0] if example_inputs else None
     batch = first.shape[0] if first is not None and first.dim() else None
-    inputs = tuple((str(t.dtype), tuple(t.shape[1:]), t.dim(), str(t.device))
+    inputs = tuple((str(t.dtype), symbolic_shape(t)[1:], t.dim(), str(t.device))
                    + (() if t.dim() == 0 or t.shape[0] == batch else (t.shape[0],)) for t in example_inputs)
     net_key = None
     if net is not None:

@@ -1,0 +1,99 @@
+"""Issue 16's named pitfalls that tests/test_precision.py and tests/test_dynamic_dims.py do not
+already hold: onnxruntime's constant folding (onnxruntime 29788) and TF32 on CUDA (item 6).
+
+The others, for the record: optimization levels changing outputs (onnxruntime 20321, 23210;
+optimum 978): test_precision.py::test_every_graph_same_verdict_at_every_ort_level_and_thread_count;
+a dropped ``dtype=float64`` in a mean (onnxscript 3008): test_precision.py::
+test_exporter_keeps_dtype_float64_of_a_sum_and_a_mean and the graph-level faithful-reduction
+checks; bf16 under torch.compile (pytorch 168126, 158699): test_precision.py::
+test_emulate_precision_casts_changes_the_bf16_verdict_to_clause_1; dynamic shapes fixed at export
+(pytorch 122321, 149065): test_dynamic_dims.py.
+"""
+import pytest
+import torch
+
+from compile_losses.backends import BACKENDS
+from compile_losses.backends.base import tf32_scope
+from compile_losses.parity import PASS, verify
+from compile_losses.resolve import make_case
+
+
+def _optimized(model_bytes, level, path):
+    import onnx
+    import onnxruntime as ort
+
+    from compile_losses.sessions import session_options
+
+    options = session_options(1, level)
+    options.optimized_model_filepath = str(path)
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return session, onnx.load(str(path))
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("loss_name,dtype", [
+    ("cross_entropy", torch.float64),  # the default run: one export; the rest in the slow run
+    pytest.param("cross_entropy", torch.float32, marks=pytest.mark.slow),
+    pytest.param("focal", torch.float64, marks=pytest.mark.slow),
+    pytest.param("focal", torch.float32, marks=pytest.mark.slow)])
+def test_constant_folding_changes_no_value(loss_name, dtype, tmp_path):
+    """onnxruntime 29788: constant folding (a "basic" rewrite) must not change what a graph computes.
+    The graphs here have constants to fold (they lose nodes at "basic"); their outputs equal the
+    unfolded graph's and eager's within the dtype's default tolerance."""
+    from compile_losses.backends.onnx import export_onnx
+
+    case = make_case(None, loss_name, batch=7, dtype=dtype)
+    args = case.inputs + case.targets
+    model = export_onnx(case.loss, args).SerializeToString()
+    expected = case.loss(*args).detach()
+    outs, nodes = {}, {}
+    for level in ("disabled", "basic", "all"):
+        session, optimized = _optimized(model, level, tmp_path / "{}.onnx".format(level))
+        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+        outs[level] = torch.from_numpy(session.run(None, feeds)[0])
+        nodes[level] = len(optimized.graph.node)
+    assert nodes["basic"] < nodes["disabled"], nodes  # something was folded
+    for level, value in outs.items():
+        torch.testing.assert_close(value, outs["disabled"], msg=lambda m: "{} vs disabled: {}".format(level, m))
+        torch.testing.assert_close(value, expected, msg=lambda m: "{} vs eager: {}".format(level, m))
+
+
+def test_tf32_scope_sets_both_flags_and_restores_them():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with tf32_scope(not before[0]):
+        assert torch.backends.cuda.matmul.allow_tf32 is (not before[0])
+        assert torch.backends.cudnn.allow_tf32 is (not before[0])
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    with pytest.raises(ValueError, match="tf32 must be True or False, got 'on'"):
+        with tf32_scope("on"):
+            pass
+
+
+def test_tf32_is_a_setting_of_every_cuda_torch_adapter_only():
+    for b in BACKENDS.values():
+        takes = "tf32" in b.setting_defaults
+        assert takes == (b.device.startswith("cuda") and b.supports_autograd), b.name
+        if takes:
+            assert b.setting_defaults["tf32"] is False  # the reference stays float32 unless asked
+
+
+_CUDA_TORCH = [b.name for b in BACKENDS.values() if "tf32" in b.setting_defaults]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", _CUDA_TORCH)
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_on_and_off_for_eager_and_compile_on_cuda(backend, tf32):
+    """TF32 off: CUDA matches the CPU reference by the rule. On: the rows record it; a 10-bit
+    mantissa in every matmul of a wide layer is less accurate than float32 eager, and the rule must
+    see that (fail), not pass it."""
+    ok, why = BACKENDS[backend].available()
+    if not ok:
+        pytest.skip(why)
+    case = make_case("mlp", "cross_entropy", batch=64)
+    report = verify(case.net, case.loss, case.inputs, case.targets, [backend], settings={"tf32": tf32})
+    assert all(r.settings.get("tf32") is tf32 for r in report.rows), [r.settings for r in report.rows]
+    if not tf32:
+        assert report.ok and {r.status for r in report.rows} == {PASS}, report
+    else:
+        assert any(r.clause != 1 for r in report.rows), report  # TF32 is never equal to float32 eager
