@@ -195,8 +195,10 @@ class OnnxBackend(Backend):
         evaluator = ReferenceEvaluator(proto)
         names = [i["name"] for i in info["inputs"]]
         if params is None:
+            with_cotangent = training.cotangent_input(info)
+
             def loss_and_grad(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
-                value, grad = evaluator.run(None, _feeds(names, (pred,) + targets))
+                value, grad = evaluator.run(None, _feeds(names, with_cotangent((pred,) + targets)))
                 return _tensor(value), _tensor(grad)
 
             return loss_and_grad

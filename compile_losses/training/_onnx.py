@@ -20,13 +20,15 @@ from torch import Tensor, nn
 from .._reduction import ONNX_OPTIMIZE
 from ..diagnose import quiet_failure, unsupported
 from ..sessions import INTRA_OP_THREADS, ort_session
-from ..signature import OPSET, TrainStepResult, TrainStepSignature
+from ..signature import COTANGENT, OPSET, TrainStepResult, TrainStepSignature
 from ._trace import (TracedGraph, faithful_graph, structure_key, trace_loss_and_grad,
                      trace_train_step)
 
 
 def export_loss_and_grad_onnx(loss: nn.Module, example_inputs: Tuple[Tensor, ...], path: str) -> Dict[str, Any]:
-    """Write ``loss_and_grad.onnx``: ``(pred, *targets) -> (loss, grad_pred)``.
+    """Write ``loss_and_grad.onnx``: ``(pred, *targets) -> (loss, grad_pred)``; for a loss that
+    does not reduce to a scalar, ``(pred, *targets, cotangent) -> (loss, grad_pred)`` with
+    ``grad_pred`` the vector-Jacobian product (the input's role is ``"cotangent"``).
 
     Returns what a manifest needs: path, kind, opset, inputs/outputs (name, dtype, shape with
     ``"batch"`` for the dynamic dim, role), bytes, node count and export seconds.
@@ -157,10 +159,12 @@ def prepare_onnx_loss_and_grad(loss: nn.Module, example_inputs: Tuple[Tensor, ..
     model, info = _exported(key, lambda p: export_loss_and_grad_onnx(loss, example_inputs, p))
     session = ort_session(model, provider, threads=threads, opt_level=opt_level)
     names = [i["name"] for i in info["inputs"]]
+    with_cotangent = cotangent_input(info)
 
     def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
-        _check_arity(names, 1 + len(targets))
-        value, grad = session.run(None, _feed(names, (pred,) + targets))
+        feeds = with_cotangent((pred,) + targets)
+        _check_arity(names, len(feeds))
+        value, grad = session.run(None, _feed(names, feeds))
         return torch.from_numpy(value).to(pred.device), torch.from_numpy(grad).to(pred.device)
 
     run.graph_info = info  # type: ignore[attr-defined]
@@ -188,6 +192,23 @@ def prepare_onnx_train_step(net: nn.Module, loss: nn.Module, example_inputs: Tup
     return run
 
 
+def cotangent_input(info: Dict[str, Any]) -> Callable[[Tuple[Tensor, ...]], Tuple[Tensor, ...]]:
+    """``(pred, *targets) -> feeds`` for a loss-and-gradient graph's info: the program's cotangent
+    (:func:`compile_losses.programs.cotangent_for`, the batch from ``pred``) appended when the
+    graph takes one (a non-scalar loss), the inputs unchanged otherwise."""
+    from ..programs import cotangent_for
+
+    spec = next((i for i in info["inputs"] if i.get("role") == COTANGENT), None)
+    if spec is None:
+        return lambda feeds: feeds
+    dtype = getattr(torch, spec["dtype"])
+
+    def feeds(args: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        return args + (cotangent_for(spec["shape"], args[0].shape[0], dtype, args[0].device),)
+
+    return feeds
+
+
 def signature_of(info: Dict[str, Any]) -> TrainStepSignature:
     """The train step's signature from an exported graph's info (or a manifest entry)."""
     return TrainStepSignature(tuple(p["name"] for p in info["params"]),
@@ -199,7 +220,7 @@ def _check_arity(names: Sequence[str], given: int) -> None:
         raise TypeError("the graph takes ({}), got {} tensors".format(", ".join(names), given))
 
 
-__all__ = ["OPSET", "signature_of", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
+__all__ = ["OPSET", "cotangent_input", "signature_of", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
            "prepare_onnx_train_step"]
 
 

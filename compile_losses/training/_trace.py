@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._reduction import faithful_reductions
-from ..diagnose import unsupported, user_frame
+from ..diagnose import traceback_frame, unsupported, user_frame
 from ..errors import ExportUnsupportedError
-from ..programs import sgd_update
-from ..signature import TrainStepResult, TrainStepSignature, target_names
+from ..programs import cotangent, sgd_update
+from ..signature import COTANGENT, TrainStepResult, TrainStepSignature, target_names
 from ._decomp import LinearAs2D, export_decompositions
 
 BATCH = "batch"
@@ -34,6 +34,19 @@ def loss_and_grad(loss: nn.Module) -> Callable[..., Tuple[Tensor, Tensor]]:
 
     def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
         grad, value = torch.func.grad_and_value(_scalar_loss(loss, targets))(pred)
+        return value, grad
+
+    return run
+
+
+def loss_and_vjp(loss: nn.Module) -> Callable[..., Tuple[Tensor, Tensor]]:
+    """``(pred, *targets, cotangent) -> (loss value, cotangent^T d loss / d pred)`` with
+    ``torch.func.vjp``: the gradient program of a loss that does not reduce to a scalar."""
+
+    def run(pred: Tensor, *rest: Tensor) -> Tuple[Tensor, Tensor]:
+        targets, cot = rest[:-1], rest[-1]
+        value, pullback = torch.func.vjp(lambda p: loss(p, *targets), pred)
+        (grad,) = pullback(cot)
         return value, grad
 
     return run
@@ -92,7 +105,7 @@ class TracedGraph:
     module: torch.fx.GraphModule
     example: Tuple[Tensor, ...]    # flat example inputs (trace batch; see _trace_batch)
     input_names: List[str]
-    input_roles: List[str]         # "pred" | "param" | "input" | "target" | "lr"
+    input_roles: List[str]         # "pred" | "param" | "input" | "target" | "lr" | "cotangent"
     output_names: List[str]
     batched: List[bool]            # input has the dynamic batch as dim 0
     params: List[Dict[str, str]]   # {"name", "input", "grad", "new"} per trained parameter
@@ -116,16 +129,40 @@ def loss_label(loss: nn.Module) -> str:
 
 def trace_loss_and_grad(loss: nn.Module, example_inputs: Sequence[Tensor], target: str = "onnx") -> TracedGraph:
     """``make_fx`` (symbolic) of ``(pred, *targets) -> (loss, d loss / d pred)``, with the op
-    rewrites ``target`` (``"onnx"`` or ``"aoti"``) needs (see :func:`export_decompositions`)."""
+    rewrites ``target`` (``"onnx"`` or ``"aoti"``) needs (see :func:`export_decompositions`).
+    A loss that does not reduce to a scalar gets the graph ``(pred, *targets, cotangent) -> (loss,
+    grad_pred)`` (:func:`loss_and_vjp`), the cotangent an input shaped like the loss (its dim 0
+    the dynamic batch when the loss's dim 0 is the batch)."""
     pred, targets = _split_pred(example_inputs, "example_inputs", "(pred, *targets)")
     batched = [True] + [_has_batch(t, pred.shape[0]) for t in targets]
-    fn = loss_and_grad(loss)
     names = ["pred"] + target_names(loss, len(targets))
+    roles = ["pred"] + ["target"] * len(targets)
+    args: Tuple[Tensor, ...] = (pred,) + tuple(targets)
+    value = _loss_value(loss, args)
+    if value is not None and value.dim() != 0:
+        shape = tuple(value.shape)
+        args += (cotangent(shape, value.dtype, pred.device),)
+        batched.append(shape[0] == pred.shape[0])
+        names.append(COTANGENT)
+        roles.append(COTANGENT)
+        fn = loss_and_vjp(loss)
+    else:
+        fn = loss_and_grad(loss)
     _check_unique(names, loss)
-    graph = _make_fx(fn, (pred,) + tuple(targets), batched, loss, target)
-    return TracedGraph("loss_and_grad", graph.module, graph.example, names,
-                       ["pred"] + ["target"] * len(targets), ["loss", "grad_pred"], batched, [],
+    graph = _make_fx(fn, args, batched, loss, target)
+    return TracedGraph("loss_and_grad", graph.module, graph.example, names, roles, ["loss", "grad_pred"], batched, [],
                        loss_label(loss))
+
+
+def _loss_value(loss: nn.Module, args: Tuple[Tensor, ...]) -> Optional[Tensor]:
+    """The loss on ``args`` from one eager run (its shape says whether the graph takes a
+    cotangent); a loss that fails here is left to the trace, which reports it."""
+    try:
+        with torch.no_grad():
+            value = loss(*args)
+    except Exception:  # noqa: BLE001 - the trace below names the failure
+        return None
+    return value if isinstance(value, Tensor) else None
 
 
 def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[Tensor],
@@ -134,6 +171,13 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
     with the op rewrites ``target`` (``"onnx"`` or ``"aoti"``) needs."""
     x, targets = _split_pred(example_inputs, "example_inputs", "(x, *targets)")
     signature = TrainStepSignature.of(net, loss, len(targets))
+    with torch.no_grad():
+        value = _loss_value(loss, (net(x),) + tuple(targets))
+    if value is not None and value.dim() != 0:
+        raise ExportUnsupportedError(
+            "{} returns shape {}, not a scalar: a train step needs a scalar loss (reduction 'mean' or 'sum'); "
+            "its gradient is exported as loss_and_grad, with the cotangent as an input".format(
+                loss_label(loss), tuple(value.shape)), loss=loss_label(loss))
     names = list(signature.params)
     state = dict(net.named_parameters())
     params = [state[n].detach() for n in names]
@@ -175,7 +219,7 @@ def _make_fx(fn: Callable[..., Any], args: Tuple[Tensor, ...], batched: List[boo
         if any(k in str(exc) for k in ("data-dependent", "DataDependent", "_local_scalar_dense")):
             raise unsupported(exc, loss, "its gradient graph") from None
         # e.g. "the derivative for 'zeta' is not implemented": no gradient graph exists at all.
-        where = user_frame(str(exc))
+        where = user_frame(str(exc)) or traceback_frame(exc)
         raise ExportUnsupportedError("cannot trace the gradient of {}: {}{}".format(
             loss_label(loss), _first_line(exc), " (at {})".format(where) if where else ""),
             loss=loss_label(loss), source=where) from None
