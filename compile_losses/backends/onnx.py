@@ -280,10 +280,25 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
     with _quiet_export(), reductions, _keep_modes(module):
         if exporter == "dynamo":
             symbols = {d: torch.export.Dim(d) for d in dims}
+            shapes = tuple({0: symbols[d]} for d in dims)
             program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
-                                        dynamic_shapes=tuple({0: symbols[d]} for d in dims),
-                                        opset_version=opset, optimize=ONNX_OPTIMIZE, verbose=False)
+                                        dynamic_shapes=shapes, opset_version=opset, optimize=ONNX_OPTIMIZE,
+                                        verbose=False)
             model = program.model_proto
+            batched = [n for n, d in zip(names, dims) if d == "batch"]
+            if static_dim0(model, batched):
+                # The exporter's non-strict capture specialized dim 0 (``len(query)`` reads it as a
+                # Python int) and re-exported with its own suggested fix, a graph for that one size.
+                # torch.export's strict mode traces such code with the dim symbolic: capture with it.
+                try:
+                    captured = torch.export.export(module, example, dynamic_shapes=shapes, strict=True)
+                except Exception as exc:
+                    raise RuntimeError("the graph does not allow a dynamic batch dimension: tracing specialized "
+                                       "dim 0 of {} to its example size".format(", ".join(static_dim0(model, batched)))) from exc
+                program = torch.onnx.export(captured, example, dynamo=True, input_names=names,
+                                            output_names=["output"], opset_version=opset, optimize=ONNX_OPTIMIZE,
+                                            verbose=False)
+                model = program.model_proto
         else:
             buffer = io.BytesIO()
             torch.onnx.export(module, example, buffer, dynamo=False, input_names=names, output_names=["output"],
@@ -291,6 +306,17 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
             model = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(model)
     return model
+
+
+def static_dim0(model: Any, batched: Sequence[str]) -> List[str]:
+    """The inputs among ``batched`` (exported with the batch as a dynamic dim 0) whose dim 0 is a
+    fixed size in ``model``: such a graph takes its example batch only."""
+    out = []
+    for v in model.graph.input:
+        dims = v.type.tensor_type.shape.dim
+        if v.name in batched and len(dims) and not dims[0].HasField("dim_param"):
+            out.append(v.name)
+    return out
 
 
 @contextlib.contextmanager

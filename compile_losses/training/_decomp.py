@@ -116,6 +116,12 @@ def export_decompositions(target: str = "onnx") -> Dict[object, object]:
     if target == "onnx":
         table.update({aten.convolution_backward.default: convolution_backward,
                       aten.native_layer_norm.default: native_layer_norm})
+        # the exporter's nll_loss_forward returns its total_weight output (what the backward divides
+        # a "mean" gradient by) as the constant 1: F.cross_entropy's gradient came out batch-size
+        # times too large. torch's own decomposition computes it.
+        from torch._decomp import get_decompositions
+
+        table.update(get_decompositions([aten.nll_loss_forward]))
     return table
 
 

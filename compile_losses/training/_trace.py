@@ -145,11 +145,13 @@ def trace_loss_and_grad(loss: nn.Module, example_inputs: Sequence[Tensor], targe
         batched.append(shape[0] == pred.shape[0])
         names.append(COTANGENT)
         roles.append(COTANGENT)
-        fn = loss_and_vjp(loss)
+        program = loss_and_vjp
     else:
-        fn = loss_and_grad(loss)
+        program = loss_and_grad
     _check_unique(names, loss)
-    graph = _make_fx(fn, args, batched, loss, target)
+    n_loss_args = 1 + len(targets)
+    graph = _dynamic_traced(program, args, batched, loss, target, args[:n_loss_args],
+                            batched[:n_loss_args])
     return TracedGraph("loss_and_grad", graph.module, graph.example, names, roles, ["loss", "grad_pred"], batched, [],
                        loss_label(loss))
 
@@ -185,21 +187,65 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
     fixed = _fixed_state(net, names)
     n = len(names)
 
-    def step(*args: Tensor) -> Tuple[Tensor, ...]:
-        p = dict(zip(names, args[:n]))
-        xs, ts, rate = args[n], args[n + 1:-1], args[-1]
+    def program(used: nn.Module) -> Callable[..., Tuple[Tensor, ...]]:
+        def step(*args: Tensor) -> Tuple[Tensor, ...]:
+            p = dict(zip(names, args[:n]))
+            xs, ts, rate = args[n], args[n + 1:-1], args[-1]
 
-        def compute(q: Dict[str, Tensor]) -> Tensor:
-            return _scalar_loss(loss, ts)(torch.func.functional_call(net, {**fixed, **q}, (xs,)))
+            def compute(q: Dict[str, Tensor]) -> Tensor:
+                return _scalar_loss(used, ts)(torch.func.functional_call(net, {**fixed, **q}, (xs,)))
 
-        grads, value = torch.func.grad_and_value(compute)(p)
-        new = sgd_update(p, grads, rate)
-        return (value,) + tuple(grads[k] for k in names) + tuple(new[k] for k in names)
+            grads, value = torch.func.grad_and_value(compute)(p)
+            new = sgd_update(p, grads, rate)
+            return (value,) + tuple(grads[k] for k in names) + tuple(new[k] for k in names)
+
+        return step
 
     batched = [False] * n + [True] + [_has_batch(t, x.shape[0]) for t in targets] + [False]
-    graph = _make_fx(step, tuple(params) + (x,) + tuple(targets) + (lr,), batched, loss, target)
+    with torch.no_grad():
+        pred = net(x)
+    graph = _dynamic_traced(program, tuple(params) + (x,) + tuple(targets) + (lr,), batched, loss, target,
+                            (pred,) + tuple(targets), [True] + batched[n + 1:-1])
     return TracedGraph("train_step", graph.module, graph.example, signature.input_names, signature.input_roles,
                        signature.output_names, batched, signature.param_table, loss_label(loss))
+
+
+def _dynamic_traced(program: Callable[[nn.Module], Callable[..., Any]], args: Tuple[Tensor, ...], batched: List[bool],
+                    loss: nn.Module, target: str, loss_args: Tuple[Tensor, ...], loss_batched: List[bool]) -> "_Traced":
+    """``make_fx`` of ``program(loss)``; when tracing specialized the batch (``len(query)`` or
+    ``int(x.shape[0])`` in the loss read it as a Python int, so the graph would take its trace batch
+    only), the loss is captured first by ``torch.export``'s strict mode with the batch dynamic (Dynamo
+    keeps such sizes symbolic) and the program traced through that capture."""
+    graph = _make_fx(program(loss), args, batched, loss, target)
+    if not _static_batch(graph, batched):
+        return graph
+    batch = torch.export.Dim(BATCH)
+    example = _trace_batch(loss_args, loss_batched)
+    try:
+        with faithful_reductions():
+            captured = torch.export.export(loss, example, dynamic_shapes=tuple({0: batch} if b else None
+                                                                               for b in loss_batched), strict=True)
+    except Exception as exc:  # torch.export raises many types: one line naming the op, class and line
+        raise unsupported(exc, loss, "its gradient graph: tracing specialized the batch dimension, and "
+                                     "torch.export's strict capture failed") from None
+    graph = _make_fx(program(captured.module()), args, batched, loss, target)
+    if _static_batch(graph, batched):
+        raise ExportUnsupportedError("cannot trace the gradient of {} with a dynamic batch: tracing specializes "
+                                     "the batch dimension to its example size".format(loss_label(loss)),
+                                     loss=loss_label(loss))
+    return graph
+
+
+def _static_batch(graph: "_Traced", batched: List[bool]) -> bool:
+    """Whether a batched input of the traced graph has a fixed dim 0 (the trace specialized it)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    inputs = [n for n in graph.module.graph.nodes if n.op == "placeholder"]
+    for node, b in zip(inputs, batched):
+        val = node.meta.get("val")
+        if b and isinstance(val, Tensor) and val.dim() and is_concrete_int(val.shape[0]):
+            return True
+    return False
 
 
 class _Traced(NamedTuple):
@@ -418,6 +464,10 @@ def trace_optimizer_step(net: nn.Module, loss: nn.Module, example_inputs: Sequen
     from ..programs import flat_optimizer_step
 
     sig, flat, batched = optimizer_example(net, loss, example_inputs, opt)
-    graph = _make_fx(flat_optimizer_step(net, loss, opt, sig), flat, batched, loss, target)
+    x, targets = example_inputs[0], tuple(example_inputs[1:])
+    with torch.no_grad():
+        pred = net(x)
+    graph = _dynamic_traced(lambda l: flat_optimizer_step(net, l, opt, sig), flat, batched, loss, target,
+                            (pred,) + targets, [True] + [_has_batch(t, x.shape[0]) for t in targets])
     return TracedGraph("train_step", graph.module, graph.example, sig.input_names, sig.input_roles,
                        sig.output_names, batched, sig.param_table, loss_label(loss))
