@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import training
+from .._onnx_ops import translation_table
 from .._reduction import ONNX_OPTIMIZE, faithful_reductions
 from ..diagnose import quiet_failure, unsupported
 from ..errors import UsageError
@@ -283,7 +284,7 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
             shapes = tuple({0: symbols[d]} for d in dims)
             program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
                                         dynamic_shapes=shapes, opset_version=opset, optimize=ONNX_OPTIMIZE,
-                                        verbose=False)
+                                        custom_translation_table=translation_table(), verbose=False)
             model = program.model_proto
             batched = [n for n, d in zip(names, dims) if d == "batch"]
             if static_dim0(model, batched):
@@ -294,10 +295,11 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
                     captured = torch.export.export(module, example, dynamic_shapes=shapes, strict=True)
                 except Exception as exc:
                     raise RuntimeError("the graph does not allow a dynamic batch dimension: tracing specialized "
-                                       "dim 0 of {} to its example size".format(", ".join(static_dim0(model, batched)))) from exc
+                                       "dim 0 of {} to its example size".format(
+                                           ", ".join(static_dim0(model, batched)))) from exc
                 program = torch.onnx.export(captured, example, dynamo=True, input_names=names,
                                             output_names=["output"], opset_version=opset, optimize=ONNX_OPTIMIZE,
-                                            verbose=False)
+                                            custom_translation_table=translation_table(), verbose=False)
                 model = program.model_proto
         else:
             buffer = io.BytesIO()

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
+from .._onnx_ops import translation_table
 from .._reduction import ONNX_OPTIMIZE
 from ..diagnose import quiet_failure, unsupported
 from ..sessions import INTRA_OP_THREADS, ort_session
@@ -71,7 +72,8 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
             with quiet_failure():
                 program = torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
                                             input_names=graph.input_names, output_names=graph.output_names,
-                                            opset_version=OPSET, verbose=False, optimize=ONNX_OPTIMIZE)
+                                            opset_version=OPSET, verbose=False, optimize=ONNX_OPTIMIZE,
+                                            custom_translation_table=translation_table())
         except Exception as exc:  # the exporter raises several unrelated types; all end here
             raise unsupported(exc, loss, "its {} graph, to ONNX".format(graph.kind), loss_example(),
                               opset=OPSET) from None
