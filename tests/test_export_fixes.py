@@ -7,6 +7,8 @@ loss written the way the library wrote it, so these run without the zoo's librar
   as the constant 1, so a "mean" gradient came out batch-size times too large.
 * pytorch_msssim: ``x.squeeze(dim=d)`` of a dim whose size is not 1 (a no-op) became an ONNX
   Squeeze that onnxruntime refuses.
+* kornia's PSNR: the exporter decomposes ``mse_loss_backward`` into ``aten.sym_numel``, which has
+  no ONNX form, so F.mse_loss's gradient graph did not export.
 * monai: a failure inside the user's code (``.tolist()`` while tracing the gradient) names the
   user's line, found in the traceback when the message has none.
 """
@@ -86,6 +88,16 @@ def test_cross_entropy_mean_gradient_is_not_scaled_by_the_batch() -> None:
         expected = (torch.softmax(p, 1) - F.one_hot(t, 3).float()) / n
         assert_close(grad, expected)
         assert_close(lg(p, t)[1], expected)
+
+
+def test_mse_loss_gradient_graph_exports_with_a_dynamic_batch() -> None:
+    loss = nn.MSELoss()
+    lg = BACKENDS["onnx"].prepare_loss_and_grad(loss, _pair(4, 1, 8, 8))
+    for n in (1, 3):
+        p, t = _pair(n, 1, 8, 8, seed=n)
+        got_value, got_grad = lg(p, t)
+        assert_close(got_value, ((p - t) ** 2).mean())
+        assert_close(got_grad, 2 * (p - t) / p.numel())  # written out
 
 
 def test_a_no_op_squeeze_exports_as_identity() -> None:

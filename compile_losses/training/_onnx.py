@@ -22,6 +22,7 @@ from .._reduction import ONNX_OPTIMIZE
 from ..diagnose import quiet_failure, unsupported
 from ..sessions import INTRA_OP_THREADS, ort_session
 from ..signature import COTANGENT, OPSET, TrainStepResult, TrainStepSignature
+from ._decomp import numel_as_sizes
 from ._trace import (TracedGraph, faithful_graph, structure_key, trace_loss_and_grad,
                      trace_train_step)
 
@@ -63,7 +64,7 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
             loss_example: Callable[[], Tuple[Tensor, ...]]) -> Dict[str, Any]:
     import onnx
 
-    gm = faithful_graph(graph.module)
+    gm = numel_as_sizes(faithful_graph(graph.module))
     with warnings.catch_warnings(), _quiet_registry():
         # Every batched input shares one Dim; the exporter says it keeps only one name for it.
         warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)
