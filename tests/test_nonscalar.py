@@ -118,3 +118,16 @@ def test_cli_export_net_none_writes_the_loss_alone(tmp_path, capsys) -> None:
     assert manifest["net"]["alone"] is True
     lg = next(a for a in manifest["artifacts"] if a["kind"] == "loss_and_grad")
     assert [i["name"] for i in lg["inputs"]] == ["pred", "target"]  # a scalar loss: no cotangent
+
+
+@pytest.mark.aoti
+@pytest.mark.slow  # an AOTInductor build, 20-40 s
+def test_aoti_gradient_of_an_unreduced_loss_is_the_vjp_for_every_batch() -> None:
+    from compile_losses.training import prepare_aoti_loss_and_grad
+
+    lg = prepare_aoti_loss_and_grad(L.MSELoss(reduction="none"), _case(4))
+    for n in (1, 6):
+        pred, target = _case(n, seed=n)
+        value, grad = lg(pred, target)
+        torch.testing.assert_close(value, (pred - target) ** 2)
+        torch.testing.assert_close(grad, 2 * (pred - target) * cotangent((n, 3), torch.float32))
