@@ -8,8 +8,9 @@ Shared by every exporter path (the forward and loss graphs, the training graphs,
 The op comes from the exporter's own message (``No ONNX function found for <OpOverload(op=...)>``);
 the source line from the first frame of the exception's text that lies outside torch, the exporters,
 the standard library and this package (torch.export prints the user's frame for data-dependent
-control flow), else from the ``stack_trace`` that ``torch.export`` records on the graph node using
-that op.
+control flow), else from the innermost such frame of the exception's traceback (the tracers run the
+user's code as Python), else from the ``stack_trace`` that ``torch.export`` records on the graph
+node using that op.
 """
 import contextlib
 import os
@@ -21,7 +22,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import ExportUnsupportedError
 
-__all__ = ["unsupported", "script_unsupported", "user_frame", "module_label", "quiet_failure"]
+__all__ = ["unsupported", "script_unsupported", "traceback_frame", "user_frame", "module_label", "quiet_failure"]
 
 _NO_ONNX = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>")
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in ([\w<>.]+)\n[ \t]*([^\n]*)')
@@ -59,6 +60,27 @@ def user_frame(text: str) -> Optional[str]:
         return None
     m = frames[-1]
     return "{}:{}: {}".format(m.group(1), m.group(2), m.group(4).strip())
+
+
+def traceback_frame(exc: BaseException, limit: int = 10) -> Optional[str]:
+    """``path:line: code`` of the innermost frame of the user's in the tracebacks of ``exc`` and
+    the exceptions it was raised from, or None: where the user's code was running when a tracer
+    (``make_fx``, ``torch.export``'s non-strict mode, which run it as Python) failed, when the
+    message itself names no frame."""
+    import traceback
+
+    skip = _not_user_dirs()
+    seen: Optional[BaseException] = exc
+    depth = 0
+    while seen is not None and depth < limit:
+        frames = [f for f in traceback.extract_tb(seen.__traceback__)
+                  if not f.filename.startswith("<") and not os.path.abspath(f.filename).startswith(skip)]
+        if frames:
+            f = frames[-1]
+            return "{}:{}: {}".format(f.filename, f.lineno, (f.line or "").strip())
+        seen = seen.__cause__ or seen.__context__
+        depth += 1
+    return None
 
 
 def _chain(exc: BaseException, limit: int = 10) -> str:
@@ -105,7 +127,7 @@ def unsupported(exc: BaseException, module: Any, what: str, example: Optional[Se
     label = module_label(module)
     match = _NO_ONNX.search(text)
     op = "{}.{}".format(match.group(1), match.group(2)) if match else None
-    where = user_frame(text)
+    where = user_frame(text) or traceback_frame(exc)
     if op and where is None and example is not None:
         where = _op_source(module, example, op)
     at = " at {}".format(where) if where else ""

@@ -5,8 +5,9 @@ eager candidates and the benchmarks' references call them; nobody writes its own
 
 * ``autograd_loss_and_grad(fn)``: ``(pred, *targets) -> (value, d value / d pred)`` by autograd
   through any callable ``fn`` computing the loss (eager, scripted or compiled). A loss that does not
-  reduce to a scalar (``reduction="none"``) gets the vector-Jacobian product with ones, as
-  ``value.backward(torch.ones_like(value))`` gives.
+  reduce to a scalar (``reduction="none"``) gets the vector-Jacobian product with :func:`cotangent`,
+  a fixed seeded random tensor shaped like the loss (as ``torch.autograd.gradcheck`` checks with
+  random ``grad_outputs``): ones would only check the gradient of the loss's sum.
 * ``autograd_train_step(fn, named_params, lr)``: ``(x, *targets) -> TrainStepResult``: the loss
   ``fn(x, *targets)`` (which reads ``named_params``), their gradients and :func:`sgd_update`; no
   parameter and no ``.grad`` is changed.
@@ -23,7 +24,8 @@ from torch import Tensor, nn
 from .signature import OptimStepSignature, TrainStepResult, TrainStepSignature
 
 __all__ = ["TrainStepResult", "TrainStepSignature", "autograd_loss_and_grad", "autograd_train_step", "check_lr",
-           "eager_loss_and_grad", "eager_train_step", "sgd_update", "seed_grad", "trainable"]
+           "COTANGENT_SEED", "cotangent", "cotangent_for", "eager_loss_and_grad", "eager_train_step", "sgd_update",
+           "seed_grad", "trainable"]
 
 
 def check_lr(lr: object, name: str = "lr") -> float:
@@ -39,9 +41,29 @@ def check_lr(lr: object, name: str = "lr") -> float:
     return value
 
 
+# The seed of every non-scalar loss's cotangent: eager, every autograd backend, every exported
+# loss-and-gradient graph's fixtures and parity's float64 reference draw the same values.
+COTANGENT_SEED = 20261202
+
+
+def cotangent(shape: Sequence[int], dtype: torch.dtype, device: "torch.device | str" = "cpu") -> Tensor:
+    """The fixed cotangent of a non-scalar loss of ``shape``: standard normal draws from
+    :data:`COTANGENT_SEED`, made in float64 and rounded to ``dtype``, so a float32 and a float64
+    run get the same vector (to float32's rounding); it depends on the shape only."""
+    gen = torch.Generator().manual_seed(COTANGENT_SEED)
+    return torch.randn(tuple(int(s) for s in shape), generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def cotangent_for(shape: Sequence[Any], batch: int, dtype: torch.dtype,
+                  device: "torch.device | str" = "cpu") -> Tensor:
+    """:func:`cotangent` for an exported graph's cotangent input, whose declared shape has a name
+    (``"batch"``) for the dynamic batch dimension: that dimension is ``batch``."""
+    return cotangent([batch if isinstance(d, str) else int(d) for d in shape], dtype, device)
+
+
 def seed_grad(value: Tensor) -> Optional[Tensor]:
-    """The cotangent of a loss value: none for a scalar, ones for an unreduced loss."""
-    return None if value.dim() == 0 else torch.ones_like(value)
+    """The cotangent of a loss value: none for a scalar, :func:`cotangent` for an unreduced loss."""
+    return None if value.dim() == 0 else cotangent(value.shape, value.dtype, value.device)
 
 
 def sgd_update(params: Dict[str, Tensor], grads: Dict[str, Tensor], lr: "float | Tensor") -> Dict[str, Tensor]:

@@ -10,13 +10,18 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
-__all__ = ["OPSET", "OptimStepResult", "OptimStepSignature", "TrainStepResult", "TrainStepSignature", "onnx_safe_name",
+__all__ = ["COTANGENT", "OPSET", "OptimStepResult", "OptimStepSignature", "TrainStepResult", "TrainStepSignature", "onnx_safe_name",
            "target_names"]
 
 # The ONNX opset of every graph the project writes (forward, loss and training graphs alike), pinned
 # so a graph exported on torch 2.11 and 2.13 reads the same; torch's own ONNX functions are written
 # for 18, so no version conversion runs.
 OPSET = 18
+
+# The extra input of a non-scalar loss's loss-and-gradient graph: the cotangent (the upstream
+# gradient, shaped like the loss) whose vector-Jacobian product the graph returns as grad_pred.
+# Its role in a manifest's inputs is the same word.
+COTANGENT = "cotangent"
 
 
 class TrainStepResult(NamedTuple):

@@ -56,12 +56,25 @@ def test_sgd_update_is_p_minus_lr_times_grad_and_changes_nothing_in_place() -> N
     assert torch.equal(P.sgd_update(p, g, torch.tensor(2.0))["b"], torch.tensor([-3.5]))
 
 
-def test_seed_grad_is_none_for_a_scalar_and_ones_for_an_unreduced_loss() -> None:
+def test_seed_grad_is_none_for_a_scalar_and_the_seeded_cotangent_for_an_unreduced_loss() -> None:
     assert P.seed_grad(torch.tensor(3.0)) is None
     seed = P.seed_grad(torch.zeros(2, 3, dtype=torch.float64))
-    assert seed is not None and seed.dtype == torch.float64 and torch.equal(seed, torch.ones(2, 3, dtype=torch.float64))
+    # standard normal draws from the fixed seed, in float64 (written out here, not by the code)
+    expected = torch.randn(2, 3, generator=torch.Generator().manual_seed(P.COTANGENT_SEED), dtype=torch.float64)
+    assert seed is not None and seed.dtype == torch.float64 and torch.equal(seed, expected)
+    assert len(set(seed.reshape(-1).tolist())) == 6  # not ones: every entry weighs differently
+    # float32 gets the same draws rounded, and the values depend on the shape only
+    assert torch.equal(P.seed_grad(torch.zeros(2, 3)), expected.float())
+    assert torch.equal(P.cotangent((2, 3), torch.float64), expected)
+    assert P.COTANGENT_SEED == 20261202
     one = P.seed_grad(torch.zeros(1))
-    assert one is not None and torch.equal(one, torch.ones(1))
+    assert one is not None and one.shape == (1,) and torch.equal(one, expected.reshape(-1)[:1].float())
+
+
+def test_cotangent_for_a_graph_input_takes_the_batch_for_the_named_dimension() -> None:
+    got = P.cotangent_for(["batch", 3], 2, torch.float32)
+    assert torch.equal(got, P.cotangent((2, 3), torch.float32))
+    assert torch.equal(P.cotangent_for([4], 9, torch.float64), P.cotangent((4,), torch.float64))
 
 
 def test_trainable_keeps_requires_grad_parameters_in_order() -> None:
@@ -79,11 +92,12 @@ def test_loss_and_grad_of_a_scalar_loss() -> None:
     assert not value.requires_grad and not pred.requires_grad and pred.grad is None
 
 
-def test_loss_and_grad_of_an_unreduced_loss_is_the_vjp_with_ones() -> None:
+def test_loss_and_grad_of_an_unreduced_loss_is_the_vjp_with_the_cotangent() -> None:
     pred, target = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])
     value, dpred = P.autograd_loss_and_grad(lambda p, t: (p - t) ** 3)(pred, target)
     assert torch.equal(value, torch.tensor([1.0, 8.0]))
-    assert torch.equal(dpred, torch.tensor([3.0, 12.0]))
+    c = P.cotangent((2,), torch.float32)
+    assert torch.allclose(dpred, torch.tensor([3.0, 12.0]) * c, rtol=1e-6, atol=0)  # 3 (p - t)^2 * c
 
 
 # --- the train step --------------------------------------------------------------------------------
@@ -134,11 +148,13 @@ def test_a_parameter_the_loss_does_not_reach_gets_a_zero_gradient() -> None:
     assert torch.allclose(out.new_params["used"], torch.tensor([1.7]))
 
 
-def test_an_unreduced_train_step_loss_is_seeded_with_ones() -> None:
+def test_an_unreduced_train_step_loss_is_seeded_with_the_cotangent() -> None:
     w = torch.tensor([2.0], requires_grad=True)
     out = P.autograd_train_step(lambda x: w * x, [("w", w)], 1.0)(torch.tensor([1.0, 3.0]))
-    assert torch.equal(out.grads["w"], torch.tensor([4.0]))  # sum of x
-    assert torch.equal(out.new_params["w"], torch.tensor([-2.0]))
+    c = P.cotangent((2,), torch.float32)
+    expected = c[0] * 1.0 + c[1] * 3.0  # sum of cotangent * x
+    assert torch.allclose(out.grads["w"], expected.reshape(1), rtol=1e-6, atol=0)
+    assert torch.allclose(out.new_params["w"], 2.0 - expected.reshape(1), rtol=1e-6, atol=0)
 
 
 # --- the signature ---------------------------------------------------------------------------------

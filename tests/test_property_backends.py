@@ -24,9 +24,9 @@ The registry's ``known_failures`` lists what the slow run found and is not fixed
 The ">= 100 examples per loss, 500 in CI" of the issue holds for the eager properties
 (test_properties.py, which follows the hypothesis profile), not for these backend properties.
 Autograd backends are judged on their loss-and-gradient callable's value and ``d/dpred``; ``onnx``
-on its loss graph's value (``prepare``) and, for a scalar loss, its loss-and-gradient graph's value
-and ``d/dpred`` (the training graphs differentiate a scalar: with ``reduction="none"`` only the value
-is judged, and a warning says so). A backend that cannot run here is a skip with its reason.
+on its loss graph's value (``prepare``) and its loss-and-gradient graph's value and ``d/dpred``
+(with ``reduction="none"`` the vector-Jacobian product with the programs' fixed cotangent, an
+input of the exported graph). A backend that cannot run here is a skip with its reason.
 """
 import warnings
 from typing import Any, Dict, List, Tuple
@@ -37,6 +37,7 @@ from hypothesis import Phase, assume, given, settings, strategies as st
 
 from compile_losses.backends import BACKENDS, Unsupported
 from compile_losses.parity import PASS, judge
+from compile_losses.programs import seed_grad
 from compile_losses.registry import LOSSES, LossSpec
 from compile_losses.training import ExportUnsupportedError
 from strategies import cases
@@ -93,7 +94,7 @@ def _prepared(backend: str, spec: LossSpec, combo: Combo, example: Tuple[torch.T
 def _eager(module: torch.nn.Module, pred: torch.Tensor, targets: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
     leaf = pred.detach().clone().requires_grad_(True)
     value = module(leaf, *targets)
-    (grad,) = torch.autograd.grad(value.sum(), leaf)
+    (grad,) = torch.autograd.grad(value, leaf, grad_outputs=seed_grad(value))  # the programs' cotangent
     return value.detach(), grad
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import training
+from .._onnx_ops import translation_table
 from .._reduction import ONNX_OPTIMIZE, faithful_reductions
 from ..diagnose import quiet_failure, unsupported
 from ..errors import UsageError
@@ -215,8 +216,10 @@ class OnnxBackend(Backend):
         evaluator = ReferenceEvaluator(proto)
         names = [i["name"] for i in info["inputs"]]
         if params is None:
+            with_cotangent = training.cotangent_input(info)
+
             def loss_and_grad(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
-                value, grad = evaluator.run(None, _feeds(names, (pred,) + targets))
+                value, grad = evaluator.run(None, _feeds(names, with_cotangent((pred,) + targets)))
                 return _tensor(value), _tensor(grad)
 
             return loss_and_grad
@@ -314,18 +317,35 @@ def _export(module: nn.Module, example: Tuple[Tensor, ...], names: List[str], ex
         if exporter == "dynamo":
             symbols = {s: torch.export.Dim(s) for d in dims for s in d.values()}
             shapes = tuple({i: symbols[s] for i, s in d.items()} for d in dims)
-            if kept is not None:  # the caller wants the ONNXProgram itself (localize): no cache
+            batched = [n for n, d in zip(names, dims) if d.get(0) == "batch"]
+
+            def export_program() -> Any:
                 program = torch.onnx.export(module, example, dynamo=True, input_names=names, output_names=["output"],
-                                            dynamic_shapes=shapes, opset_version=opset, optimize=optimize, verbose=False)
+                                            dynamic_shapes=shapes, opset_version=opset, optimize=optimize,
+                                            custom_translation_table=translation_table(), verbose=False)
+                if static_dim0(program.model_proto, batched):
+                    # The exporter's non-strict capture specialized dim 0 (``len(query)`` reads it as a
+                    # Python int) and re-exported with its own suggested fix, a graph for that one size.
+                    # torch.export's strict mode traces such code with the dim symbolic: capture with it.
+                    try:
+                        captured = torch.export.export(module, example, dynamic_shapes=shapes, strict=True)
+                    except Exception as exc:
+                        raise RuntimeError("the graph does not allow a dynamic batch dimension: tracing specialized "
+                                           "dim 0 of {} to its example size".format(
+                                               ", ".join(static_dim0(program.model_proto, batched)))) from exc
+                    program = torch.onnx.export(captured, example, dynamo=True, input_names=names,
+                                                output_names=["output"], opset_version=opset, optimize=optimize,
+                                                custom_translation_table=translation_table(), verbose=False)
+                return program
+
+            if kept is not None:  # the caller wants the ONNXProgram itself (localize): no cache
+                program = export_program()
                 kept.append(program)
                 model = program.model_proto
             else:
                 def build(dest: str) -> None:
-                    program = torch.onnx.export(module, example, dynamo=True, input_names=names,
-                                                output_names=["output"], dynamic_shapes=shapes, opset_version=opset,
-                                                optimize=optimize, verbose=False)
                     with open(dest, "wb") as f:
-                        f.write(program.model_proto.SerializeToString())
+                        f.write(export_program().model_proto.SerializeToString())
 
                 key = _onnx_key(module, example, shapes, (names, dims, opset, optimize))
                 with tempfile.TemporaryDirectory() as tmp:
@@ -371,6 +391,17 @@ def _onnx_key(module: nn.Module, example: Tuple[Tensor, ...], shapes: Tuple[Any,
         _flags._is_onnx_exporting = before
     return build_cache.program_key(program, ("torch.onnx.export", repr(settings), build_cache.package_versions("onnx", "onnxscript")),
                                    inductor=False)
+
+
+def static_dim0(model: Any, batched: Sequence[str]) -> List[str]:
+    """The inputs among ``batched`` (exported with the batch as a dynamic dim 0) whose dim 0 is a
+    fixed size in ``model``: such a graph takes its example batch only."""
+    out = []
+    for v in model.graph.input:
+        dims = v.type.tensor_type.shape.dim
+        if v.name in batched and len(dims) and not dims[0].HasField("dim_param"):
+            out.append(v.name)
+    return out
 
 
 @contextlib.contextmanager

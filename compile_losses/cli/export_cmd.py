@@ -30,7 +30,9 @@ def _parts() -> tuple:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--net", default="seed", metavar="N", help="registry net or pkg.mod:Class (default: seed)")
+    parser.add_argument("--net", default="seed", metavar="N",
+                        help="registry net, pkg.mod:Class, or 'none' (the loss alone: --input specs are the "
+                             "predictions; default: seed)")
     parser.add_argument("--loss", default=None, metavar="L",
                         help="registry loss or pkg.mod:Class (default: mse for registry nets' defaults)")
     parser.add_argument("--out", default="models", metavar="DIR", help="parent folder of the bundle (default: models)")
@@ -89,7 +91,7 @@ def _case(args: argparse.Namespace) -> Any:
 
     try:  # one eager call: a net whose output does not fit the loss is bad input, not a crash later
         with torch.no_grad():
-            pred = case.net(*case.inputs)
+            pred = case.inputs[0] if case.net is None else case.net(*case.inputs)
             check_class_indices(case.loss, pred, case.targets, check_arity(case.loss, case.targets))
             case.loss(pred, *case.targets)
     except InputError:
@@ -154,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
             case.net, case.loss, case.inputs, case.targets, args.out, name=name, lr=args.lr, parity=parity,
             progress=say, install_failing=args.install_failing,
             optimizer=args.optimizer, optimizer_args=optim_args if args.optimizer else None,
-            net_info=_info("net", args.net, case.net, init_kwargs(args, "net"), case.description),
+            net_info=None if case.net is None else _info("net", args.net, case.net, init_kwargs(args, "net"),
+                                                         case.description),
             loss_info=_info("loss", loss_name, case.loss, init_kwargs(args, "loss"), case.description),
             **{part: part not in skips for part in ex.PARTS if part != "parity"})
     except ex.ExportError as exc:

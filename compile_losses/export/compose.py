@@ -49,7 +49,7 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
+def export_bundle(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
                   out_dir: Union[str, Path] = "models", *, name: Optional[str] = None,
                   aoti: bool = True, torchscript: bool = True, training: bool = True, lr: float = 0.01,
                   parity: Any = True, net_info: Optional[Dict[str, Any]] = None,
@@ -60,7 +60,9 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
     """Write the bundle for ``loss(net(*inputs), *target)`` to ``<out_dir>/<name>/`` and return it.
 
     Args:
-        net, loss: modules; the net is exported in ``eval()`` mode (its mode is restored).
+        net, loss: modules; the net is exported in ``eval()`` mode (its mode is restored). ``net``
+            None is the loss alone: ``inputs`` are the predictions, ``forward.onnx`` is the identity,
+            there is no train step (nothing to train) and no AOTInductor package.
         inputs: the net's example input (a tensor or a tuple); dim 0 is the batch, exported dynamic.
         target: the loss's targets after the prediction (a tensor or a tuple).
         out_dir: parent folder of the bundle (created if missing).
@@ -96,6 +98,13 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
             ``unavailable`` in the manifest with the reason.)
     """
     say = progress or _quiet
+    alone = net is None  # the loss alone: the inputs are the predictions, the net the identity
+    if alone:
+        net = nn.Identity()
+        aoti = False  # an AOTInductor build of the identity would only cost its 20-40 s
+        if net_info is None:
+            net_info = dict(describe_module(net), alone=True,
+                            note="the loss alone: forward.onnx is the identity, its input the prediction")
     if not isinstance(net, nn.Module) or not isinstance(loss, nn.Module):
         raise TypeError("net and loss must be torch.nn.Module instances, got {} and {}".format(
             type(net).__name__, type(loss).__name__))
@@ -125,7 +134,7 @@ def export_bundle(net: nn.Module, loss: nn.Module, inputs: Any, target: Any,
     try:
         manifest, parity_report = _build(net, loss, inputs_t, targets_t, staging, name, aoti=aoti,
                                          torchscript=torchscript, training=training, lr=lr, parity=parity,
-                                         net_info=net_info, loss_info=loss_info, say=say, opt=opt)
+                                         net_info=net_info, loss_info=loss_info, say=say, opt=opt, alone=alone)
         say("validating the bundle with the runtime alone")
         report = validate_bundle(staging)
         _step("validated")
@@ -199,7 +208,7 @@ class BundlePath(type(Path())):  # type: ignore[misc]
 def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets: Tuple[Tensor, ...], folder: Path,
            name: str, *, aoti: bool, torchscript: bool, training: bool, lr: float, parity: Any,
            net_info: Optional[Dict[str, Any]], loss_info: Optional[Dict[str, Any]], say: Say,
-           opt: Any = None) -> Dict[str, Any]:
+           opt: Any = None, alone: bool = False) -> Dict[str, Any]:
     start = time.perf_counter()
     from ..dims import infer_output_dims, mark_dims, sizes_of
 
@@ -233,7 +242,9 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
     if training:
         attempt("loss_and_grad", "exporting loss_and_grad.onnx",
                 lambda: write_loss_and_grad_onnx(loss, pred, targets, folder), True)
-        if opt is None:
+        if alone:
+            unavailable.append({"kind": "train_step", "reason": "the loss alone (no net): no parameters to train"})
+        elif opt is None:
             attempt("train_step", "exporting train_step.onnx",
                     lambda: write_train_step_onnx(net, loss, inputs, targets, folder), True)
         else:  # asked for by name: a train step that cannot be built fails the export
@@ -258,7 +269,7 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
     entries["fixtures"] = write_npz(_fixtures(net, loss, inputs, targets, entries, lr, opt), folder / "fixtures.npz",
                                     "fixtures")
     _step("fixtures")
-    parity_summary, report = _parity(net, loss, inputs, targets, entries, parity, say, lr)
+    parity_summary, report = _parity(None if alone else net, loss, inputs, targets, entries, parity, say, lr)
     _step("parity")
     forward, loss_entry = entries["forward"], entries["loss"]
     manifest = {
@@ -359,7 +370,7 @@ def _check_trusted(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], 
         say("  {} judged against eager: {}".format(path.name, verdict["status"]))
 
 
-def _parity(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets: Tuple[Tensor, ...],
+def _parity(net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...], targets: Tuple[Tensor, ...],
             entries: Dict[str, Any], parity: Any, say: Say, lr: float) -> Dict[str, Any]:
     if parity is False:
         return {"status": "skipped"}, None

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..programs import autograd_loss_and_grad, autograd_train_step
+from ..programs import autograd_loss_and_grad, autograd_train_step, seed_grad
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -44,8 +44,11 @@ def _fixtures(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targe
 
     if "loss_and_grad" in entries:
         # the float64 reference runs on the float32 prediction widened, so both see one input
-        put("loss_and_grad", (pred,) + targets, autograd_loss_and_grad(loss)(pred, *targets),
-            autograd_loss_and_grad(loss64)(_double(pred), *targets64))
+        # a non-scalar loss's graph takes the program's cotangent as its last input
+        with torch.no_grad():
+            cot = seed_grad(loss(pred, *targets))
+        put("loss_and_grad", (pred,) + targets + (() if cot is None else (cot,)),
+            autograd_loss_and_grad(loss)(pred, *targets), autograd_loss_and_grad(loss64)(_double(pred), *targets64))
     if "train_step" in entries and opt is not None:
         out.update(_optimizer_fixtures(net, loss, inputs, targets, entries["train_step"], opt, put))
     elif "train_step" in entries:

@@ -270,9 +270,10 @@ def _settled_rows(backend: Backend, ref: _References, label: str, spec: Any, req
             continue
         if isinstance(value, ExportUnsupportedError):
             lg = ref.first.get("lg.loss")
-            if output == "loss_and_grad" and isinstance(lg, Tensor) and lg.dim() != 0 and "scalar" in str(value):
-                rows.append(Row(label, name, output, UNSUPPORTED, detail="a non-scalar loss (shape {}): its gradient "
-                                "graph (a vector-Jacobian product) is not exported yet: {}".format(
+            if output == "train_step" and isinstance(lg, Tensor) and lg.dim() != 0 and "scalar" in str(value):
+                # the loss-and-gradient graph takes a cotangent; an exported train step has no upstream gradient
+                rows.append(Row(label, name, output, UNSUPPORTED, detail="a non-scalar loss (shape {}): an exported "
+                                "train step needs a scalar loss (reduction 'mean' or 'sum'): {}".format(
                                     tuple(lg.shape), _one_line(value))))
             else:  # the compiler cannot take the user's code: its message and the user's line
                 rows.append(Row(label, name, output, UNCOMPILABLE, detail=str(value).splitlines()[0][:400],

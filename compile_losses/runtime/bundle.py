@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..signature import COTANGENT
 from .errors import BadArgumentError, BundleError, BundleTimeoutError, quote
 from .graph import Graph
 from .integrity import GRAPH_KINDS, MAX_LOADED_BYTES, RUNTIME_KINDS, VerifiedBundle, verify_bundle
@@ -207,7 +208,7 @@ class Bundle:
         return self._graph("forward").run(inputs, self._timeout(timeout_s))[0]
 
     def _targets(self, graph: Graph, targets: Sequence[Any]) -> None:
-        names = [n for n, _, _ in graph.inputs[1:]]
+        names = [n for n, _, _ in graph.inputs[1:] if n != COTANGENT]
         if len(targets) != len(names):
             loss = str((self.manifest.get("loss") or {}).get("import_path", "?")).rsplit(":", 1)[-1]
             raise TypeError("{}: loss {} takes {} target{} ({}), got {}".format(
@@ -219,10 +220,21 @@ class Bundle:
         self._targets(graph, targets)
         return graph.run((pred,) + targets, self._timeout(timeout_s))[0]
 
-    def loss_and_grad(self, pred: Any, *targets: Any, timeout_s: Any = _BUNDLE_DEFAULT) -> Tuple[np.ndarray, np.ndarray]:
-        """The loss and its gradient with respect to ``pred``."""
+    def loss_and_grad(self, pred: Any, *targets: Any, cotangent: Any = None,
+                      timeout_s: Any = _BUNDLE_DEFAULT) -> Tuple[np.ndarray, np.ndarray]:
+        """The loss and its gradient with respect to ``pred``. A loss that does not reduce to a
+        scalar (``reduction="none"``) returns the vector-Jacobian product with ``cotangent`` (the
+        upstream gradient, shaped like the loss), which it then requires."""
         graph = self._graph("loss_and_grad")
         self._targets(graph, targets)
+        spec = next(((d, s) for n, d, s in graph.inputs if n == COTANGENT), None)
+        if spec is None and cotangent is not None:
+            raise TypeError("loss_and_grad: this loss returns a scalar; cotangent is for a non-scalar loss, got one")
+        if spec is not None:
+            if cotangent is None:
+                raise TypeError("loss_and_grad: this loss is not reduced to a scalar: pass cotangent=, the upstream "
+                                "gradient, a {} array of shape {} (the loss's)".format(spec[0], spec[1]))
+            targets = targets + (cotangent,)
         out = graph.run((pred,) + targets, self._timeout(timeout_s))
         return out[0], out[1]
 

@@ -22,9 +22,9 @@ Functions::
 """
 from ._aoti import aoti_package, build_package, load_package, prepare_aoti_loss_and_grad, prepare_aoti_optimizer_step, prepare_aoti_train_step
 from ..signature import OPSET, TrainStepResult, TrainStepSignature, onnx_safe_name
-from ._onnx import (export_accumulated_step_onnx, export_loss_and_grad_onnx, export_optimizer_step_onnx,
-                    export_train_step_onnx, prepare_onnx_loss_and_grad, prepare_onnx_optimizer_step,
-                    prepare_onnx_train_step, signature_of, training_program)
+from ._onnx import (cotangent_input, export_accumulated_step_onnx, export_loss_and_grad_onnx,
+                    export_optimizer_step_onnx, export_train_step_onnx, prepare_onnx_loss_and_grad,
+                    prepare_onnx_optimizer_step, prepare_onnx_train_step, signature_of, training_program)
 from ..errors import ExportUnsupportedError
 from ._trace import (TracedGraph, faithful_graph, loss_and_grad, trace_accumulated_step, trace_loss_and_grad,
                      trace_optimizer_step, trace_train_step, train_step)
@@ -36,6 +36,7 @@ __all__ = [
     "TrainStepResult",
     "TrainStepSignature",
     "aoti_package",
+    "cotangent_input",
     "export_loss_and_grad_onnx",
     "export_train_step_onnx",
     "faithful_graph",

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..signature import TrainStepResult
+from ..signature import COTANGENT, TrainStepResult
 from ..errors import ExportUnsupportedError
 from ._trace import TracedGraph, structure_key, trace_loss_and_grad, trace_train_step
 
@@ -74,9 +74,12 @@ def prepare_aoti_loss_and_grad(loss: nn.Module, example_inputs: Tuple[Tensor, ..
     key = structure_key("loss_and_grad", None, loss, example_inputs)
     runner, graph = _runner(key, lambda: trace_loss_and_grad(loss, example_inputs, target="aoti"))
 
+    with_cotangent = _cotangent_input(graph)
+
     def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
-        _check(graph, 1 + len(targets), 0)
-        value, grad = runner(*[t.contiguous() for t in (pred,) + targets])
+        feeds = with_cotangent((pred,) + targets)
+        _check(graph, len(feeds), 0)
+        value, grad = runner(*[t.contiguous() for t in feeds])
         return value, grad
 
     return run
@@ -97,6 +100,18 @@ def prepare_aoti_train_step(net: nn.Module, loss: nn.Module, example_inputs: Tup
         return signature.result(runner(*flat))
 
     return run
+
+
+def _cotangent_input(graph: TracedGraph) -> Callable[[Tuple[Tensor, ...]], Tuple[Tensor, ...]]:
+    # the program's cotangent when the graph takes one, shaped from its example (batch from pred)
+    from ..programs import cotangent_for
+
+    if COTANGENT not in graph.input_roles:
+        return lambda feeds: feeds
+    i = graph.input_roles.index(COTANGENT)
+    example = graph.example[i]
+    shape = ["batch" if d == 0 and graph.batched[i] else s for d, s in enumerate(example.shape)]
+    return lambda feeds: feeds + (cotangent_for(shape, feeds[0].shape[0], example.dtype, feeds[0].device),)
 
 
 def _check(graph: TracedGraph, given: int, skip: int) -> None:

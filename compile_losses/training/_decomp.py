@@ -116,6 +116,16 @@ def export_decompositions(target: str = "onnx") -> Dict[object, object]:
     if target == "onnx":
         table.update({aten.convolution_backward.default: convolution_backward,
                       aten.native_layer_norm.default: native_layer_norm})
+        # the exporter's nll_loss_forward returns its total_weight output (what the backward divides
+        # a "mean" gradient by) as the constant 1: F.cross_entropy's gradient came out batch-size
+        # times too large. torch's own decomposition computes it.
+        from torch._decomp import get_decompositions
+
+        table.update(get_decompositions([aten.nll_loss_forward]))
+        # the exporter decomposes mse_loss_backward itself, after tracing, into aten.sym_numel,
+        # which has no ONNX form (kornia's PSNR); decomposed while tracing, the count is the
+        # product of the symbolic sizes
+        table.update(get_decompositions([aten.mse_loss_backward]))
     return table
 
 
@@ -136,3 +146,37 @@ class LinearAs2D(TorchFunctionMode):
             flat = F.linear(input.reshape(-1, input.shape[-1]), weight, bias)
             return flat.reshape(list(input.shape[:-1]) + [flat.shape[-1]])
         return func(*args, **kwargs)
+
+
+def numel_as_sizes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Rewrite ``aten.sym_numel`` (``x.numel()`` on a tensor of symbolic shape, e.g. kornia's PSNR)
+    into the product of its ``aten.sym_size.int`` per dim: the ONNX exporter has no form for
+    ``sym_numel`` but translates sizes and their product. Rewrites ``gm`` in place; returns it."""
+    import operator
+
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.sym_numel.default:
+            continue
+        tensor = node.args[0]
+        val = tensor.meta.get("val") if isinstance(tensor, torch.fx.Node) else None
+        if not isinstance(val, Tensor) or val.dim() == 0:
+            continue
+        with gm.graph.inserting_before(node):
+            total = None
+            for d in range(val.dim()):
+                size = gm.graph.call_function(aten.sym_size.int, (tensor, d))
+                size.meta["val"] = val.shape[d]
+                if total is None:
+                    total = size
+                else:
+                    product = gm.graph.call_function(operator.mul, (total, size))
+                    product.meta["val"] = total.meta["val"] * val.shape[d]
+                    total = product
+        node.replace_all_uses_with(total)
+        gm.graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm

@@ -17,16 +17,20 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
+from .._onnx_ops import translation_table
 from .._reduction import ONNX_OPTIMIZE
 from ..diagnose import quiet_failure, unsupported
 from ..sessions import INTRA_OP_THREADS, ort_session
-from ..signature import OPSET, TrainStepResult, TrainStepSignature
+from ..signature import COTANGENT, OPSET, TrainStepResult, TrainStepSignature
+from ._decomp import numel_as_sizes
 from ._trace import (TracedGraph, faithful_graph, structure_key, trace_loss_and_grad,
                      trace_train_step)
 
 
 def export_loss_and_grad_onnx(loss: nn.Module, example_inputs: Tuple[Tensor, ...], path: str) -> Dict[str, Any]:
-    """Write ``loss_and_grad.onnx``: ``(pred, *targets) -> (loss, grad_pred)``.
+    """Write ``loss_and_grad.onnx``: ``(pred, *targets) -> (loss, grad_pred)``; for a loss that
+    does not reduce to a scalar, ``(pred, *targets, cotangent) -> (loss, grad_pred)`` with
+    ``grad_pred`` the vector-Jacobian product (the input's role is ``"cotangent"``).
 
     Returns what a manifest needs: path, kind, opset, inputs/outputs (name, dtype, shape with
     ``"batch"`` for the dynamic dim, role), bytes, node count and export seconds.
@@ -64,7 +68,7 @@ def _export(graph: TracedGraph, path: str, start: float, loss: nn.Module,
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # the traced graph is the whole input of the export: its text, constants and settings key it
-    gm = faithful_graph(graph.module)
+    gm = numel_as_sizes(faithful_graph(graph.module))
     build_file("onnx-graph", _graph_key(gm, graph), path, lambda dest: _program(graph, loss, loss_example, gm=gm).save(dest))
     model = onnx.load(path)
     onnx.checker.check_model(model)
@@ -108,7 +112,7 @@ def _graph_key(gm: torch.fx.GraphModule, graph: TracedGraph) -> str:
 
 def _program(graph: TracedGraph, loss: nn.Module, loss_example: Callable[[], Tuple[Tensor, ...]],
              optimize: bool = ONNX_OPTIMIZE, gm: Optional[torch.fx.GraphModule] = None) -> Any:
-    gm = faithful_graph(graph.module) if gm is None else gm  # gm: the rewritten graph, made already
+    gm = numel_as_sizes(faithful_graph(graph.module)) if gm is None else gm  # gm: the rewritten graph, made already
     with warnings.catch_warnings(), _quiet_registry():
         # Every batched input shares one Dim; the exporter says it keeps only one name for it.
         warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used", category=UserWarning)
@@ -117,7 +121,8 @@ def _program(graph: TracedGraph, loss: nn.Module, loss_example: Callable[[], Tup
             with quiet_failure():
                 return torch.onnx.export(gm, graph.example, dynamo=True, dynamic_shapes=graph.dynamic_shapes(),
                                          input_names=graph.input_names, output_names=graph.output_names,
-                                         opset_version=OPSET, verbose=False, optimize=optimize)
+                                         opset_version=OPSET, verbose=False, optimize=optimize,
+                                         custom_translation_table=translation_table())
         except Exception as exc:  # the exporter raises several unrelated types; all end here
             raise unsupported(exc, loss, "its {} graph, to ONNX".format(graph.kind), loss_example(),
                               opset=OPSET) from None
@@ -210,10 +215,12 @@ def prepare_onnx_loss_and_grad(loss: nn.Module, example_inputs: Tuple[Tensor, ..
     model, info = _exported(key, lambda p: export_loss_and_grad_onnx(loss, example_inputs, p))
     session = ort_session(model, provider, threads=threads, opt_level=opt_level)
     names = [i["name"] for i in info["inputs"]]
+    with_cotangent = cotangent_input(info)
 
     def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
-        _check_arity(names, 1 + len(targets))
-        value, grad = session.run(None, _feed(names, (pred,) + targets))
+        feeds = with_cotangent((pred,) + targets)
+        _check_arity(names, len(feeds))
+        value, grad = session.run(None, _feed(names, feeds))
         return torch.from_numpy(value).to(pred.device), torch.from_numpy(grad).to(pred.device)
 
     run.graph_info = info  # type: ignore[attr-defined]
@@ -241,6 +248,23 @@ def prepare_onnx_train_step(net: nn.Module, loss: nn.Module, example_inputs: Tup
     return run
 
 
+def cotangent_input(info: Dict[str, Any]) -> Callable[[Tuple[Tensor, ...]], Tuple[Tensor, ...]]:
+    """``(pred, *targets) -> feeds`` for a loss-and-gradient graph's info: the program's cotangent
+    (:func:`compile_losses.programs.cotangent_for`, the batch from ``pred``) appended when the
+    graph takes one (a non-scalar loss), the inputs unchanged otherwise."""
+    from ..programs import cotangent_for
+
+    spec = next((i for i in info["inputs"] if i.get("role") == COTANGENT), None)
+    if spec is None:
+        return lambda feeds: feeds
+    dtype = getattr(torch, spec["dtype"])
+
+    def feeds(args: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        return args + (cotangent_for(spec["shape"], args[0].shape[0], dtype, args[0].device),)
+
+    return feeds
+
+
 def signature_of(info: Dict[str, Any]) -> TrainStepSignature:
     """The train step's signature from an exported graph's info (or a manifest entry)."""
     return TrainStepSignature(tuple(p["name"] for p in info["params"]),
@@ -252,7 +276,7 @@ def _check_arity(names: Sequence[str], given: int) -> None:
         raise TypeError("the graph takes ({}), got {} tensors".format(", ".join(names), given))
 
 
-__all__ = ["OPSET", "signature_of", "training_program", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
+__all__ = ["OPSET", "cotangent_input", "signature_of", "training_program", "export_loss_and_grad_onnx", "export_train_step_onnx", "prepare_onnx_loss_and_grad",
            "prepare_onnx_train_step"]
 
 

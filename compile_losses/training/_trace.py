@@ -18,10 +18,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._reduction import faithful_reductions
 from ..dims import carry_dims, dims_of, distinct_sizes, resize_dims, symbolic_shape
-from ..diagnose import unsupported, user_frame
+from ..diagnose import traceback_frame, unsupported, user_frame
 from ..errors import ExportUnsupportedError
-from ..programs import sgd_update
-from ..signature import TrainStepResult, TrainStepSignature, target_names
+from ..programs import cotangent, sgd_update
+from ..signature import COTANGENT, TrainStepResult, TrainStepSignature, target_names
 from ._decomp import LinearAs2D, export_decompositions
 
 BATCH = "batch"
@@ -36,6 +36,19 @@ def loss_and_grad(loss: nn.Module) -> Callable[..., Tuple[Tensor, Tensor]]:
 
     def run(pred: Tensor, *targets: Tensor) -> Tuple[Tensor, Tensor]:
         grad, value = torch.func.grad_and_value(_scalar_loss(loss, targets))(pred)
+        return value, grad
+
+    return run
+
+
+def loss_and_vjp(loss: nn.Module) -> Callable[..., Tuple[Tensor, Tensor]]:
+    """``(pred, *targets, cotangent) -> (loss value, cotangent^T d loss / d pred)`` with
+    ``torch.func.vjp``: the gradient program of a loss that does not reduce to a scalar."""
+
+    def run(pred: Tensor, *rest: Tensor) -> Tuple[Tensor, Tensor]:
+        targets, cot = rest[:-1], rest[-1]
+        value, pullback = torch.func.vjp(lambda p: loss(p, *targets), pred)
+        (grad,) = pullback(cot)
         return value, grad
 
     return run
@@ -94,7 +107,7 @@ class TracedGraph:
     module: torch.fx.GraphModule
     example: Tuple[Tensor, ...]    # flat example inputs (trace batch; see _trace_batch)
     input_names: List[str]
-    input_roles: List[str]         # "pred" | "param" | "input" | "target" | "lr"
+    input_roles: List[str]         # "pred" | "param" | "input" | "target" | "lr" | "cotangent"
     output_names: List[str]
     batched: List[bool]            # input has the dynamic batch as dim 0
     params: List[Dict[str, str]]   # {"name", "input", "grad", "new"} per trained parameter
@@ -127,16 +140,42 @@ def loss_label(loss: nn.Module) -> str:
 
 def trace_loss_and_grad(loss: nn.Module, example_inputs: Sequence[Tensor], target: str = "onnx") -> TracedGraph:
     """``make_fx`` (symbolic) of ``(pred, *targets) -> (loss, d loss / d pred)``, with the op
-    rewrites ``target`` (``"onnx"`` or ``"aoti"``) needs (see :func:`export_decompositions`)."""
+    rewrites ``target`` (``"onnx"`` or ``"aoti"``) needs (see :func:`export_decompositions`).
+    A loss that does not reduce to a scalar gets the graph ``(pred, *targets, cotangent) -> (loss,
+    grad_pred)`` (:func:`loss_and_vjp`), the cotangent an input shaped like the loss (its dim 0
+    the dynamic batch when the loss's dim 0 is the batch)."""
     pred, targets = _split_pred(example_inputs, "example_inputs", "(pred, *targets)")
     batched = [True] + [_has_batch(t, pred.shape[0]) for t in targets]
-    fn = loss_and_grad(loss)
     names = ["pred"] + target_names(loss, len(targets))
+    roles = ["pred"] + ["target"] * len(targets)
+    args: Tuple[Tensor, ...] = (pred,) + tuple(targets)
+    value = _loss_value(loss, args)
+    if value is not None and value.dim() != 0:
+        shape = tuple(value.shape)
+        args += (cotangent(shape, value.dtype, pred.device),)
+        batched.append(shape[0] == pred.shape[0])
+        names.append(COTANGENT)
+        roles.append(COTANGENT)
+        program = loss_and_vjp
+    else:
+        program = loss_and_grad
     _check_unique(names, loss)
-    graph = _make_fx(fn, (pred,) + tuple(targets), batched, loss, target)
-    return TracedGraph("loss_and_grad", graph.module, graph.example, names,
-                       ["pred"] + ["target"] * len(targets), ["loss", "grad_pred"], batched, [],
+    n_loss_args = 1 + len(targets)
+    graph = _dynamic_traced(program, args, batched, loss, target, args[:n_loss_args],
+                            batched[:n_loss_args])
+    return TracedGraph("loss_and_grad", graph.module, graph.example, names, roles, ["loss", "grad_pred"], batched, [],
                        loss_label(loss))
+
+
+def _loss_value(loss: nn.Module, args: Tuple[Tensor, ...]) -> Optional[Tensor]:
+    """The loss on ``args`` from one eager run (its shape says whether the graph takes a
+    cotangent); a loss that fails here is left to the trace, which reports it."""
+    try:
+        with torch.no_grad():
+            value = loss(*args)
+    except Exception:  # noqa: BLE001 - the trace below names the failure
+        return None
+    return value if isinstance(value, Tensor) else None
 
 
 def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[Tensor],
@@ -145,6 +184,13 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
     with the op rewrites ``target`` (``"onnx"`` or ``"aoti"``) needs."""
     x, targets = _split_pred(example_inputs, "example_inputs", "(x, *targets)")
     signature = TrainStepSignature.of(net, loss, len(targets))
+    with torch.no_grad():
+        value = _loss_value(loss, (net(x),) + tuple(targets))
+    if value is not None and value.dim() != 0:
+        raise ExportUnsupportedError(
+            "{} returns shape {}, not a scalar: a train step needs a scalar loss (reduction 'mean' or 'sum'); "
+            "its gradient is exported as loss_and_grad, with the cotangent as an input".format(
+                loss_label(loss), tuple(value.shape)), loss=loss_label(loss))
     names = list(signature.params)
     state = dict(net.named_parameters())
     params = [state[n].detach() for n in names]
@@ -152,19 +198,25 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
     fixed = _fixed_state(net, names)
     n = len(names)
 
-    def step(*args: Tensor) -> Tuple[Tensor, ...]:
-        p = dict(zip(names, args[:n]))
-        xs, ts, rate = args[n], args[n + 1:-1], args[-1]
+    def program(used: nn.Module) -> Callable[..., Tuple[Tensor, ...]]:
+        def step(*args: Tensor) -> Tuple[Tensor, ...]:
+            p = dict(zip(names, args[:n]))
+            xs, ts, rate = args[n], args[n + 1:-1], args[-1]
 
-        def compute(q: Dict[str, Tensor]) -> Tensor:
-            return _scalar_loss(loss, ts)(torch.func.functional_call(net, {**fixed, **q}, (xs,)))
+            def compute(q: Dict[str, Tensor]) -> Tensor:
+                return _scalar_loss(used, ts)(torch.func.functional_call(net, {**fixed, **q}, (xs,)))
 
-        grads, value = torch.func.grad_and_value(compute)(p)
-        new = sgd_update(p, grads, rate)
-        return (value,) + tuple(grads[k] for k in names) + tuple(new[k] for k in names)
+            grads, value = torch.func.grad_and_value(compute)(p)
+            new = sgd_update(p, grads, rate)
+            return (value,) + tuple(grads[k] for k in names) + tuple(new[k] for k in names)
+
+        return step
 
     batched = [False] * n + [True] + [_has_batch(t, x.shape[0]) for t in targets] + [False]
-    graph = _make_fx(step, tuple(params) + (x,) + tuple(targets) + (lr,), batched, loss, target)
+    with torch.no_grad():
+        pred = net(x)
+    graph = _dynamic_traced(program, tuple(params) + (x,) + tuple(targets) + (lr,), batched, loss, target,
+                            (pred,) + tuple(targets), [True] + batched[n + 1:-1])
     return TracedGraph("train_step", graph.module, graph.example, signature.input_names, signature.input_roles,
                        signature.output_names, batched, signature.param_table, loss_label(loss))
 
@@ -173,6 +225,44 @@ def trace_train_step(net: nn.Module, loss: nn.Module, example_inputs: Sequence[T
 # compile_losses.localize reads it); make_fx takes the switch in the torch versions that have it.
 _STACK_TRACES = ({"record_stack_traces": True}
                  if "record_stack_traces" in inspect.signature(make_fx).parameters else {})
+
+
+def _dynamic_traced(program: Callable[[nn.Module], Callable[..., Any]], args: Tuple[Tensor, ...], batched: List[bool],
+                    loss: nn.Module, target: str, loss_args: Tuple[Tensor, ...], loss_batched: List[bool]) -> "_Traced":
+    """``make_fx`` of ``program(loss)``; when tracing specialized the batch (``len(query)`` or
+    ``int(x.shape[0])`` in the loss read it as a Python int, so the graph would take its trace batch
+    only), the loss is captured first by ``torch.export``'s strict mode with the batch dynamic (Dynamo
+    keeps such sizes symbolic) and the program traced through that capture."""
+    graph = _make_fx(program(loss), args, batched, loss, target)
+    if not _static_batch(graph, batched):
+        return graph
+    batch = torch.export.Dim(BATCH)
+    example = _trace_batch(loss_args, loss_batched)
+    try:
+        with faithful_reductions():
+            captured = torch.export.export(loss, example, dynamic_shapes=tuple({0: batch} if b else None
+                                                                               for b in loss_batched), strict=True)
+    except Exception as exc:  # torch.export raises many types: one line naming the op, class and line
+        raise unsupported(exc, loss, "its gradient graph: tracing specialized the batch dimension, and "
+                                     "torch.export's strict capture failed") from None
+    graph = _make_fx(program(captured.module()), args, batched, loss, target)
+    if _static_batch(graph, batched):
+        raise ExportUnsupportedError("cannot trace the gradient of {} with a dynamic batch: tracing specializes "
+                                     "the batch dimension to its example size".format(loss_label(loss)),
+                                     loss=loss_label(loss))
+    return graph
+
+
+def _static_batch(graph: "_Traced", batched: List[bool]) -> bool:
+    """Whether a batched input of the traced graph has a fixed dim 0 (the trace specialized it)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+    inputs = [n for n in graph.module.graph.nodes if n.op == "placeholder"]
+    for node, b in zip(inputs, batched):
+        val = node.meta.get("val")
+        if b and isinstance(val, Tensor) and val.dim() and is_concrete_int(val.shape[0]):
+            return True
+    return False
 
 
 class _Traced(NamedTuple):
@@ -192,7 +282,7 @@ def _make_fx(fn: Callable[..., Any], args: Tuple[Tensor, ...], batched: List[boo
         if any(k in str(exc) for k in ("data-dependent", "DataDependent", "_local_scalar_dense")):
             raise unsupported(exc, loss, "its gradient graph") from None
         # e.g. "the derivative for 'zeta' is not implemented": no gradient graph exists at all.
-        where = user_frame(str(exc))
+        where = user_frame(str(exc)) or traceback_frame(exc)
         raise ExportUnsupportedError("cannot trace the gradient of {}: {}{}".format(
             loss_label(loss), _first_line(exc), " (at {})".format(where) if where else ""),
             loss=loss_label(loss), source=where) from None
@@ -416,7 +506,11 @@ def trace_optimizer_step(net: nn.Module, loss: nn.Module, example_inputs: Sequen
     from ..programs import flat_optimizer_step
 
     sig, flat, batched = optimizer_example(net, loss, example_inputs, opt)
-    graph = _make_fx(flat_optimizer_step(net, loss, opt, sig), flat, batched, loss, target)
+    x, targets = example_inputs[0], tuple(example_inputs[1:])
+    with torch.no_grad():
+        pred = net(x)
+    graph = _dynamic_traced(lambda l: flat_optimizer_step(net, l, opt, sig), flat, batched, loss, target,
+                            (pred,) + targets, [True] + [_has_batch(t, x.shape[0]) for t in targets])
     return TracedGraph("train_step", graph.module, graph.example, sig.input_names, sig.input_roles,
                        sig.output_names, batched, sig.param_table, loss_label(loss))
 
