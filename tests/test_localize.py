@@ -361,3 +361,24 @@ def test_a_failing_legacy_row_links_to_its_module_level_finding():
     row = report.rows[0]
     assert row.localization["graph"] == "forward"
     assert row.localization["status"] == "clean"
+
+
+@pytest.mark.onnx
+def test_hooked_scopes_are_the_legacy_exporters_scope_names():
+    """Scopes nest by call and name a module as the exporter does (``body.0`` inside ``body``):
+    checked against the node names the TorchScript-based exporter itself writes."""
+    from compile_losses.backends.onnx import export_onnx
+    from compile_losses.localize.modules import hooked_outputs
+    from compile_losses.nets import NetWithLoss
+
+    net = torch.nn.Sequential()
+    net.body = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+    module = NetWithLoss(net.eval(), torch.nn.MSELoss())
+    x, y = torch.randn(4, 6), torch.randn(4, 1)
+    scopes, values = hooked_outputs(module, (x, y))
+    assert [s for s, _ in scopes] == ["/net/body/body.0", "/net/body/body.1", "/net/body/body.2", "/net/body",
+                                      "/net", "/loss", "/"]
+    assert values["/net/body/body.2"].shape == (4, 1)
+    names = [n.name for n in export_onnx(module, (x, y), exporter="legacy").graph.node]
+    for scope, _ in scopes[:-1]:
+        assert any(n.startswith(scope + "/") for n in names), (scope, names)

@@ -35,12 +35,9 @@ def hooked_outputs(module: nn.Module, args: Sequence[Tensor]) -> Tuple[List[Tupl
     seen: Dict[str, int] = {}
 
     def pre(m: nn.Module, _args: Any) -> None:
-        full = names[m]
-        parent = stack[-1][0] if stack else ""
-        # the exporter names a scope by its module's name relative to the calling module's
-        rel = full[len(parent) + 1:] if parent and full.startswith(parent + ".") else full
+        rel = _unqualified(names[m])
         scope = (stack[-1][1] if stack else "") + ("/" + rel if rel else "")
-        stack.append((full, scope))
+        stack.append((names[m], scope))
 
     def post(m: nn.Module, _args: Any, out: Any) -> None:
         scope = stack.pop()[1] or "/"
@@ -60,6 +57,17 @@ def hooked_outputs(module: nn.Module, args: Sequence[Tensor]) -> Tuple[List[Tupl
             h.remove()
     order = [(s, c) for s, c in order if s in values]
     return order, values
+
+
+def _unqualified(name: str) -> str:
+    """A module's scope component as the TorchScript-based exporter writes it (its
+    ``_unqualified_variable_name``): the dotted name from its last non-numeric atom on
+    (``net.fc1`` -> ``fc1``, ``net.body.0`` -> ``body.0``). Scopes nest by call, not by name."""
+    atoms = name.split(".")
+    for i in range(len(atoms) - 1, -1, -1):
+        if not atoms[i].isnumeric():
+            return ".".join(atoms[i:])
+    return name
 
 
 class ModuleReference:
