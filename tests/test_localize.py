@@ -293,3 +293,92 @@ def test_a_failing_compile_row_links_to_its_stage_bisection(monkeypatch):
     loc = failing[0].localization
     assert loc["status"] == "diverges", loc
     assert loc["stage"]["stage"] == "inductor" and loc["stage"]["graph"] == "backward"
+
+
+def _legacy_seednet_case():
+    from compile_losses.nets import SeedNet
+
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    return SeedNet().eval(), torch.nn.MSELoss(), torch.randn(8, 32, generator=gen), torch.randn(8, 1, generator=gen)
+
+
+@pytest.mark.onnx
+def test_a_clean_legacy_graph_localizes_clean_at_module_level():
+    net, loss, x, y = _legacy_seednet_case()
+    loc = cl.localize(net, loss, x, y, backend="onnx-legacy")
+    forward = loc.finding("forward")
+    assert forward.status == "clean", str(loc)
+    assert "module-level: legacy graphs carry no FX metadata" in forward.detail
+    for level in ("disabled", "all"):
+        # fc1, fc2, the net, the loss and the wrapper: each hooked output found and judged
+        assert set(forward.levels[level]["modules"]) == {"/net/fc1", "/net/fc2", "/net", "/loss", "/"}
+        assert forward.levels[level]["not_found"] == []
+    # the legacy exporter writes no gradient graphs: said, never clean
+    assert {g.status for g in loc.graphs if g.kind != "forward"} == {"unsupported"}
+
+
+@pytest.mark.onnx
+def test_a_planted_fault_in_fc2s_gemm_is_localized_to_fc2():
+    import onnx
+    from onnx import numpy_helper
+
+    from compile_losses.backends import get_backends
+    from compile_losses.localize.api import find_modules
+    from compile_losses.localize.modules import module_reference
+
+    net, loss, x, y = _legacy_seednet_case()
+    got = get_backends(["onnx-legacy"])[0].module_graph(net, loss, (x, y))
+    ref = module_reference("forward", got["model"], got["module"], (x, y))
+    gemm = next(n for n in ref.model.graph.node if n.op_type == "Gemm" and n.name.startswith("/net/fc2/"))
+    faulty = onnx.ModelProto()
+    faulty.CopyFrom(ref.model)
+    init = next(i for i in faulty.graph.initializer if i.name == gemm.input[2])  # fc2's bias
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 1e-3, init.name))
+    g = find_modules(ref, faulty)
+    assert g.status == "diverges", g.line()
+    assert g.fault == "exporter"  # seen with optimizations disabled: in the graph as written
+    assert g.node["scope"] == "/net/fc2"
+    assert g.node["module_class"] == "Linear"
+    assert (g.node["op_type"], g.node["name"]) == ("Gemm", gemm.name)
+    assert g.node["outputs"][0]["shape"] == [8, 1]
+    assert g.node["outputs"][0]["err_backend64"] > 1e-4
+    assert g.levels["disabled"]["modules"]["/net/fc1"]["status"] == "pass"  # before the fault
+    assert "module-level" in g.line()
+    assert find_modules(ref).status == "clean"  # the unperturbed graph, same reference
+
+
+@pytest.mark.onnx
+def test_a_failing_legacy_row_links_to_its_module_level_finding():
+    from compile_losses.localize.api import link_failures
+    from compile_losses.parity.report import ParityReport, Row
+    from compile_losses.resolve import make_case
+
+    case = make_case("seed", "mse", batch=5)
+    report = ParityReport([Row(case.label, "onnx-legacy", "loss", "fail")])
+    locs = link_failures(report, [case])
+    assert [loc.backend for loc in locs] == ["onnx-legacy"]
+    row = report.rows[0]
+    assert row.localization["graph"] == "forward"
+    assert row.localization["status"] == "clean"
+
+
+@pytest.mark.onnx
+def test_hooked_scopes_are_the_legacy_exporters_scope_names():
+    """Scopes nest by call and name a module as the exporter does (``body.0`` inside ``body``):
+    checked against the node names the TorchScript-based exporter itself writes."""
+    from compile_losses.backends.onnx import export_onnx
+    from compile_losses.localize.modules import hooked_outputs
+    from compile_losses.nets import NetWithLoss
+
+    net = torch.nn.Sequential()
+    net.body = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+    module = NetWithLoss(net.eval(), torch.nn.MSELoss())
+    x, y = torch.randn(4, 6), torch.randn(4, 1)
+    scopes, values = hooked_outputs(module, (x, y))
+    assert [s for s, _ in scopes] == ["/net/body/body.0", "/net/body/body.1", "/net/body/body.2", "/net/body",
+                                      "/net", "/loss", "/"]
+    assert values["/net/body/body.2"].shape == (4, 1)
+    names = [n.name for n in export_onnx(module, (x, y), exporter="legacy").graph.node]
+    for scope, _ in scopes[:-1]:
+        assert any(n.startswith(scope + "/") for n in names), (scope, names)

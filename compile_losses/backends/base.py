@@ -137,6 +137,16 @@ class Backend:
         ``optimize`` overrides the exporter's own optimizer setting."""
         raise Unsupported("{}: no exported graph to run value by value".format(self.name))
 
+    # Localization at module level: ``module_scoped`` backends export a graph whose nodes are
+    # named by module scope only (``/net/fc1/Gemm``), no FX metadata (:meth:`module_graph`).
+    module_scoped: bool = False
+
+    def module_graph(self, net: Optional[nn.Module], loss: nn.Module,
+                     example_inputs: Tuple[Tensor, ...]) -> Dict[str, Any]:
+        """The forward graph this backend runs (``module(*example_inputs)``, ``module`` ``loss`` or
+        ``NetWithLoss(net, loss)``) as ``{"model": ModelProto, "module": nn.Module, "provider": str}``."""
+        raise Unsupported("{}: no module-scoped graph to run module by module".format(self.name))
+
     # Localization by stage: the compiler pipeline's stages in order (the last is this backend's
     # own), each a callable from :meth:`stage_callable`; () where the backend has none.
     # TorchScript's one stage is the backend's own compilation (script, trace), static shapes.

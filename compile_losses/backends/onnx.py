@@ -64,6 +64,9 @@ class OnnxBackend(Backend):
         self.runner = runner
         # the torch.export-based graph in onnxruntime: its values map to FX nodes (localize)
         self.piecewise = exporter == "dynamo" and runner == "ort"
+        # the TorchScript-based graph in onnxruntime: its nodes carry module scopes only (localize
+        # at module level)
+        self.module_scoped = exporter == "legacy" and runner == "ort"
         self.provider = provider
         self.device = "cuda" if provider.startswith("CUDA") else "cpu"
         # onnxruntime's graph optimization level and intra-op threads, for every graph it runs
@@ -85,6 +88,17 @@ class OnnxBackend(Backend):
                     "provider": self.provider}
         program, traced = training.training_program(kind, net, loss, example, optimize=optimize)
         return {"program": program, "traced": traced, "provider": self.provider}
+
+    def module_graph(self, net: Optional[nn.Module], loss: nn.Module,
+                     example_inputs: Tuple[Tensor, ...]) -> Dict[str, Any]:
+        if not self.module_scoped:
+            return super().module_graph(net, loss, example_inputs)
+        self._require()
+        from ..nets import NetWithLoss
+
+        module = loss if net is None else NetWithLoss(net, loss, n_targets=len(example_inputs) - 1)
+        model = export_onnx(module, export_example(example_inputs), exporter=self.exporter)
+        return {"model": model, "module": module, "provider": self.provider}
 
     def check_settings(self, applied: Dict[str, Any]) -> None:
         if self.runner == "ort":

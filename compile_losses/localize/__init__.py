@@ -7,7 +7,8 @@ by the parity rule against eager torch and its float64 run, and a standalone rep
 Modules: :mod:`.reference` (the FX graph's values in float32 and float64), :mod:`.onnx_graph`
 (every ONNX value an output, onnxruntime at two optimization levels, the first failing node),
 :mod:`.graphs` (the case's forward, loss-and-gradient and train-step graphs), :mod:`.inject`
-(the fault-injection self-test), :mod:`.repro` (the standalone repro directory).
+(the fault-injection self-test), :mod:`.repro` (the standalone repro directory), :mod:`.modules`
+(module-level localization of graphs named by module scope only: ``onnx-legacy``).
 """
 import sys
 import types

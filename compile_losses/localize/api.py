@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
-__all__ = ["GraphFinding", "Localization", "link_failures", "localize", "piecewise_backend"]
+__all__ = ["GraphFinding", "Localization", "find_modules", "link_failures", "localize", "piecewise_backend"]
 
 
 @dataclass
@@ -42,6 +42,13 @@ class GraphFinding:
         if self.status != "diverges" or self.node is None:
             return "{:<14} {}{}".format(self.kind, self.status, ": " + self.detail if self.detail else "")
         n = self.node
+        if n.get("scope") is not None:
+            out = n["outputs"][0] if n["outputs"] else {}
+            err = ("error vs float64 {:.3g}, eager's {:.3g}".format(out["err_backend64"], out["err_eager64"])
+                   if "err_backend64" in out else out.get("detail", out.get("status", "")))
+            return "{:<14} diverges at module {} ({}), ONNX {} {} [{}], {}: {}; {}".format(
+                self.kind, n["scope"], n["module_class"], n["op_type"], n["name"], self.fault,
+                "x".join(str(d) for d in out.get("shape", [])) or "scalar", err, n["note"])
         src = n.get("source")
         where = "{}:{}".format(src["file"], src["line"]) if src else "no source line recorded"
         out = next((o for o in n["outputs"] if "err_backend64" in o), n["outputs"][0] if n["outputs"] else {})
@@ -141,7 +148,10 @@ def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any
         m.eval()
     findings: List[GraphFinding] = []
     try:
-        if not adapter.piecewise and adapter.stages:
+        if not adapter.piecewise and adapter.module_scoped:
+            findings = _by_module(adapter, net, loss, inputs, targets, wanted)
+            wanted = []
+        elif not adapter.piecewise and adapter.stages:
             findings = _by_stage(adapter, net, loss, inputs, targets, wanted, dynamic, bisect)
             wanted = []
         for kind in wanted:
@@ -193,6 +203,27 @@ def find(ref: Any, model: Any = None, repro_dir: Optional[str] = None, start: Op
     return g
 
 
+def find_modules(ref: Any, model: Any = None, start: Optional[float] = None) -> GraphFinding:
+    """Localize one module-scoped graph (``model``, default the reference's own) at module level
+    (:mod:`.modules`) against its reference."""
+    from .modules import NOTE, localize_modules
+
+    t0 = time.perf_counter() if start is None else start
+    found = localize_modules(ref, model)
+    outputs = found["outputs"]
+    if found["node"] is not None:
+        g = GraphFinding(ref.kind, "diverges", NOTE, fault=found["fault"], node=found["node"],
+                         levels=found["levels"], outputs=outputs)
+    elif not any(level["compared"] for level in found["levels"].values()):
+        g = GraphFinding(ref.kind, "error", "no module's output was found in the graph ({})".format(NOTE),
+                         levels=found["levels"], outputs=outputs)
+    else:
+        g = GraphFinding(ref.kind, "clean", "every hooked module's output passes the parity rule at both "
+                         "optimization levels ({})".format(NOTE), levels=found["levels"], outputs=outputs)
+    g.seconds = round(time.perf_counter() - t0, 3)
+    return g
+
+
 def graph_of_output(output: str) -> Optional[str]:
     """The graph a parity row's output comes from (``loss``; ``lg.loss``/``dpred``; the train
     step's ``step.loss``, ``grad:<p>``, ``new:<p>``)."""
@@ -220,11 +251,11 @@ def link_failures(report: Any, cases: Sequence[Any], repro_dir: Optional[str] = 
                 row.output, row.case)}
             continue
         backend = get_backends([row.backend])[0]
-        if not backend.piecewise and not backend.stages:
+        if not backend.piecewise and not backend.stages and not backend.module_scoped:
             row.localization = {"status": "unsupported", "detail": "{} runs no graph value by value and has no "
                                 "compiler stages to bisect".format(backend.name)}
             continue
-        if not backend.piecewise and kind == "forward":
+        if not backend.piecewise and not backend.module_scoped and kind == "forward":
             kind = "loss_and_grad"  # stage bisection judges the loss value with its gradients
         key = (row.case, backend.name)
         if key not in done:
@@ -235,8 +266,38 @@ def link_failures(report: Any, cases: Sequence[Any], repro_dir: Optional[str] = 
             "graph": kind, "status": g.status, "line": g.line(), "fault": g.fault, "repro": g.repro,
             "stage": g.stage, "bisector": g.bisector,
             "node": None if g.node is None else {k: g.node.get(k) for k in ("op_type", "name", "fx_node", "fx_target",
-                                                                              "source")}}
+                                                                              "source", "scope", "module_class")
+                                                 if k in g.node}}
     return list(done.values())
+
+
+def _by_module(adapter: Any, net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...],
+               targets: Tuple[Tensor, ...], kinds: Sequence[str]) -> List[GraphFinding]:
+    from ..backends import Unsupported
+    from .modules import module_reference
+
+    out = []
+    for kind in kinds:
+        t0 = time.perf_counter()
+        if kind != "forward":
+            out.append(GraphFinding(kind, "unsupported", "{} exports the forward graph only; it is localized at "
+                                    "module level".format(adapter.name)))
+            continue
+        try:
+            got = adapter.module_graph(net, loss, inputs + targets)
+            ref = module_reference(kind, got["model"], got["module"], inputs + targets, provider=got["provider"])
+        except Unsupported as exc:
+            out.append(GraphFinding(kind, "unsupported", str(exc), seconds=time.perf_counter() - t0))
+            continue
+        except Exception as exc:  # an export that fails: said, never a clean result
+            out.append(GraphFinding(kind, "error", "{}: {}".format(type(exc).__name__, str(exc)[:300]),
+                                    seconds=time.perf_counter() - t0))
+            continue
+        exported = time.perf_counter() - t0
+        g = find_modules(ref, start=t0)
+        g.export_seconds = round(exported, 3)
+        out.append(g)
+    return out
 
 
 def _by_stage(adapter: Any, net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...],
