@@ -11,7 +11,7 @@ net's name. Marks live on the tensor object: copies made while preparing carry t
 Symbol names are identifiers (they become ONNX ``dim_param`` names and the bundle manifest's shape
 entries); ``batch`` is the batch's own.
 """
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import Tensor

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", action="append", default=[], metavar="SPEC", help="a target spec")
     parser.add_argument("--batch", type=int, default=7, help="batch size (default 7)")
     parser.add_argument("--lr", type=lr_arg, default=0.01, help="the train step's learning rate (default 0.01)")
-    parser.add_argument("--backends", help="comma-separated piecewise backends (default: the first available)")
+    parser.add_argument("--backends", help="comma-separated backends with graphs run value by value, compiler stages or module scopes (default: the first available)")
     parser.add_argument("--optimize", action="store_true", help="export with the exporter's onnxscript optimizer on")
     parser.add_argument("--repro", metavar="DIR", help="write a standalone repro per diverging graph under DIR")
     parser.add_argument("--inject", type=int, metavar="N", help="self-test: plant N random faults and localize each")

@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detail", action="store_true", help="print every row, not one line per case and backend")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--localize", action="store_true",
-                        help="for each failing row, find the first diverging node of its graph (piecewise backends)")
+                        help="for each failing row, find where it diverges: the first node of an exported graph, the first compiler stage, or the first module of a legacy graph")
     parser.add_argument("--repro", metavar="DIR", help="with --localize: write a standalone repro per divergence under DIR")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="--all or a list of losses: run the cases in N worker processes (0: one per core), "
