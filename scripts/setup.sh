@@ -8,11 +8,15 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
+# Under CI the zoo extra too (real losses from kornia, monai and others, marker `zoo`): about 80 s
+# more to install; constraints.txt keeps torch the pinned CPU build.
+extras=test
+[ "${CI:-}" = "true" ] && extras=test,zoo
 stamp=.venv/.compile_losses-installed
-want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)-$extras
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+    .venv/bin/python -m pip install -q -c constraints.txt -e ".[$extras]"
     echo "$want" > "$stamp"
 fi
 # Under CI, a second environment with only numpy and the lowest onnxruntime pyproject.toml allows:
