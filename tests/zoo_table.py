@@ -106,4 +106,4 @@ NO_SOURCE_LINE: set = set()
 
 # Backends of the zoo's columns: cheap ones in the default run (when the libraries are installed),
 # the exported one in the slow run, inductor in the exhaustive one.
-CHEAP, SLOW, EXHAUSTIVE = ("eager", "script"), ("onnx",), ("compile-dynamo",)
+CHEAP, SLOW, EXHAUSTIVE = ("eager", "script"), ("onnx",), ("compile", "compile-dynamo")
