@@ -2,7 +2,7 @@
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -130,7 +130,6 @@ def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any
     compiler bisector looks inside it (the finding's ``bisector``). A backend with neither gives ``"unsupported"``
     findings that say why, never a clean result.
     """
-    from ..backends import Unsupported
     from ..validate import check_case
     from .graphs import KINDS, case_graphs, graph_reference
 
@@ -156,19 +155,9 @@ def localize(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any
             wanted = []
         for kind in wanted:
             t0 = time.perf_counter()
-            try:
-                ref = graph_reference(adapter, kind, net, loss, inputs, targets, lr=lr, optimize=optimize)
-            except Unsupported as exc:
-                findings.append(GraphFinding(kind, "unsupported", str(exc), seconds=time.perf_counter() - t0))
-                continue
-            except Exception as exc:  # an export that fails: said, never a clean result
-                findings.append(GraphFinding(kind, "error", "{}: {}".format(type(exc).__name__, str(exc)[:300]),
-                                             seconds=time.perf_counter() - t0))
-                continue
-            exported = time.perf_counter() - t0
-            g = find(ref, repro_dir=repro_dir, start=t0)
-            g.export_seconds = round(exported, 3)
-            findings.append(g)
+            findings.append(_graph_finding(
+                kind, t0, lambda: graph_reference(adapter, kind, net, loss, inputs, targets, lr=lr, optimize=optimize),
+                lambda ref: find(ref, repro_dir=repro_dir, start=t0)))
     finally:
         for m, mode in modes:
             m.train(mode)
@@ -273,7 +262,6 @@ def link_failures(report: Any, cases: Sequence[Any], repro_dir: Optional[str] = 
 
 def _by_module(adapter: Any, net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...],
                targets: Tuple[Tensor, ...], kinds: Sequence[str]) -> List[GraphFinding]:
-    from ..backends import Unsupported
     from .modules import module_reference
 
     out = []
@@ -283,21 +271,31 @@ def _by_module(adapter: Any, net: Optional[nn.Module], loss: nn.Module, inputs: 
             out.append(GraphFinding(kind, "unsupported", "{} exports the forward graph only; it is localized at "
                                     "module level".format(adapter.name)))
             continue
-        try:
+
+        def build() -> Any:
             got = adapter.module_graph(net, loss, inputs + targets)
-            ref = module_reference(kind, got["model"], got["module"], inputs + targets, provider=got["provider"])
-        except Unsupported as exc:
-            out.append(GraphFinding(kind, "unsupported", str(exc), seconds=time.perf_counter() - t0))
-            continue
-        except Exception as exc:  # an export that fails: said, never a clean result
-            out.append(GraphFinding(kind, "error", "{}: {}".format(type(exc).__name__, str(exc)[:300]),
-                                    seconds=time.perf_counter() - t0))
-            continue
-        exported = time.perf_counter() - t0
-        g = find_modules(ref, start=t0)
-        g.export_seconds = round(exported, 3)
-        out.append(g)
+            return module_reference(kind, got["model"], got["module"], inputs + targets, provider=got["provider"])
+
+        out.append(_graph_finding(kind, t0, build, lambda ref: find_modules(ref, start=t0)))
     return out
+
+
+def _graph_finding(kind: str, t0: float, build: Callable[[], Any], judge: Callable[[Any], GraphFinding]) -> GraphFinding:
+    """One graph's finding: ``build()`` exports it with its reference, ``judge(ref)`` localizes it.
+    An unsupported or failing export is said in the finding, never a clean result."""
+    from ..backends import Unsupported
+
+    try:
+        ref = build()
+    except Unsupported as exc:
+        return GraphFinding(kind, "unsupported", str(exc), seconds=time.perf_counter() - t0)
+    except Exception as exc:  # the exporters raise many types: one finding that names it
+        return GraphFinding(kind, "error", "{}: {}".format(type(exc).__name__, str(exc)[:300]),
+                            seconds=time.perf_counter() - t0)
+    exported = time.perf_counter() - t0
+    g = judge(ref)
+    g.export_seconds = round(exported, 3)
+    return g
 
 
 def _by_stage(adapter: Any, net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...],

@@ -183,7 +183,7 @@ def expected_nodes(ref: Any, model: Any, planted: Dict[str, Any]) -> Set[str]:
 
 def _cases(backend: Any, names: Sequence[Tuple[Optional[str], str]], batch: int) -> List[Any]:
     from ..resolve import make_case
-    from .graphs import case_graphs, graph_reference
+    from .graphs import case_graphs
 
     refs = []
     for net_name, loss_name in names:
@@ -334,10 +334,8 @@ def _perturbation(fault: str, rng: random.Random, reached: Optional[Set[Any]] = 
     of one op doubled; ``decomposition``: the decomposition of one op in inductor's table doubled
     (first output of a tuple), drawn among the ops in ``reached`` when given. None when this
     torch has no entry for the op drawn (or none of ``reached`` has one)."""
-    import torch
     from torch._inductor import lowering
 
-    aten = torch.ops.aten
     if fault == "lowering":
         name, tables, what = rng.choice(_LOWERINGS), (lowering.lowerings,), "inductor's lowering of aten.{} doubled"
     elif fault == "decomposition":

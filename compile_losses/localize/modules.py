@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..parity.rule import PASS
-from .onnx_graph import LEVELS, _brief, judge_value, run_model
+from .onnx_graph import LEVELS, _brief, judge_value, run_model, value_shape
 
 __all__ = ["ModuleReference", "hooked_outputs", "localize_modules", "module_reference", "scope_values"]
 
@@ -165,14 +165,10 @@ def localize_modules(ref: ModuleReference, model: Optional[Any] = None,
 
 
 def _entry(name: str, values: Dict[str, np.ndarray], ref: ModuleReference) -> Dict[str, Any]:
-    entry: Dict[str, Any] = {"name": name}
-    if name in values:
-        entry["shape"] = list(np.shape(values[name]))
-        entry["dtype"] = str(np.asarray(values[name]).dtype)
-    elif name in ref.feeds:
-        entry["shape"], entry["dtype"] = list(ref.feeds[name].shape), str(ref.feeds[name].dtype)
+    entry = value_shape(name, values, ref.feeds)
+    if name not in values and name in ref.feeds:
         entry["status"] = "graph input"
-    else:
+    elif name not in values:
         init = next((i for i in ref.model.graph.initializer if i.name == name), None)
         if init is not None:
             entry["shape"] = list(init.dims)

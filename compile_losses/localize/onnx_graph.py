@@ -131,6 +131,18 @@ def judge_value(actual: np.ndarray, expected: Tensor, reference64: Tensor,
     return judge(a, expected, reference64)
 
 
+def value_shape(name: str, values: Dict[str, np.ndarray], feeds: Dict[str, np.ndarray]) -> Dict[str, Any]:
+    """``{"name", "shape", "dtype"}`` of a graph value as the run computed it, or of a graph input
+    as it was fed; only the name for anything else (an initializer, a value not kept)."""
+    entry: Dict[str, Any] = {"name": name}
+    if name in values:
+        entry["shape"] = list(np.shape(values[name]))
+        entry["dtype"] = str(np.asarray(values[name]).dtype)
+    elif name in feeds:
+        entry["shape"], entry["dtype"] = list(feeds[name].shape), str(feeds[name].dtype)
+    return entry
+
+
 def _brief(j: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     if j is None:
         return None
@@ -173,12 +185,7 @@ def describe_node(ref: GraphReference, model: Any, index: int, judged: Dict[str,
     producers = {o: n for n in model.graph.node for o in n.output}
 
     def value_entry(name: str) -> Dict[str, Any]:
-        entry: Dict[str, Any] = {"name": name}
-        if name in values:
-            entry["shape"] = list(np.shape(values[name]))
-            entry["dtype"] = str(np.asarray(values[name]).dtype)
-        elif name in ref.feeds:
-            entry["shape"], entry["dtype"] = list(ref.feeds[name].shape), str(ref.feeds[name].dtype)
+        entry = value_shape(name, values, ref.feeds)
         if name in judged:
             entry["fx"] = judged[name]["fx"]
             entry.update(_brief(judged[name]) or {})
