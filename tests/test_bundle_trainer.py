@@ -1,7 +1,6 @@
 """Bundles with an optimizer: ``export --optimizer``, the manifest's record, the trajectory in the
 fixtures that ``check()`` re-runs, and the runtime's ``bundle.trainer()`` (step, params, state,
 save/load), against eager ``torch.optim`` computed here (never by the code under test)."""
-import json
 import subprocess
 import threading
 
@@ -59,7 +58,12 @@ def _batches(steps, batch=10, seed=5):
 def _eager(params, batches, dtype, **hyper):
     """Eager torch.optim.AdamW (foreach=False) over ``batches``: losses, final params and state."""
     net = _net(params, dtype)
-    opt = torch.optim.AdamW(net.parameters(), foreach=False, **dict(ADAMW, **hyper))
+    return _train_mse(net, torch.optim.AdamW(net.parameters(), foreach=False, **dict(ADAMW, **hyper)), batches, dtype)
+
+
+def _train_mse(net, opt, batches, dtype):
+    """``opt`` steps ``net`` under MSE over ``batches``: the losses, the final params and the state
+    of every parameter that has one."""
     losses = []
     for x, y in batches:
         opt.zero_grad()
@@ -67,7 +71,7 @@ def _eager(params, batches, dtype, **hyper):
         value.backward()
         opt.step()
         losses.append(value.detach())
-    state = {n: opt.state[p] for n, p in net.named_parameters()}
+    state = {n: opt.state[p] for n, p in net.named_parameters() if p in opt.state}
     return torch.stack(losses), {n: p.detach() for n, p in net.named_parameters()}, state
 
 
@@ -388,14 +392,7 @@ def test_frozen_layer_sgd_nesterov_bundle_trains_like_eager(tmp_path):
     def eager(dtype):
         n = copy.deepcopy(net).to(dtype)
         opt = torch.optim.SGD([p for p in n.parameters() if p.requires_grad], foreach=False, **args)
-        out = []
-        for a, c in batches:
-            opt.zero_grad()
-            v = torch.nn.functional.mse_loss(n(a.to(dtype)), c.to(dtype))
-            v.backward()
-            opt.step()
-            out.append(v.detach())
-        return torch.stack(out), dict(n.named_parameters()), {k: opt.state[p] for k, p in n.named_parameters() if p in opt.state}
+        return _train_mse(n, opt, batches, dtype)
 
     e, r = eager(torch.float32), eager(torch.float64)
     assert judge(losses, e[0], r[0])["status"] == "pass"
