@@ -1,7 +1,8 @@
 """The compile audit says what caused each recompilation (the failed guard, the user line, the
 torch frame that added it) and tells user-avoidable causes (graph breaks, an ``if`` on a size in
-user code) from compiler-internal ones (a fake kernel's or inductor's own size guard); only the
-first kind fails the audit unless it is strict."""
+user code) from compiler-internal ones (a fake kernel's or inductor's own size guard). The first
+kind is the ``recompiles`` status (a fact about the user's code: failing where required, as graph
+breaks do); a strict audit fails on either kind."""
 import pytest
 import torch
 from torch import Tensor, nn
@@ -45,13 +46,34 @@ def _pair(n: int):  # type: ignore[no-untyped-def]
 
 def test_a_size_branch_in_user_code_is_a_user_avoidable_recompile() -> None:
     audit = compile_audit(SizeBranchLoss(), _pair, backend=_CHEAP)
-    assert audit["status"] == "fail" and audit["recompiles"] == 1, audit
+    assert audit["status"] == "recompiles" and audit["recompiles"] == 1, audit
     assert (audit["user_recompiles"], audit["compiler_recompiles"]) == (1, 0), audit
     (cause,) = audit["recompile_causes"]
     assert cause["kind"] == USER and cause["batch"] == 64, cause
     assert "input.shape[0] > 10" in cause["source"] and "forward" in cause["source"], cause
     assert cause["frame"].startswith("_dynamo"), cause  # dynamo ran the user's `if`
     assert "user-avoidable" in audit["detail"] and "input.shape[0] > 10" in audit["detail"]
+    assert "test_compile_audit.py:" in audit["detail"]  # the user's own line
+
+
+def test_a_strict_audit_fails_a_user_avoidable_recompile() -> None:
+    audit = compile_audit(SizeBranchLoss(), _pair, backend=_CHEAP, strict=True)
+    assert audit["status"] == "fail" and audit["user_recompiles"] == 1, audit
+    assert "failing under strict" in audit["detail"], audit
+
+
+@pytest.mark.parametrize("options,fails", [({}, False), ({"require": _CHEAP}, True), ({"strict_audit": True}, True),
+                                           ({"require": "eager"}, False)])
+def test_verify_reports_a_users_recompiles_and_fails_only_where_asked(options, fails) -> None:  # type: ignore[no-untyped-def]
+    """A user's loss whose values and gradients pass and whose only finding is a recompile on its
+    own size branch: ``verify`` reports it and passes, unless the audited backend is required or
+    the audit strict."""
+    report = verify(None, SizeBranchLoss(), *_pair(3), backends=["eager", _CHEAP], audit=_CHEAP, **options)
+    (row,) = [r for r in report.rows if r.output == "audit"]
+    assert row.status == ("fail" if options.get("strict_audit") else "recompiles"), row
+    assert all(r.status == "pass" for r in report.rows if r.output != "audit"), report
+    assert report.ok is not fails and row.failed is fails, report
+    assert "input.shape[0] > 10" in row.detail
 
 
 def test_a_python_value_conversion_is_a_user_avoidable_graph_break() -> None:
@@ -98,9 +120,9 @@ def test_classify_reads_the_guard_its_source_and_the_frame_that_added_it(line: s
 
 def test_verify_option_audits_the_case() -> None:
     """``verify(..., audit=...)`` audits the case itself: every value and gradient passes, the
-    user-avoidable recompilation fails the report as its own row."""
+    user-avoidable recompilation of a required backend fails the report as its own row."""
     pred, target = _pair(4)
-    report = verify(None, SizeBranchLoss(), pred, target, backends=[_CHEAP], audit=_CHEAP)
+    report = verify(None, SizeBranchLoss(), pred, target, backends=[_CHEAP], audit=_CHEAP, require=_CHEAP)
     (audit,) = report.audits
     assert audit["user_recompiles"] == 1 and not report.ok, report
     assert [r.output for r in report.failures] == ["audit"], report

@@ -131,7 +131,8 @@ def test_unavailable_and_unsupported_are_reported_never_passed(planted: None) ->
     assert grads == {"loss": "pass", "loss_and_grad": "unsupported", "train_step": "unsupported"}
     summary = report.summary()["backends"]  # ... and nothing that did not run counts as a pass
     assert summary["nowhere"] == {"pass_clause1": 0, "pass_clause2": 0, "fail": 0, "unavailable": 1, "skipped": 0,
-                                  "unsupported": 0, "uncompilable": 0, "graph-breaks": 0}
+                                  "unsupported": 0, "uncompilable": 0, "graph-breaks": 0,
+                                  "recompiles": 0}
     assert "unavailable: needs a machine we do not have" in str(report)
 
 

@@ -24,8 +24,8 @@ def test_status_spellings_are_the_json_contract() -> None:
         "pass", "fail", "error", "non-finite", "nondeterministic")
     assert (rule.UNAVAILABLE, rule.SKIPPED, rule.UNSUPPORTED) == ("unavailable", "skipped", "unsupported")
     assert rule.FAILING == ("fail", "error", "non-finite", "nondeterministic")
-    assert (rule.UNCOMPILABLE, rule.GRAPH_BREAKS) == ("uncompilable", "graph-breaks")
-    assert rule.REQUIRABLE == ("uncompilable", "graph-breaks")
+    assert (rule.UNCOMPILABLE, rule.GRAPH_BREAKS, rule.RECOMPILES) == ("uncompilable", "graph-breaks", "recompiles")
+    assert rule.REQUIRABLE == ("uncompilable", "graph-breaks", "recompiles")
     assert rule.ULPS == 4
 
 

@@ -1,6 +1,6 @@
 """The zoo: real losses (tests/zoo_table.py) through ``compile-losses verify --net none`` by import
 path, as a user runs them. Every cell passes, or says why not with a status that names the user's
-source line (``uncompilable``, ``graph-breaks``), or is a known failure with its finding.
+source line (``uncompilable``, ``graph-breaks``, ``recompiles``), or is a known failure with its finding.
 
 Runs only where the libraries are installed (``pip install -e .[zoo]``); each row skips with the
 missing library's name otherwise. Cheap backends in the default run, ONNX in the slow run,
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from compile_losses.cli import main
-from compile_losses.parity.rule import FAILING, GRAPH_BREAKS, PASS, UNAVAILABLE, UNCOMPILABLE, UNSUPPORTED
+from compile_losses.parity.rule import FAILING, GRAPH_BREAKS, PASS, RECOMPILES, UNAVAILABLE, UNCOMPILABLE, UNSUPPORTED
 
 sys.path.insert(0, str(Path(__file__).parent))
-from zoo_table import CHEAP, EXHAUSTIVE, KNOWN_FAILURES, NO_SOURCE_LINE, SLOW, ZOO  # noqa: E402
+from zoo_table import CHEAP, EXHAUSTIVE, FINDINGS, KNOWN_FAILURES, NO_SOURCE_LINE, SLOW, ZOO  # noqa: E402
 
 _MARKS = {**{b: [pytest.mark.zoo] for b in CHEAP}, **{b: [pytest.mark.zoo, pytest.mark.slow] for b in SLOW},
           **{b: [pytest.mark.zoo, pytest.mark.exhaustive] for b in EXHAUSTIVE}}
@@ -60,9 +60,13 @@ def test_zoo_cell(z, backend, tmp_path, capsys) -> None:  # type: ignore[no-unty
     assert rc == 0 and not failing, [(r["output"], r["status"], r["detail"]) for r in failing]
     unnamed = []
     for r in mine:
-        assert r["status"] in (PASS, UNCOMPILABLE, GRAPH_BREAKS, UNSUPPORTED, UNAVAILABLE), r
-        if r["status"] in (UNCOMPILABLE, GRAPH_BREAKS) and ".py:" not in r["detail"] and " uses aten." not in r["detail"]:
+        assert r["status"] in (PASS, UNCOMPILABLE, GRAPH_BREAKS, RECOMPILES, UNSUPPORTED, UNAVAILABLE), r
+        if r["status"] in (UNCOMPILABLE, GRAPH_BREAKS, RECOMPILES) and ".py:" not in r["detail"] and " uses aten." not in r["detail"]:
             unnamed.append(r["output"] + ": " + r["detail"])  # names neither the user's line nor the op
+    finding = FINDINGS.get((z.id, backend))
+    if finding:
+        found = [r for r in mine if r["status"] == finding[0]]
+        assert found and all(finding[1] in r["detail"] for r in found), (finding, mine)
     if (z.id, backend) in NO_SOURCE_LINE:
         assert unnamed, "{} {} now names its line: remove it from NO_SOURCE_LINE".format(z.id, backend)
     else:

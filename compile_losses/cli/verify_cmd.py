@@ -6,8 +6,9 @@
     compile-losses verify --net my.pkg:Net --input 'float32[N,32]' --loss my.pkg:Loss --target 'float32[N,1]'
 
 Exit 0 when every row passes by the rule, 1 on any failing row, 2 on bad usage. Rows that say the
-user's code cannot be compiled (``uncompilable``) or breaks torch.compile's graph (``graph-breaks``,
-the audit's fullgraph check) fail the run only for the backends named by ``--require``.
+user's code cannot be compiled (``uncompilable``), breaks torch.compile's graph (``graph-breaks``,
+the audit's fullgraph check) or makes it recompile (``recompiles``: a guard on the user's own code)
+fail the run only for the backends named by ``--require`` (recompiles also under ``--strict-audit``).
 """
 import argparse
 import sys
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", help="comma-separated backend names (default: all; see 'compile-losses list')")
     parser.add_argument("--require", metavar="BACKENDS",
                         help="comma-separated backends whose 'uncompilable' (and, for the audited compile backend, "
-                             "'graph-breaks') rows fail the run (default: none; they are reported)")
+                             "'graph-breaks' and 'recompiles') rows fail the run (default: none; they are reported)")
     parser.add_argument("--json", metavar="PATH", help="write the whole report as JSON")
     parser.add_argument("--batch", default="1,7,64", help="batch sizes, comma-separated (default 1,7,64)")
     parser.add_argument("--large", type=int, default=2 ** 20, metavar="ELEMENTS",
@@ -52,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-alone", action="store_true", help="skip the loss-alone cases")
     parser.add_argument("--no-audit", action="store_true", help="skip the torch.compile audit")
     parser.add_argument("--strict-audit", action="store_true",
-                        help="fail the audit on compiler-internal recompilations too (default: only graph breaks "
-                             "and user-avoidable recompilations fail it)")
+                        help="fail the audit on every recompilation, compiler-internal ones too (default: "
+                             "user-avoidable ones are a 'recompiles' row, failing with --require; "
+                             "compiler-internal ones pass)")
     add_init_arguments(parser)
     parser.add_argument("--input", action="append", default=[], metavar="SPEC",
                         help="net input (or the prediction with --net none) spec, e.g. 'float32[N,32]' (repeatable)")

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..backends import BACKENDS, Backend
 from .report import Row, _one_line
-from .rule import ERROR, FAIL, GRAPH_BREAKS, PASS, REQUIRABLE, UNAVAILABLE
+from .rule import ERROR, FAIL, GRAPH_BREAKS, PASS, RECOMPILES, REQUIRABLE, UNAVAILABLE
 
 
 AUDIT_BATCHES = (1, 7, 64, 4096)
@@ -31,9 +31,9 @@ def audited(chosen: Sequence[Backend]) -> Optional[Backend]:
 
 
 def audit_rows(audits: Sequence[Dict[str, Any]], require: Sequence[str] = (), required_all: bool = False) -> List[Row]:
-    """A row for each audit that did not pass. A ``graph-breaks`` audit fails the report only where
-    its backend is in ``require`` (or ``required_all``: the catalogue, written to compile whole);
-    every other non-pass status fails it."""
+    """A row for each audit that did not pass. A ``graph-breaks`` or ``recompiles`` audit fails the
+    report only where its backend is in ``require`` (or ``required_all``: the catalogue, written to
+    compile whole and once); every other non-pass status fails it."""
     return [Row(a["case"] + " (audit)", a["backend"], "audit", a["status"], detail=a["detail"],
                 required=required_all or a["backend"] in require or a["status"] not in REQUIRABLE)
             for a in audits if a["status"] != PASS]
@@ -50,8 +50,10 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
     Graph breaks get the status ``graph-breaks``, each with its reason and user line (see
     :mod:`.breaks`). Each recompilation after the first dynamic compile is explained in ``recompile_causes``: the
     batch that caused it, the failed guard, the guard's source (user line, and the torch frame that
-    added it) and its ``kind`` (:data:`USER` or :data:`COMPILER`). Graph breaks and user-avoidable
-    recompilations fail the audit; compiler-internal ones fail it only with ``strict``."""
+    added it) and its ``kind`` (:data:`USER` or :data:`COMPILER`). User-avoidable recompilations
+    give the status ``recompiles`` (torch.compile's defaults run the code, recompiling, as graph
+    breaks still run: a fact about the user's code, failing where required); compiler-internal
+    ones pass. With ``strict`` every recompilation, of either kind, fails the audit."""
     from .breaks import breaks_detail, graph_breaks_at
 
     b = BACKENDS.get(backend) if backend is not None else audited(list(BACKENDS.values()))
@@ -93,13 +95,15 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
         return dict(entry, status=ERROR, detail=_one_line(exc))
     recompiles = counts[-1] - counts[min(1, len(counts) - 1)]
     user, compiler = kinds[USER], kinds[COMPILER]
-    failing = user + (compiler if strict else 0)
-    status = PASS if breaks["graph_breaks"] == 0 and failing == 0 else FAIL
+    if strict:
+        status = FAIL if user + compiler else PASS
+    else:
+        status = RECOMPILES if user else PASS
     detail = "graph breaks {}; compiled graphs after batch {}: {}; recompiles after the first dynamic compile: {}".format(
         breaks["graph_breaks"], ",".join(map(str, batches)), ",".join(map(str, counts)), recompiles)
     if causes:
         detail += " ({} user-avoidable, {} compiler-internal{}): {}".format(
-            user, compiler, ", failing under strict" if strict and compiler else "",
+            user, compiler, ", failing under strict" if strict and user + compiler else "",
             " | ".join(_describe(c) for c in causes))
     return dict(entry, status=status, detail=detail, graph_breaks=breaks["graph_breaks"], compiles=counts,
                 recompiles=recompiles, user_recompiles=user, compiler_recompiles=compiler, recompile_causes=causes)

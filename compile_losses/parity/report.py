@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .rule import (FAIL, FAILING, PASS, SKIPPED, UNAVAILABLE, UNSUPPORTED, NONDET, ERROR, NONFINITE, REQUIRABLE,
-                   UNCOMPILABLE, GRAPH_BREAKS)
+                   UNCOMPILABLE, GRAPH_BREAKS, RECOMPILES)
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Row:
         dims = ",".join("{}={}".format(k, v) for k, v in (self.sizes or {}).items() if k != "batch")
         return (self.dtype or "-", self.autocast or "-", self.ort_opt_level or "-",
                 "-" if self.ort_threads is None else str(self.ort_threads), other or "-", dims or "-")
-    required: bool = False  # an uncompilable / graph-breaks row of a backend the user required
+    required: bool = False  # an uncompilable / graph-breaks / recompiles row of a backend the user required
     localization: Optional[Dict[str, Any]] = None  # verify --localize: where a failing row's graph diverges
 
     @property
@@ -54,7 +54,7 @@ class Row:
 
 def _zero_counts() -> Dict[str, int]:
     return {"pass_clause1": 0, "pass_clause2": 0, "fail": 0, "unavailable": 0, "skipped": 0, "unsupported": 0,
-            UNCOMPILABLE: 0, GRAPH_BREAKS: 0}
+            UNCOMPILABLE: 0, GRAPH_BREAKS: 0, RECOMPILES: 0}
 
 
 def _count(counts: Dict[str, Any], row: "Row") -> None:
@@ -89,9 +89,9 @@ class ParityReport:
 
     @property
     def ok(self) -> bool:
-        """No failing row (fail, error, non-finite, nondeterministic, and uncompilable or graph-breaks
-        rows of required backends). Unavailable, skipped, unsupported and unrequired uncompilable /
-        graph-breaks rows do not fail a report, and are never counted as passes."""
+        """No failing row (fail, error, non-finite, nondeterministic, and uncompilable, graph-breaks
+        or recompiles rows of required backends). Unavailable, skipped, unsupported and unrequired
+        uncompilable / graph-breaks / recompiles rows do not fail a report, and are never counted as passes."""
         return not any(r.failed for r in self.rows)
 
     @property
@@ -202,10 +202,11 @@ class ParityReport:
 
     def summary_table(self) -> str:
         header = ["backend", "dtype", "autocast", "ort opt", "ort thr", "settings", "sizes", "pass (1)", "pass (2)", "fail",
-                  "unavailable", "skipped", "unsupported", UNCOMPILABLE, GRAPH_BREAKS]
+                  "unavailable", "skipped", "unsupported", UNCOMPILABLE, GRAPH_BREAKS, RECOMPILES]
         lines = [[c["backend"], c["dtype"], c["autocast"], c["ort_opt_level"], c["ort_threads"], c["settings"], c["sizes"],
                   str(c["pass_clause1"]), str(c["pass_clause2"]), str(c["fail"]), str(c["unavailable"]),
-                  str(c["skipped"]), str(c["unsupported"]), str(c[UNCOMPILABLE]), str(c[GRAPH_BREAKS])]
+                  str(c["skipped"]), str(c["unsupported"]), str(c[UNCOMPILABLE]), str(c[GRAPH_BREAKS]),
+                  str(c[RECOMPILES])]
                  for c in self.by_axes()]
         return "{}\n{}".format(_format(header, lines), self.verdict())
 
@@ -216,7 +217,7 @@ class ParityReport:
         return list(groups.values())
 
 
-_RANK = {NONDET: 0, ERROR: 1, NONFINITE: 2, FAIL: 3, UNCOMPILABLE: 4, GRAPH_BREAKS: 4, UNSUPPORTED: 4, UNAVAILABLE: 5,
+_RANK = {NONDET: 0, ERROR: 1, NONFINITE: 2, FAIL: 3, UNCOMPILABLE: 4, GRAPH_BREAKS: 4, RECOMPILES: 4, UNSUPPORTED: 4, UNAVAILABLE: 5,
          SKIPPED: 6, PASS: 7}
 
 

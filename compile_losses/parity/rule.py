@@ -40,13 +40,15 @@ FAILING = (FAIL, ERROR, NONFINITE, NONDET)
 
 
 # Facts about the user's code, not numeric mismatches: a compiler that cannot take it (TorchScript,
-# torch.export, ONNX export), with the compiler's message and the user's source line; and graph
-# breaks under torch.compile's defaults (which still run). They fail a run only where required
-# (``verify(..., require=[backend])``, ``--require``).
-UNCOMPILABLE, GRAPH_BREAKS = "uncompilable", "graph-breaks"
+# torch.export, ONNX export), with the compiler's message and the user's source line; graph
+# breaks under torch.compile's defaults (which still run); and recompilations that the user's own
+# code causes (a branch on a size, which torch.compile's defaults also run, recompiling). They fail
+# a run only where required (``verify(..., require=[backend])``, ``--require``; recompiles also
+# under ``strict_audit``, and all three for the catalogue's own losses).
+UNCOMPILABLE, GRAPH_BREAKS, RECOMPILES = "uncompilable", "graph-breaks", "recompiles"
 
 
-REQUIRABLE = (UNCOMPILABLE, GRAPH_BREAKS)
+REQUIRABLE = (UNCOMPILABLE, GRAPH_BREAKS, RECOMPILES)
 
 
 def judge(actual: Any, expected: Tensor, reference64: Tensor, *, gradient: bool = False,

@@ -30,8 +30,8 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     ``spec`` (registry entry with ``tolerances``/``skips``; found by the loss's class if omitted),
     ``progress`` (True, a stream, or a :class:`Progress`), ``audit`` (False; True adds the
     torch.compile audit of the case, over :data:`AUDIT_BATCHES` made by repeating the given batch,
-    through the first chosen ``audited`` backend, if any; a backend name audits through that one) and ``strict_audit`` (False: compiler-internal
-    recompilations fail the audit too, not only graph breaks and user-avoidable ones), ``settings`` (backend settings that
+    through the first chosen ``audited`` backend, if any; a backend name audits through that one) and ``strict_audit`` (False; True fails the
+    audit on every recompilation, user-avoidable or compiler-internal), ``settings`` (backend settings that
     change numerics, e.g. ``{"ort_opt_level": "basic", "ort_threads": 0,
     "emulate_precision_casts": True}``: each backend takes those it declares, see
     ``Backend.setting_defaults``), ``autocast`` (``torch.bfloat16``/``torch.float16``: net and loss
@@ -40,7 +40,8 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
     dynamic, and one preparation serves every size; tensors marked with
     :func:`compile_losses.dims.mark_dims` count too), ``sizes`` (what the row records as
     the sizes it ran; default the batch and every dynamic dim's size), ``require`` (backend names, a list or
-    ``"a,b"``: their ``uncompilable`` rows fail the report; others' do not).
+    ``"a,b"``: their ``uncompilable``, ``graph-breaks`` and ``recompiles`` rows fail the report;
+    others' do not).
 
     With ``optimizer`` (``"sgd"``, ``"adam"``, ``"adamw"``) it checks a training trajectory
     instead (:func:`compile_losses.parity.trajectory.verify_trajectory`): ``optimizer_args``
