@@ -24,7 +24,7 @@ declare -A RUNNERS=(
   [reduction]="$PYTEST tests/test_reduction_pins.py tests/test_losses_math.py -k 'test_reduction_pins or not (script or compile or onnx)'"
   [programs]="$PYTEST tests/test_programs_pins.py tests/test_optim_programs.py"
   [gate]="$PYTEST tests/test_gate_pins.py tests/test_bench_gate.py"
-  [optim]="$PYTEST tests/test_optim.py tests/test_optim_programs.py"
+  [optim]="$PYTEST tests/test_optim_pins.py tests/test_optim.py tests/test_optim_programs.py"
 )
 targets=("${@:-rule reduction programs gate optim}")
 status=0

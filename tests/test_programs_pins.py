@@ -294,3 +294,110 @@ def test_the_divisor_gets_the_loss_settings_but_not_its_reduction() -> None:
     weight = P.micro_batch_weight(L.MSELoss(), counted, {"reduction": "mean", "ignore_index": 1})
     w = weight(torch.zeros(4, 3), torch.tensor([1, 0, 1, 2]))
     assert w.dtype == torch.float64 and w.item() == 2.0
+
+
+# --- the eager torch.optim reference of a trajectory -------------------------------------------------
+# y = x @ w for a Linear(2, 1) without bias, so MSE's value and gradient have a closed form,
+# written here in numpy: mean: ((Xw - t)^2).mean(), 2/n X^T (Xw - t); sum: n times those.
+_W0 = np.array([[1.0], [-0.5]])
+_X1, _T1 = np.array([[1.0, 2.0], [0.5, -1.0], [2.0, 0.0]]), np.array([[0.5], [1.0], [3.0]])
+_XA, _TA = np.array([[1.0, 1.0]]), np.array([[2.0]])
+_XB, _TB = np.array([[0.0, 1.0], [3.0, -1.0]]), np.array([[1.0], [0.5]])
+
+
+def _mse(w: np.ndarray, x: np.ndarray, t: np.ndarray, total: bool = False) -> "tuple[float, np.ndarray]":
+    r = x @ w - t
+    scale = 1.0 if total else 1.0 / len(x)
+    return float((r ** 2).sum() * scale), 2.0 * scale * x.T @ r
+
+
+def _linear_net() -> nn.Module:
+    net = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.from_numpy(_W0.T))
+    return net
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a)
+
+
+def _trajectory(reduction: str, weight_of, micro_weights) -> None:  # type: ignore[no-untyped-def]
+    """Two SGD(lr=0.1, momentum=0.5) steps: one whole batch, then two uneven micro-batches whose
+    gradients combine with ``micro_weights`` (normalized when the loss is a mean)."""
+    from compile_losses.optim import optimizer
+
+    total = reduction == "sum"
+    net = _linear_net()
+    losses, params, state = P.eager_optimizer_trajectory(
+        net, L.MSELoss(reduction=reduction), optimizer("sgd", lr=0.1, momentum=0.5),
+        [[(_t(_X1), _t(_T1))], [(_t(_XA), _t(_TA)), (_t(_XB), _t(_TB))]], weight=weight_of)
+    # by hand
+    l1, g1 = _mse(_W0, _X1, _T1, total)
+    buf = g1
+    w1 = _W0 - 0.1 * buf
+    (la, ga), (lb, gb) = _mse(w1, _XA, _TA, total), _mse(w1, _XB, _TB, total)
+    wa, wb = micro_weights
+    norm = 1.0 if total else wa + wb
+    l2, g2 = (wa * la + wb * lb) / norm, (wa * ga + wb * gb) / norm
+    buf = 0.5 * buf + g2
+    w2 = w1 - 0.1 * buf
+    assert [round(float(v), 12) for v in losses] == [round(l1, 12), round(l2, 12)]
+    assert list(params) == ["weight"] and list(state) == ["weight"]
+    np.testing.assert_allclose(params["weight"].numpy(), w2.T, rtol=1e-12, atol=0)
+    assert list(state["weight"]) == ["step", "momentum_buffer"] and float(state["weight"]["step"]) == 2.0
+    np.testing.assert_allclose(state["weight"]["momentum_buffer"].numpy(), buf.T, rtol=1e-12, atol=0)
+    assert torch.equal(net.weight.detach(), _t(_W0.T))  # the net handed in is not trained
+
+
+def test_trajectory_of_a_mean_loss_weighs_micro_batches_by_their_samples() -> None:
+    loss = L.MSELoss()
+    _trajectory("mean", P.micro_batch_weight(loss), (1.0, 2.0))
+
+
+def test_trajectory_weighs_micro_batches_by_the_weight_it_is_given() -> None:
+    # a weight that reads the prediction and the targets: sum of targets + 0 * prediction's sum
+    def weight(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        assert pred.shape == target.shape and not pred.requires_grad
+        return target.sum() + 0.0 * pred.sum()
+
+    _trajectory("mean", weight, (float(_TA.sum()), float(_TB.sum())))
+
+
+def test_trajectory_of_a_sum_loss_adds_the_micro_batches() -> None:
+    _trajectory("sum", None, (1.0, 1.0))
+
+
+def test_trajectory_steps_adam_with_torch_and_returns_its_state() -> None:
+    from compile_losses.optim import optimizer
+
+    net = _linear_net()
+    steps = [[(_t(_X1), _t(_T1))], [(_t(_XB), _t(_TB))], [(_t(_XA), _t(_TA))]]
+    losses, params, state = P.eager_optimizer_trajectory(net, L.MSELoss(), optimizer("adam", lr=0.05), steps)
+    # Adam by hand: m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2, w -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
+    w, m, v = _W0.copy(), np.zeros_like(_W0), np.zeros_like(_W0)
+    expect = []
+    for k, (x, t) in enumerate([(_X1, _T1), (_XB, _TB), (_XA, _TA)], 1):
+        value, g = _mse(w, x, t)
+        expect.append(value)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w = w - 0.05 / (1 - 0.9 ** k) * m / (np.sqrt(v) / np.sqrt(1 - 0.999 ** k) + 1e-8)
+    np.testing.assert_allclose([float(x) for x in losses], expect, rtol=1e-12)
+    np.testing.assert_allclose(params["weight"].numpy(), w.T, rtol=1e-10)
+    s = state["weight"]
+    assert float(s["step"]) == 3.0 and s["step"].dtype == torch.float64
+    np.testing.assert_allclose(s["exp_avg"].numpy(), m.T, rtol=1e-10)
+    np.testing.assert_allclose(s["exp_avg_sq"].numpy(), v.T, rtol=1e-10)
+
+
+def test_trajectory_leaves_frozen_parameters_alone_and_without_state() -> None:
+    from compile_losses.optim import optimizer
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)).double()
+    net[0].requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    _, params, state = P.eager_optimizer_trajectory(net, L.MSELoss(), optimizer("sgd", lr=0.1),
+                                                     [[(_t(_X1), _t(_T1))]] * 2)
+    assert list(params) == ["1.weight", "1.bias"] and list(state) == ["1.weight", "1.bias"]
+    assert not torch.equal(params["1.weight"], before["1.weight"])
+    assert all(float(s["step"]) == 2.0 for s in state.values())
