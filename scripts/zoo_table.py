@@ -2,7 +2,7 @@
 
     python scripts/zoo_table.py                  # print the markdown table
     python scripts/zoo_table.py --write          # replace it in README.md between the markers
-    python scripts/zoo_table.py --backends script,onnx,compile-dynamo
+    python scripts/zoo_table.py --backends script,onnx
 
 Runs ``compile-losses verify --net none`` on each loss of tests/zoo_table.py (eager and one backend
 at a time, batch 2, float32), as tests/test_zoo.py does. Needs the zoo extra (pip install -e .[zoo]).
@@ -41,7 +41,8 @@ def _cell(rows, backend):  # type: ignore[no-untyped-def]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="script,onnx", help="columns (default script,onnx)")
+    parser.add_argument("--backends", default="script,onnx,compile,compile-dynamo",
+                        help="columns (default script,onnx,compile,compile-dynamo)")
     parser.add_argument("--write", action="store_true", help="replace the table in README.md between its markers")
     args = parser.parse_args()
     import test_zoo

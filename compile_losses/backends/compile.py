@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
+from .._torch_imports import import_inductor_dependencies
 from .base import Backend, move, tf32_scope
 from .eager import cuda_available
 
@@ -119,7 +120,9 @@ class CompileBackend(Backend):
 
 def own_code(module: nn.Module) -> Callable[..., Any]:
     """``module(*inputs)`` as a function with a code object of its own (dynamo caches compiled
-    graphs per code object, and limits recompilations per code object)."""
+    graphs per code object, and limits recompilations per code object). Every torch.compile of
+    ours goes through here, so torch's import-time deprecation noise is quietened here too."""
+    import_inductor_dependencies()
 
     def call(*inputs: Tensor) -> Any:
         return module(*inputs)

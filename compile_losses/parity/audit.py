@@ -101,10 +101,10 @@ def compile_audit(module: nn.Module, make_args: Callable[[int], Tuple[Tensor, ..
         status = RECOMPILES if user else PASS
     detail = "graph breaks {}; compiled graphs after batch {}: {}; recompiles after the first dynamic compile: {}".format(
         breaks["graph_breaks"], ",".join(map(str, batches)), ",".join(map(str, counts)), recompiles)
-    if causes:
-        detail += " ({} user-avoidable, {} compiler-internal{}): {}".format(
-            user, compiler, ", failing under strict" if strict and user + compiler else "",
-            " | ".join(_describe(c) for c in causes))
+    if causes:  # the causes first (each names its guard and the user's line), so a short form keeps them
+        detail = "{} ({} user-avoidable, {} compiler-internal{}); {}".format(
+            " | ".join(_describe(c) for c in causes), user, compiler,
+            ", failing under strict" if strict and user + compiler else "", detail)
     return dict(entry, status=status, detail=detail, graph_breaks=breaks["graph_breaks"], compiles=counts,
                 recompiles=recompiles, user_recompiles=user, compiler_recompiles=compiler, recompile_causes=causes)
 

@@ -38,9 +38,11 @@ def build_package(program: Any, package_path: str) -> bool:
     """``program`` compiled by AOTInductor into ``package_path``, or the package built before from
     the same graph, weights, constants, settings and versions, copied from the build cache
     (:mod:`compile_losses.build_cache`). Returns True when it came from the cache."""
+    from .._torch_imports import import_inductor_dependencies
     from ..build_cache import build_file, prime_cpu_isa, program_key
 
     def build(dest: str) -> None:
+        import_inductor_dependencies()
         made = torch._inductor.aoti_compile_and_package(program, package_path=dest)
         if os.path.abspath(made) != os.path.abspath(dest):
             shutil.copyfile(made, dest)
