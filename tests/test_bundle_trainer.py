@@ -466,3 +466,56 @@ def test_class_index_targets_are_range_checked_in_the_trainer(tmp_path):
     with pytest.raises(ValueError, match=r"train_step: target must hold class indices 0 <= target < 5"):
         t.step(x.numpy(), np.full(8, 7, dtype=np.int64))
     assert float(t.state["fc1.weight"]["step"]) == 1.0
+
+
+def test_an_optimizer_bundles_parity_checks_its_own_optimizers_trajectory(tmp_path):
+    """The embedded parity of an AdamW bundle holds the 32-step AdamW trajectory rows (per-step
+    loss, final parameters, state) of the exported graph against eager torch.optim, besides the
+    plain step's rows, and they count in the manifest's summary."""
+    from compile_losses.export import export_bundle
+    from compile_losses.losses import MSELoss
+    from compile_losses.nets import SeedNet
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 32), torch.randn(6, 1)
+    path = export_bundle(SeedNet(), MSELoss(), x, y, tmp_path, name="adamw", aoti=False, torchscript=False,
+                         parity=["onnx"], optimizer="adamw", optimizer_args=ADAMW)
+    rows = [r for r in path.report.rows if r.backend == "onnx"]
+    trajectory = [r for r in rows if r.output == "trajectory.loss" or r.output.startswith(("final:", "state:"))]
+    names = {p for p, _ in SeedNet().named_parameters()}
+    assert {r.output for r in trajectory} == ({"trajectory.loss"} | {"final:" + n for n in names}
+                                              | {"state:{}.{}".format(n, k) for n in names
+                                                 for k in ("step", "exp_avg", "exp_avg_sq")})
+    assert all(r.status == "pass" for r in trajectory), [(r.output, r.status, r.detail) for r in trajectory]
+    assert any(c.get("optimizer", {}).get("name") == "adamw" and c["steps"] == 32 for c in path.report.cases)
+    assert len(rows) > len(trajectory)  # the forward / loss / plain-step rows are still there
+    summary = manifest(path)["parity"]
+    onnx = summary["backends"]["onnx"]
+    assert summary["ok"] is True and summary["rows"] == len(path.report.rows)
+    assert onnx["pass_clause1"] + onnx["pass_clause2"] == len(rows) and onnx["fail"] == 0
+
+
+def test_an_optimizer_bundles_parity_fails_a_wrong_update(monkeypatch):
+    """The same check on a planted fault: AdamW's update with the second moment's bias correction
+    left out (the traced graph has it wrong; eager torch.optim is the reference) fails the rows."""
+    from compile_losses import optim
+    from compile_losses.backends.base import clear_cache
+    from compile_losses.export import compose
+    from compile_losses.losses import MSELoss
+    from compile_losses.nets import SeedNet
+
+    right = optim.adam_update
+
+    def wrong(param, grad, state, hyper, **flags):
+        hyper = dict(hyper, beta2=hyper["beta2"] * 0.5)
+        return right(param, grad, state, hyper, **flags)
+
+    monkeypatch.setattr(optim, "adam_update", wrong)
+    clear_cache()  # programs prepared by earlier tests hold the right update
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 32), torch.randn(6, 1)
+    _, report = compose._parity(SeedNet(), MSELoss(), (x,), (y,), {}, ["onnx"], compose._quiet, 0.01,
+                                optim.optimizer("adamw", **ADAMW))
+    failed = {r.output for r in report.rows if r.failed}
+    assert "trajectory.loss" in failed and any(o.startswith("state:") for o in failed), failed
+    assert not any(r.failed for r in report.rows if not r.output.startswith(("trajectory", "final:", "state:")))

@@ -269,7 +269,7 @@ def _build(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], targets:
     entries["fixtures"] = write_npz(_fixtures(net, loss, inputs, targets, entries, lr, opt), folder / "fixtures.npz",
                                     "fixtures")
     _step("fixtures")
-    parity_summary, report = _parity(None if alone else net, loss, inputs, targets, entries, parity, say, lr)
+    parity_summary, report = _parity(None if alone else net, loss, inputs, targets, entries, parity, say, lr, opt)
     _step("parity")
     forward, loss_entry = entries["forward"], entries["loss"]
     manifest = {
@@ -370,16 +370,29 @@ def _check_trusted(net: nn.Module, loss: nn.Module, inputs: Tuple[Tensor, ...], 
         say("  {} judged against eager: {}".format(path.name, verdict["status"]))
 
 
+# A bundle's optimizer is checked as a trajectory of this many steps (verify's default), on fresh
+# batches from the example's rows, against eager torch.optim by the float64 rule.
+PARITY_TRAJECTORY_STEPS = 32
+
+
 def _parity(net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...], targets: Tuple[Tensor, ...],
-            entries: Dict[str, Any], parity: Any, say: Say, lr: float) -> Dict[str, Any]:
+            entries: Dict[str, Any], parity: Any, say: Say, lr: float, opt: Any = None) -> Dict[str, Any]:
     if parity is False:
         return {"status": "skipped"}, None
-    from ..parity import verify
+    from ..parity import ParityReport, verify
 
     backends = list(parity) if isinstance(parity, (list, tuple)) else _artifact_backends(entries)
     say("verifying parity against eager: {}".format(", ".join(backends)))
     progress_stream = sys.stderr if say is not _quiet else None
     report = verify(net, loss, inputs, targets, backends=backends, lr=lr, progress=progress_stream)
+    if opt is not None and net is not None:
+        # the bundle's train step is this optimizer's: check its trajectory, not only the SGD step
+        say("verifying the {} trajectory ({} steps) against eager torch.optim: {}".format(
+            opt.name, PARITY_TRAJECTORY_STEPS, ", ".join(backends)))
+        trajectory = verify(net, loss, inputs, targets, backends=backends, optimizer=opt.name,
+                            optimizer_args=dict(dict(opt.hyper), **dict(opt.flags)), steps=PARITY_TRAJECTORY_STEPS)
+        report = ParityReport(report.rows + trajectory.rows, report.cases + trajectory.cases, report.audits,
+                              report.seconds + trajectory.seconds)
     summary = dict(report.summary())
     summary.setdefault("backends", backends)
     return summary, report

@@ -28,8 +28,14 @@ from ._onnx import (cotangent_input, export_accumulated_step_onnx, export_loss_a
 from ..errors import ExportUnsupportedError
 from ._trace import (TracedGraph, faithful_graph, loss_and_grad, trace_accumulated_step, trace_loss_and_grad,
                      trace_optimizer_step, trace_train_step, train_step)
+from . import _aoti, _onnx
+
+# The per-process stores of exported graphs and loaded packages (one per graph structure): the
+# backends register them with compile_losses.backends.base.clear_cache.
+CACHES = (_onnx._CACHE, _aoti._CACHE)
 
 __all__ = [
+    "CACHES",
     "ExportUnsupportedError",
     "OPSET",
     "TracedGraph",
