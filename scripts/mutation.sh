@@ -22,7 +22,7 @@ declare -A PATHS=(
 declare -A RUNNERS=(
   [rule]="$PYTEST tests/test_rule_pins.py tests/test_parity.py -k 'test_rule_pins or clause or non_finite or tolerance or planted or nondeterministic or reference_in_float64 or lr'"
   [reduction]="$PYTEST tests/test_reduction_pins.py tests/test_losses_math.py -k 'test_reduction_pins or not (script or compile or onnx)'"
-  [programs]="$PYTEST tests/test_programs_pins.py tests/test_optim_programs.py"
+  [programs]="$PYTEST tests/test_programs_pins.py tests/test_signature_pins.py tests/test_optim_programs.py"
   [gate]="$PYTEST tests/test_gate_pins.py tests/test_bench_gate.py"
   [optim]="$PYTEST tests/test_optim_pins.py tests/test_optim.py tests/test_optim_programs.py"
 )

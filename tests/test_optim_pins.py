@@ -178,3 +178,11 @@ def test_state_from_torch_reads_adams_moments_as_copies_and_its_step_in_float64(
     assert got["exp_avg"].data_ptr() != torch_opt.state[w]["exp_avg"].data_ptr()
     assert math.isclose(float(w.detach()), 1.0 - 1e-3 * (1.0 / 0.5) / (1.0 / math.sqrt(0.25) + 1e-8 / 1.0),
                         rel_tol=1e-6)
+
+
+def test_the_default_optimizer_is_plain_sgd_with_torchs_defaults():
+    opt = optimizer()
+    assert opt.name == "sgd" and not opt.has_momentum
+    assert opt.state_names == ("step",)
+    assert dict(opt.hyper) == {"lr": 1e-3, "weight_decay": 0.0}  # no momentum: no momentum inputs
+    assert dict(opt.flags) == {"nesterov": False, "maximize": False}

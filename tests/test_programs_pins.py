@@ -401,3 +401,209 @@ def test_trajectory_leaves_frozen_parameters_alone_and_without_state() -> None:
     assert list(params) == ["1.weight", "1.bias"] and list(state) == ["1.weight", "1.bias"]
     assert not torch.equal(params["1.weight"], before["1.weight"])
     assert all(float(s["step"]) == 2.0 for s in state.values())
+
+
+# --- the optimizer step programs, by hand ------------------------------------------------------------
+# pred = (x @ w + c) * s with w (2, 1) and c (1,) trained and s (1,) frozen, MSE; SGD with
+# lr 0.1, momentum 0.5, weight_decay 0.1 (dampening 0). The numpy below is the whole expectation:
+#   r = pred - t, dL/dpred = 2 r / n (mean) or 2 r (sum), dw = x^T (dL/dpred * s), dc = sum(dL/dpred * s)
+#   g' = g + wd p; buf = g' on the first step, else momentum buf + g'; p <- p - lr buf
+_SW0, _SC0, _SS = np.array([[1.0], [-0.5]]), np.array([0.25]), np.array([2.0])
+_SGD = dict(lr=0.1, momentum=0.5, weight_decay=0.1)
+
+
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.from_numpy(_SW0.copy()))
+        self.c = nn.Parameter(torch.from_numpy(_SC0.copy()))
+        self.s = nn.Parameter(torch.from_numpy(_SS.copy()), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.w + self.c) * self.s
+
+
+def _scaled_grads(w, c, x, t, total=False):  # type: ignore[no-untyped-def]
+    r = (x @ w + c) * _SS - t
+    scale = 1.0 if total else 1.0 / len(x)
+    dpred = 2.0 * scale * r * _SS
+    return float((r ** 2).sum() * scale), x.T @ dpred, dpred.sum(axis=0)
+
+
+def _sgd_by_hand(p, g, buf, first):  # type: ignore[no-untyped-def]
+    g = g + 0.1 * p
+    buf = g if first else 0.5 * buf + g
+    return p - 0.1 * buf, buf
+
+
+def _sgd():  # type: ignore[no-untyped-def]
+    from compile_losses.optim import optimizer
+
+    return optimizer("sgd", **_SGD)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def test_optim_flat_example_and_flat_step_order_two_sgd_steps_by_hand() -> None:
+    net, loss, opt = _Scaled(), L.MSELoss(), _sgd()
+    x, t = _t(_X1), _t(np.array([[1.0], [0.0], [2.0]]))
+    sig, flat = P.optim_flat_example(net, loss, (x, t), opt)
+    assert sig.params == ("w", "c") and sig.frozen == ("s",) and sig.targets == ("target",)
+    assert sig.state == ("step", "momentum_buffer") and sig.hyper == ("lr", "momentum", "dampening", "weight_decay")
+    assert sig.optimizer == "sgd"
+    assert len(flat) == len(sig.input_names) == 13
+    w, c, s, xx, tt, sw, bw, sc, bc, lr, mom, damp, wd = flat
+    assert torch.equal(w, _t(_SW0)) and torch.equal(c, _t(_SC0)) and torch.equal(s, _t(_SS))
+    assert xx is x and tt is t
+    assert float(sw) == 0.0 and float(sc) == 0.0 and torch.equal(bw, torch.zeros(2, 1, dtype=torch.float64))
+    assert [float(v) for v in (lr, mom, damp, wd)] == [0.1, 0.5, 0.0, 0.1] and lr.dtype == torch.float64
+    assert not w.requires_grad
+
+    run = P.flat_optimizer_step(net, loss, opt, sig)
+    out = run(*flat)
+    assert len(out) == len(sig.output_names) == 9
+    l1, gw, gc = _scaled_grads(_SW0, _SC0, _X1, _np(t))
+    w1, bufw = _sgd_by_hand(_SW0, gw, None, True)
+    c1, bufc = _sgd_by_hand(_SC0, gc, None, True)
+    np.testing.assert_allclose(float(out[0]), l1, rtol=1e-12)
+    np.testing.assert_allclose(_np(out[1]), gw, rtol=1e-12)
+    np.testing.assert_allclose(_np(out[2]), gc, rtol=1e-12)
+    np.testing.assert_allclose(_np(out[3]), w1, rtol=1e-12)
+    np.testing.assert_allclose(_np(out[4]), c1, rtol=1e-12)
+    assert float(out[5]) == 1.0 and float(out[7]) == 1.0
+    np.testing.assert_allclose(_np(out[6]), bufw, rtol=1e-12)
+    np.testing.assert_allclose(_np(out[8]), bufc, rtol=1e-12)
+
+    # the second step from the first one's outputs: the momentum buffers now count
+    x2, t2 = _t(_XB), _t(_TB)
+    out2 = run(out[3], out[4], s, x2, t2, out[5], out[6], out[7], out[8], lr, mom, damp, wd)
+    l2, gw2, gc2 = _scaled_grads(w1, c1, _XB, _TB)
+    w2, bufw2 = _sgd_by_hand(w1, gw2, bufw, False)
+    c2, bufc2 = _sgd_by_hand(c1, gc2, bufc, False)
+    np.testing.assert_allclose(float(out2[0]), l2, rtol=1e-12)
+    np.testing.assert_allclose(_np(out2[3]), w2, rtol=1e-12)
+    np.testing.assert_allclose(_np(out2[4]), c2, rtol=1e-12)
+    assert float(out2[5]) == 2.0
+    np.testing.assert_allclose(_np(out2[6]), bufw2, rtol=1e-12)
+    np.testing.assert_allclose(_np(out2[8]), bufc2, rtol=1e-12)
+    # the hyper-parameters are read from the inputs: another lr, another update
+    out3 = run(*flat[:9], torch.tensor(0.2, dtype=torch.float64), mom, damp, wd)
+    np.testing.assert_allclose(_np(out3[3]), _SW0 - 0.2 * bufw, rtol=1e-12)
+    assert torch.equal(net.w.detach(), _t(_SW0))  # nothing trained in place
+
+
+def test_optim_step_module_holds_what_a_backend_keys_on_and_runs_the_flat_step() -> None:
+    from compile_losses.optim import optimizer
+
+    net, loss = _Scaled(), L.MSELoss()
+    opt = optimizer("sgd", lr=0.1, momentum=0.5, nesterov=True)
+    sig, flat = P.optim_flat_example(net, loss, (_t(_X1), _t(_T1)), opt)
+    module = P.OptimStepModule(net, loss, opt, sig)
+    assert module.net is net and module.loss is loss
+    assert module.optimizer_name == "sgd"
+    assert module.optimizer_flags == (("nesterov", True), ("maximize", False))
+    got, want = module(*flat), P.flat_optimizer_step(net, loss, opt, sig)(*flat)
+    assert len(got) == len(want) == 9 and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_dict_step_takes_and_returns_dicts_by_parameter_name() -> None:
+    net, loss, opt = _Scaled(), L.MSELoss(), _sgd()
+    x, t = _t(_X1), _t(_T1)
+    sig, flat = P.optim_flat_example(net, loss, (x, t), opt)
+    run = P.dict_step(sig, P.flat_optimizer_step(net, loss, opt, sig))
+    params = {"w": _t(_SW0), "c": _t(_SC0)}
+    out = run(params, {"s": _t(_SS)}, x, t, state=opt.init_state(params), hyper=opt.hyper_tensors())
+    assert isinstance(out, S.OptimStepResult)
+    l1, gw, gc = _scaled_grads(_SW0, _SC0, _X1, _T1)
+    np.testing.assert_allclose(float(out.loss), l1, rtol=1e-12)
+    assert list(out.grads) == ["w", "c"] and list(out.new_params) == ["w", "c"]
+    np.testing.assert_allclose(_np(out.grads["c"]), gc, rtol=1e-12)
+    np.testing.assert_allclose(_np(out.new_params["w"]), _sgd_by_hand(_SW0, gw, None, True)[0], rtol=1e-12)
+    assert list(out.new_state["c"]) == ["step", "momentum_buffer"] and float(out.new_state["c"]["step"]) == 1.0
+
+
+def _accum_start():  # type: ignore[no-untyped-def]
+    opt = _sgd()
+    params = {"w": _t(_SW0), "c": _t(_SC0)}
+    return opt, params, {"s": _t(_SS)}, opt.init_state(params), opt.hyper_tensors()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_accumulated_step_over_uneven_micro_batches_is_the_whole_batch_step(reduction: str) -> None:
+    loss = L.MSELoss(reduction=reduction)
+    opt, params, fixed, state, hyper = _accum_start()
+    weight = P.micro_batch_weight(loss)
+    assert (weight is None) == (reduction == "sum")
+    step = P.accumulated_train_step(_Scaled(), loss, opt, weight)
+    out = step(params, fixed, [(_t(_XA), _t(_TA)), (_t(_XB), _t(_TB))], state, hyper)
+    # the whole batch of 1 + 2 samples at once, by hand
+    xs, ts = np.concatenate([_XA, _XB]), np.concatenate([_TA, _TB])
+    value, gw, gc = _scaled_grads(_SW0, _SC0, xs, ts, total=reduction == "sum")
+    np.testing.assert_allclose(float(out.loss), value, rtol=1e-12)
+    np.testing.assert_allclose(_np(out.grads["w"]), gw, rtol=1e-12)
+    np.testing.assert_allclose(_np(out.grads["c"]), gc, rtol=1e-12)
+    np.testing.assert_allclose(_np(out.new_params["w"]), _sgd_by_hand(_SW0, gw, None, True)[0], rtol=1e-12)
+    np.testing.assert_allclose(_np(out.new_state["c"]["momentum_buffer"]), gc + 0.1 * _SC0, rtol=1e-12)
+    assert float(out.new_state["w"]["step"]) == 1.0
+
+
+def test_accumulated_step_of_one_micro_batch_is_the_plain_step() -> None:
+    loss = L.MSELoss()
+    opt, params, fixed, state, hyper = _accum_start()
+    out = P.accumulated_train_step(_Scaled(), loss, opt, P.micro_batch_weight(loss))(
+        params, fixed, [(_t(_X1), _t(_T1))], state, hyper)
+    value, gw, _ = _scaled_grads(_SW0, _SC0, _X1, _T1)
+    np.testing.assert_allclose(float(out.loss), value, rtol=1e-12)
+    np.testing.assert_allclose(_np(out.grads["w"]), gw, rtol=1e-12)
+
+
+def test_apply_normalizes_by_the_summed_weight_unless_told_not_to() -> None:
+    opt, params, _, state, hyper = _accum_start()
+    acc = {"loss": torch.tensor(6.0, dtype=torch.float64), "weight": torch.tensor(3.0, dtype=torch.float64),
+           "grads": {"w": torch.tensor([[3.0], [-6.0]], dtype=torch.float64),
+                     "c": torch.tensor([1.5], dtype=torch.float64)}}
+    out = P.apply_accumulated(opt)(params, acc, state, hyper)  # normalize by default
+    assert float(out.loss) == 2.0
+    assert torch.equal(out.grads["w"], torch.tensor([[1.0], [-2.0]], dtype=torch.float64))
+    np.testing.assert_allclose(_np(out.new_params["c"]), _SC0 - 0.1 * (0.5 + 0.1 * _SC0), rtol=1e-12)
+    raw = P.apply_accumulated(opt, normalize=False)(params, acc, state, hyper)
+    assert float(raw.loss) == 6.0 and torch.equal(raw.grads["c"], torch.tensor([1.5], dtype=torch.float64))
+
+
+def test_flat_accumulated_step_packs_k_micro_batches_in_signature_order() -> None:
+    net, loss = _Scaled(), L.MSELoss()
+    opt, params, fixed, state, hyper = _accum_start()
+    step_sig = P.optim_signature(net, loss, 1, opt)
+    sig = S.AccumStepSignature(step_sig, 2)
+    xa, ta = _X1[:2], _T1[:2]          # two micro-batches of one size, as the K-step graph takes them
+    xb, tb = _X1[1:], _T1[1:]
+    flat = sig.flat_inputs(params, fixed, [(_t(xa), _t(ta)), (_t(xb), _t(tb))], state, hyper)
+    out = P.flat_accumulated_step(net, loss, opt, sig, P.equal_micro_batch_weight(loss))(*flat)
+    assert len(out) == len(sig.output_names) == 9
+    la, gwa, gca = _scaled_grads(_SW0, _SC0, xa, ta)
+    lb, gwb, gcb = _scaled_grads(_SW0, _SC0, xb, tb)
+    np.testing.assert_allclose(float(out[0]), (la + lb) / 2, rtol=1e-12)
+    np.testing.assert_allclose(_np(out[1]), (gwa + gwb) / 2, rtol=1e-12)
+    np.testing.assert_allclose(_np(out[2]), (gca + gcb) / 2, rtol=1e-12)
+    np.testing.assert_allclose(_np(out[3]), _sgd_by_hand(_SW0, (gwa + gwb) / 2, None, True)[0], rtol=1e-12)
+    np.testing.assert_allclose(_np(out[4]), _sgd_by_hand(_SC0, (gca + gcb) / 2, None, True)[0], rtol=1e-12)
+    assert float(out[5]) == 1.0 and float(out[7]) == 1.0
+    np.testing.assert_allclose(_np(out[8]), (gca + gcb) / 2 + 0.1 * _SC0, rtol=1e-12)
+
+
+def test_equal_micro_batch_weight_is_one_none_or_the_registry_divisor() -> None:
+    assert P.equal_micro_batch_weight(L.MSELoss(reduction="sum")) is None
+    ones = P.equal_micro_batch_weight(L.MSELoss())
+    w = ones(torch.zeros(5, 1), torch.zeros(5, 1))
+    assert w.dtype == torch.float64 and w.shape == () and w.item() == 1.0 and w.device.type == "cpu"
+
+    def counted(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (target > 0).sum()
+
+    divisor = P.equal_micro_batch_weight(L.MSELoss(), counted)
+    d = divisor(torch.zeros(4, 1), torch.tensor([[1.0], [0.0], [2.0], [3.0]]))
+    assert d.dtype == torch.float64 and d.item() == 3.0
+    with pytest.raises(ValueError, match="reduction 'mean' or 'sum', got reduction='none'"):
+        P.equal_micro_batch_weight(L.MSELoss(reduction="none"))
