@@ -33,12 +33,14 @@ for t in ${targets[@]}; do
   # mutmut's operators, our loop (scripts/mutation_run.py says why); verdicts in
   # .mutation-<target>.jsonl, so a rerun resumes; MUTATION_FRESH=1 starts over
   [ -n "${MUTATION_FRESH:-}" ] && rm -f ".mutation-$t.jsonl"
-  # MUTATION_SINCE=REV mutates only the lines changed since REV (after a complete run at REV)
+  # MUTATION_SINCE=REV mutates only the lines changed since REV (after a complete run at REV);
+  # MUTATION_KEEP_KILLED=1 keeps earlier kills and reruns the rest (after tests were only added)
+  keep=${MUTATION_KEEP_KILLED:+--keep-killed}
   "$PY" scripts/mutation_run.py --paths "${PATHS[$t]}" --runner "${RUNNERS[$t]}" --log ".mutation-$t.jsonl" \
-    ${MUTATION_SINCE:+--since "$MUTATION_SINCE"}
+    ${MUTATION_SINCE:+--since "$MUTATION_SINCE"} $keep
   rc=$?
   echo "== $t: exit $rc (0: every mutant killed; 2 survivors, 4 timeouts)"
-  "$PY" scripts/mutation_run.py --paths "${PATHS[$t]}" --runner true --log ".mutation-$t.jsonl" --report
+  "$PY" scripts/mutation_run.py --paths "${PATHS[$t]}" --runner true --log ".mutation-$t.jsonl" --report $keep
   [ $rc -eq 0 ] || status=1
 done
 exit $status

@@ -10,6 +10,7 @@ skipped.
 
     python scripts/mutation_run.py --paths a.py,b.py --runner "pytest -x -q tests/t.py" --log L.jsonl
     python scripts/mutation_run.py ... --report      # survivors with their diffs; exit 2 if any
+    python scripts/mutation_run.py ... --keep-killed # after adding tests: rerun only the survivors
 """
 import argparse
 import difflib
@@ -105,6 +106,9 @@ def main(argv=None):
     ap.add_argument("--since", default=None,
                     help="git revision: mutate only lines changed since (incremental, as mutmut's --use-patch-file)")
     ap.add_argument("--report", action="store_true", help="print survivors from the log and exit")
+    ap.add_argument("--keep-killed", action="store_true",
+                    help="reuse 'killed' verdicts judged against other tests (sound only when tests were added, "
+                         "not changed: a mutant an unchanged test kills stays killed); survivors and timeouts rerun")
     args = ap.parse_args(argv)
     paths = [p for p in args.paths.split(",") if p]
     log = pathlib.Path(args.log)
@@ -114,7 +118,7 @@ def main(argv=None):
     if log.exists():
         for line in log.read_text().splitlines():
             rec = json.loads(line)
-            if rec.get("tests") == tests_key:
+            if rec.get("tests") == tests_key or (args.keep_killed and rec["verdict"] == "killed"):
                 done[rec["key"]] = rec
     if args.report:
         survivors = [r for r in done.values() if r["verdict"] == "survived"]

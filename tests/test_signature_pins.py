@@ -167,3 +167,29 @@ def test_accumulated_signature_description() -> None:
     d = acc.describe()
     assert d == dict(_adam().describe(), micro_batches=2, inputs=acc.input_names)
     assert d["outputs"] == _adam().output_names and d["inputs"][3] == "x_0"
+
+
+def test_one_micro_batch_is_the_step_with_numbered_data_inputs() -> None:
+    # K = 1 is a case users run (accumulation off): no second micro-batch to borrow from
+    acc = S.AccumStepSignature(_adam(), 1)
+    assert acc.data_inputs == ["x_0", "target_0", "var_0"]
+    params, frozen = {"a.w": "A", "b": "B"}, {"f.x": "F"}
+    flat = acc.flat_inputs(params, frozen, [("X0", "T0", "V0")], _STATE, _HYPER)
+    assert flat == ("A", "B", "F", "X0", "T0", "V0", "sa", "ma", "sb", "mb", "LR", "B1")
+    assert acc.split(flat) == (("A", "B", "F"), [("X0", "T0", "V0")], ("sa", "ma", "sb", "mb", "LR", "B1"))
+
+
+@pytest.mark.parametrize("params, state, outs, grads, new, new_state", [
+    # one parameter, one state key: the slices' ends sit right next to each other
+    (("w",), ("step",), ["L", "g", "n", "s"], {"w": "g"}, {"w": "n"}, {"w": {"step": "s"}}),
+    # two parameters, one state key each (plain SGD)
+    (("a", "b"), ("step",), ["L", "ga", "gb", "na", "nb", "sa", "sb"], {"a": "ga", "b": "gb"},
+     {"a": "na", "b": "nb"}, {"a": {"step": "sa"}, "b": {"step": "sb"}}),
+    # no state at all
+    (("a", "b"), (), ["L", "ga", "gb", "na", "nb"], {"a": "ga", "b": "gb"}, {"a": "na", "b": "nb"},
+     {"a": {}, "b": {}}),
+])
+def test_optim_signature_unpacks_every_layout(params: tuple, state: tuple, outs: list, grads: dict, new: dict,
+                                             new_state: dict) -> None:
+    sig = S.OptimStepSignature(params, (), ("target",), state, ("lr",))
+    assert sig.result(outs) == S.OptimStepResult("L", grads, new, new_state)
