@@ -7,7 +7,7 @@ when the module is built; inside ``forward`` only shapes and dtypes are checked.
 """
 from typing import List, Optional
 
-import torch
+import torch  # noqa: F401  (the doctests below run in this module's namespace)
 from torch import Tensor, nn
 
 from . import functional as F

@@ -4,7 +4,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from compile_losses.backends import BACKENDS
 from compile_losses.backends.eager import EagerBackend

@@ -3,14 +3,12 @@ complete bundle or a new complete one, never a mix, and no staging folder is lef
 import hashlib
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bundle_helpers import PYTHON, ROOT, leftovers, manifest
+from bundle_helpers import PYTHON, ROOT, leftovers
 from compile_losses import export as ex
 from compile_losses.export import compose, install
 from compile_losses.runtime import load_bundle

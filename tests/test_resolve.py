@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from compile_losses import losses as L
 from compile_losses.errors import UsageError
 from compile_losses.nets import MLPClassifier, SeedNet
 from compile_losses.resolve import make_case, parse_kwargs, parse_tensor_spec, resolve_loss, resolve_net

@@ -2,7 +2,6 @@
 PyTorch computed here in the test (never by the code under test)."""
 import json
 import subprocess
-import sys
 import threading
 from pathlib import Path
 

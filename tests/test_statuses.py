@@ -3,7 +3,6 @@ facts about the user's code, with the compiler's reason and the user's source li
 only for the backends the user requires."""
 from pathlib import Path
 
-import pytest
 import torch
 
 from compile_losses.cli import main

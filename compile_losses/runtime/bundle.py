@@ -16,7 +16,7 @@ from .integrity import GRAPH_KINDS, MAX_LOADED_BYTES, RUNTIME_KINDS, VerifiedBun
 from .npz import NPZ_MAX_BYTES, read_npz
 from .parity import CheckReport, Row, compare
 from .specs import OptimRoles, Roles, SignatureError, is_optimizer_step, parse_optim_roles, parse_roles
-from .trainer import Trainer, TrainerStateError, check_hyper
+from .trainer import Trainer, check_hyper
 from .timeouts import DEFAULT_CHECK_TIMEOUT_S, DEFAULT_RUN_TIMEOUT_S, check_timeout
 
 REQUIRED_KINDS = ("forward", "loss", "fixtures")
