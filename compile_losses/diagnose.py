@@ -22,7 +22,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import ExportUnsupportedError
 
-__all__ = ["unsupported", "script_unsupported", "traceback_frame", "user_frame", "module_label", "quiet_failure"]
+__all__ = ["unsupported", "script_unsupported", "script_miscompiled", "traceback_frame", "user_frame", "module_label", "quiet_failure"]
 
 _NO_ONNX = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>")
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in ([\w<>.]+)\n[ \t]*([^\n]*)')
@@ -172,6 +172,51 @@ def script_unsupported(exc: BaseException, module: Any) -> ExportUnsupportedErro
     message = "{} cannot be compiled by TorchScript{}: {}".format(label, " at {}".format(where) if where else "",
                                                                   reason[:300])
     return ExportUnsupportedError(message, loss=label, source=where)
+
+
+# TorchScript folds ``str(member)`` (and formats) of an Enum member to the constant
+# "Enum<Class.MEMBER>", where Python gives "Class.MEMBER" or, for a str-valued Enum, its value: a
+# comparison with it then silently takes another branch than eager (monai's GeneralizedDiceLoss
+# compares ``self.w_type == str(Weight.SQUARE)`` and weighs every class by ones when scripted).
+_ENUM_STR = re.compile(r"Enum<[A-Za-z_][\w.]*>")
+_GRAPH_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def _string_constants(block: Any) -> Iterator[Any]:
+    for node in block.nodes():
+        if node.kind() == "prim::Constant" and node.hasAttribute("value") and node.kindOf("value") == "s":
+            yield node
+        for inner in node.blocks():
+            yield from _string_constants(inner)
+
+
+def script_miscompiled(scripted: Any, module: Any) -> Optional[ExportUnsupportedError]:
+    """The error to raise when the scripted ``module`` holds a construct TorchScript compiles to
+    other values than Python (today: ``str()`` of an Enum member, read off the graph that
+    ``forward`` runs, callees inlined), naming the user's line; None when it holds none."""
+    import linecache
+
+    try:
+        graph = scripted.forward.inlined_graph
+    except (AttributeError, RuntimeError):  # nothing to read: nothing found
+        return None
+    for node in _string_constants(graph):
+        value = node.s("value")
+        if not _ENUM_STR.fullmatch(value):
+            continue
+        where = None
+        for use in node.output().uses():  # the constant has no source range; its users do
+            match = _GRAPH_FRAME.search(use.user.sourceRange())
+            if match:
+                path, line = match.group(1), int(match.group(2))
+                where = "{}:{}: {}".format(path, line, linecache.getline(path, line).strip())
+                break
+        label = module_label(module)
+        message = ("{} is miscompiled by TorchScript{}: str() of an Enum member becomes the constant {!r}, not what "
+                   "Python gives, so the scripted code takes another branch than eager").format(
+            label, " at {}".format(where) if where else "", value)
+        return ExportUnsupportedError(message, loss=label, source=where)
+    return None
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Statuses for what a compiler cannot take (``uncompilable``) and for graph breaks (``graph-breaks``):
 facts about the user's code, with the compiler's reason and the user's source line, that fail a run
 only for the backends the user requires."""
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,6 +38,38 @@ def test_a_loss_torchscript_refuses_is_uncompilable_with_its_line_and_passes_unl
     assert not required.ok and {r.backend for r in required.failures} == {"script"}
     assert "uncompilable (required)" in str(required)
     assert verify(None, UnscriptableLoss(), pred, target, backends="eager,script", require="eager").ok
+
+
+def test_a_loss_torchscript_would_miscompile_is_uncompilable_with_the_folded_constant_and_its_line() -> None:
+    """``str()`` of an Enum member scripts to "Enum<Weighting.SQUARE>" (Python: "square"): the
+    scripted loss is 3x off, so the adapter refuses it from the graph, naming the line."""
+    from userpkg.rough import EnumOptionLoss
+
+    pred, target = _case()
+    loss = EnumOptionLoss()
+    with torch.no_grad(), warnings.catch_warnings():  # the miscompilation itself: the refusal is no guess
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit\.script.*")
+        assert not torch.allclose(torch.jit.script(loss)(pred, target), loss(pred, target))
+    report = verify(None, EnumOptionLoss(), pred, target, backends="eager,script")
+    script = [r for r in report.rows if r.backend == "script"]
+    assert script and all(r.status == UNCOMPILABLE for r in script), [(r.status, r.detail) for r in script]
+    where = "rough.py:{}:".format(_line("ENUM-LINE"))
+    assert all(where in r.detail and "'Enum<Weighting.SQUARE>'" in r.detail for r in script), [r.detail for r in script]
+    assert report.ok
+    assert not verify(None, EnumOptionLoss(), pred, target, backends="eager,script", require=["script"]).ok
+    # refused whatever the option: the scripted code is wrong for "square" even where "ones" agrees
+    ones = verify(None, EnumOptionLoss("ones"), pred, target, backends="eager,script")
+    assert ones.ok and {r.status for r in ones.rows if r.backend == "script"} == {UNCOMPILABLE}
+
+
+def test_a_torchscript_archive_of_a_miscompiled_loss_is_traced_instead(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from compile_losses.backends.torchscript import load_torchscript, save_torchscript
+    from userpkg.rough import EnumOptionLoss
+
+    pred, target = _case()
+    info = save_torchscript(EnumOptionLoss(), (pred, target), tmp_path / "loss.pt")
+    assert info["method"].startswith("trace (script failed: ") and "miscompiled" in info["method"], info
+    torch.testing.assert_close(load_torchscript(str(tmp_path / "loss.pt"))(pred, target), EnumOptionLoss()(pred, target))
 
 
 def test_verify_exits_0_unless_the_uncompilable_backend_is_required(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]

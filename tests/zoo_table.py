@@ -90,14 +90,11 @@ ZOO: Tuple[ZooLoss, ...] = (
 
 # Cells that fail by the parity rule, with what was found: the test expects them to fail (strict),
 # so a fixed one shows.
-KNOWN_FAILURES = {
-    # TorchScript compiles str(Weight.SQUARE) as "Enum<Weight.SQUARE>", so GeneralizedDiceLoss.w_func's
-    # `self.w_type == str(Weight.SQUARE)` (monai/losses/dice.py:405) is False when scripted and every class
-    # is weighed by ones: the scripted loss equals eager's with w_type="uniform" (checked), 1.7e-5 from
-    # float64 where eager is 5e-8. A miscompilation of the user's code, not of the pipeline: a failure.
-    ("monai-generalized-dice", "script"): "TorchScript turns str(Weight.SQUARE) into 'Enum<Weight.SQUARE>' "
-                                          "(monai/losses/dice.py:405): uniform class weights, a different loss",
-}
+# Cells expected to fail (values or gradients off), each with why. None left: monai's
+# GeneralizedDiceLoss under TorchScript (str(Weight.SQUARE) folded to "Enum<Weight.SQUARE>", every
+# class weighed by ones) is now refused by the script adapter, which reads the folded constant off
+# the scripted graph (diagnose.script_miscompiled), and is a finding below.
+KNOWN_FAILURES: dict = {}
 
 # Cells that pass with a finding the user chooses whether to fail on (``--require``): the test
 # expects the status and the user's line in its detail, so a change either way shows. kornia's
@@ -105,6 +102,7 @@ KNOWN_FAILURES = {
 # kornia/losses/dice.py:51): values and gradients pass under inductor, and the audit's batch 4096
 # recompiles on that guard of the user's own code, as plain torch.compile does.
 FINDINGS = {
+    ("monai-generalized-dice", "script"): ("uncompilable", "monai/losses/dice.py:403"),
     ("kornia-dice", "compile"): ("recompiles", "kornia/losses/dice.py:51"),
     ("kornia-dice", "compile-dynamo"): ("recompiles", "kornia/losses/dice.py:51"),
 }

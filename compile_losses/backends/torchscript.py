@@ -86,6 +86,12 @@ class ScriptBackend(Backend):
                 _SCRIPT_FAILURES[type(module)] = script_unsupported(exc, module)
                 _forget_failed_classes()
                 raise _SCRIPT_FAILURES[type(module)] from None
+        from ..diagnose import script_miscompiled
+
+        wrong = script_miscompiled(scripted, module)  # scripts, but would compute other values
+        if wrong is not None:
+            _SCRIPT_FAILURES[type(module)] = wrong
+            raise wrong
         return scripted, module  # a scripted module shares its parameters with the original
 
 
@@ -118,8 +124,13 @@ def save_torchscript(module: nn.Module, example: Tuple[Tensor, ...], path: Path)
     ``trace`` backend does, for a module that does not script); returns ``{"method": ...}`` saying
     which, for the manifest."""
     with _quiet_jit():
+        from ..diagnose import script_miscompiled
+
         try:
             scripted, method = torch.jit.script(module), "script"
+            wrong = script_miscompiled(scripted, module)
+            if wrong is not None:  # a scripted archive would compute other values than eager
+                raise wrong
         except Exception as exc:  # TorchScript's frontend raises many types for unsupported Python
             scripted = torch.jit.trace(module, export_example(example), check_trace=False)
             method = "trace (script failed: {})".format((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200])
