@@ -1,0 +1,83 @@
+"""The whole trajectory cross-product of issue #15: every registry net+loss pair (SeedNet with
+every loss, and each registry net with its own loss) x SGD (plain; momentum + nesterov +
+weight_decay), Adam and AdamW x ``compile``, ``onnx`` and ``aoti`` x float32 and float64 x
+accumulation K=1 and K=4, always with the net's first parameterized layer frozen: 32 steps from
+one start against eager ``torch.optim`` in float64, by the project's rule.
+
+All exhaustive (about 1300 cases, hours on 2 cores): ``pytest --run-exhaustive
+tests/test_trajectory_matrix.py`` (``-k`` for a slice, e.g. ``-k "onnx and float32 and adamw"``).
+tests/test_trajectory.py holds the default and slow runs of the same check.
+"""
+import pytest
+import torch
+
+import compile_losses as cl
+from compile_losses.backends import BACKENDS
+from compile_losses.parity import FAILING, PASS, UNSUPPORTED
+from compile_losses.registry import LOSSES, NETS
+from compile_losses.resolve import make_case
+
+OPTS = {"sgd": ("sgd", {"lr": 0.05}),
+        "sgd-nesterov": ("sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+        "adam": ("adam", {"lr": 3e-3}),
+        "adamw": ("adamw", {"lr": 3e-3, "weight_decay": 0.05})}
+MATRIX_BACKENDS = ("compile", "onnx", "aoti")  # the issue's three
+PAIRS = [("seed", name) for name in sorted(LOSSES)] + [(s.name, s.loss) for s in NETS.values() if s.name != "seed"]
+
+# What the first run of the onnx slice found (2026-12-03: 432 cases, 407 passed), expected to fail
+# until understood; (net, loss, optimizer, dtype, K) -> the finding. Not onnx's: the functional
+# program run by torch (compile-aot_eager) fails the same way, and over 8 seeds the functional
+# programs' float32 error at fc2.bias is 2.6e-8 to 8e-5 against eager's 2.6e-8 to 2.1e-5.
+FINDINGS = {
+    ("seed", "charbonnier", "adam", "float32", 1): (
+        "finding: seed 0, Adam lr 3e-3, float32: final fc2.bias 8.1e-5 (onnx) and 5.6e-5 (the functional step under "
+        "aot_eager) from float64 where eager's torch.optim is 1.9e-5 (clause 1 wants <= 2x eager + 4 ulps); seeds 1-7 "
+        "pass, with the functional error up to 4x eager's and below it in two: Adam's m / sqrt(v) on a near-zero "
+        "bias gradient amplifies float32 rounding, and eager's ordering was lucky here"),
+}
+
+
+def _params():  # type: ignore[no-untyped-def]
+    out = []
+    for net, loss in PAIRS:
+        for backend in MATRIX_BACKENDS:
+            marks = [pytest.mark.exhaustive] + [getattr(pytest.mark, m) for m in BACKENDS[backend].markers]
+            for opt in OPTS:
+                for dtype in ("float32", "float64"):
+                    for k in (1, 4):
+                        known = FINDINGS.get((net, loss, OPTS[opt][0] if opt != "sgd-nesterov" else opt, dtype, k))
+                        xfail = [pytest.mark.xfail(reason=known, strict=False)] if known else []
+                        out.append(pytest.param(net, loss, backend, opt, dtype, k, marks=marks + xfail,
+                                                id="{}-{}-{}-{}-{}-K{}".format(net, loss, backend, opt, dtype, k)))
+    return out
+
+
+def _freeze_first_layer(net: torch.nn.Module) -> list:
+    layer = next(m for m in net.modules() if any(True for _ in m.parameters(recurse=False)))
+    layer.requires_grad_(False)
+    return [n for n, p in net.named_parameters() if not p.requires_grad]
+
+
+@pytest.mark.parametrize("net, loss, backend, opt, dtype, accumulate", _params())
+def test_trajectory_matrix(net: str, loss: str, backend: str, opt: str, dtype: str, accumulate: int) -> None:
+    ok, why = BACKENDS[backend].available()
+    if not ok:
+        pytest.skip("{} unavailable: {}".format(backend, why))
+    case = make_case(net, loss, batch=8, dtype=getattr(torch, dtype))
+    frozen = _freeze_first_layer(case.net)
+    name, args = OPTS[opt]
+    report = cl.verify(case.net, case.loss, case.inputs, case.targets, ["eager", backend], optimizer=name,
+                       optimizer_args=args, steps=32, accumulate=accumulate, label=case.label)
+    bad = [r for r in report.rows if r.status in FAILING]
+    assert not bad, str(report)
+    mine = [r for r in report.rows if r.backend == backend]
+    assert mine and all(r.status == PASS or (r.status == UNSUPPORTED and r.detail) for r in mine), [
+        (r.output, r.status, r.detail) for r in mine]
+    if any(r.status == UNSUPPORTED for r in mine):
+        # e.g. onnxruntime's CPU provider has no float64 Erf (the GELU of mlp, convseg, encoder):
+        # the runtime cannot run the graph, which the row says with its reason
+        pytest.skip("; ".join(sorted({r.detail for r in mine if r.status == UNSUPPORTED})))
+    outputs = {r.output for r in mine}
+    assert "trajectory.loss" in outputs
+    assert report.cases[0]["frozen"] == frozen and frozen
+    assert not any(f in o for f in frozen for o in outputs)  # frozen: no gradient, state or update rows
