@@ -73,6 +73,11 @@ class Optimizer:
     def hyper_value(self, key: str) -> float:
         return dict(self.hyper)[key]
 
+    @property
+    def args(self) -> Dict[str, Any]:
+        """Every hyper-parameter and flag, as :func:`optimizer` takes them back (``optimizer(name, **args)``)."""
+        return dict(dict(self.hyper), **dict(self.flags))
+
     def describe(self) -> Dict[str, Any]:
         """JSON-able description (manifest, report)."""
         return {"name": self.name, "hyper": dict(self.hyper), "flags": dict(self.flags),
@@ -85,10 +90,7 @@ class Optimizer:
         if unknown:
             raise ValueError("overrides must be hyper-parameters of {} ({}), got {}".format(
                 self.name, ", ".join(self.hyper_names), ", ".join(unknown)))
-        args = dict(self.hyper)
-        args.update(given)
-        args.update(dict(self.flags))
-        out = optimizer(self.name, **args)
+        out = optimizer(self.name, **dict(self.args, **given))  # given: hyper-parameters only, checked above
         if out.has_momentum != self.has_momentum:
             raise ValueError("momentum cannot change between 0 and non-zero after construction (it decides whether "
                              "SGD keeps a momentum buffer), got momentum={!r}".format(given.get("momentum")))
@@ -135,11 +137,9 @@ class Optimizer:
 
     def torch_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of the ``torch.optim`` class (``betas`` as a pair)."""
-        h = dict(self.hyper)
-        kw: Dict[str, Any] = dict(h)
+        kw = self.args
         if self.name != "sgd":
             kw["betas"] = (kw.pop("beta1"), kw.pop("beta2"))
-        kw.update(dict(self.flags))
         return kw
 
     def torch_optimizer(self, params: Iterable[Tensor], **implementation: Any) -> torch.optim.Optimizer:

@@ -25,7 +25,7 @@ MATRIX_BACKENDS = ("compile", "onnx", "aoti")  # the issue's three
 PAIRS = [("seed", name) for name in sorted(LOSSES)] + [(s.name, s.loss) for s in NETS.values() if s.name != "seed"]
 
 # What the first run of the onnx slice found (2026-12-03: 432 cases, 407 passed), expected to fail
-# until understood; (net, loss, optimizer, dtype, K) -> the finding. Not onnx's: the functional
+# until understood; (net, loss, OPTS key, dtype, K) -> the finding. Not onnx's: the functional
 # program run by torch (compile-aot_eager) fails the same way, and over 8 seeds the functional
 # programs' float32 error at fc2.bias is 2.6e-8 to 8e-5 against eager's 2.6e-8 to 2.1e-5.
 FINDINGS = {
@@ -45,7 +45,7 @@ def _params():  # type: ignore[no-untyped-def]
             for opt in OPTS:
                 for dtype in ("float32", "float64"):
                     for k in (1, 4):
-                        known = FINDINGS.get((net, loss, OPTS[opt][0] if opt != "sgd-nesterov" else opt, dtype, k))
+                        known = FINDINGS.get((net, loss, opt, dtype, k))
                         xfail = [pytest.mark.xfail(reason=known, strict=False)] if known else []
                         out.append(pytest.param(net, loss, backend, opt, dtype, k, marks=marks + xfail,
                                                 id="{}-{}-{}-{}-{}-K{}".format(net, loss, backend, opt, dtype, k)))

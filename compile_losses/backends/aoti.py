@@ -20,8 +20,8 @@ from .. import training
 from .base import Backend, TrainStepResult, Unsupported, export_example, input_dims, register_cache
 from .compile import cxx_compiler
 
-# training's per-process store of what this adapter runs (exported graphs / loaded packages), forgotten by clear_cache
-register_cache(training.CACHES[1])
+# training's per-process store of what this adapter runs, forgotten by clear_cache
+register_cache(training.AOTI_PACKAGES)
 
 __all__ = ["AotiBackend", "export_aoti"]
 

@@ -42,8 +42,8 @@ from ..sessions import DEFAULT_OPT_LEVEL, INTRA_OP_THREADS, check_ort_settings, 
 from ..signature import OPSET
 from .base import Backend, TrainStepResult, Unsupported, export_example, input_dims, register_cache, structure_key
 
-# training's per-process store of what this adapter runs (exported graphs / loaded packages), forgotten by clear_cache
-register_cache(training.CACHES[0])
+# training's per-process store of what this adapter runs, forgotten by clear_cache
+register_cache(training.ONNX_GRAPHS)
 
 __all__ = ["OnnxBackend", "OPSET", "INTRA_OP_THREADS", "export_onnx", "onnx_program", "ort_session", "faithful_cost"]
 

@@ -309,7 +309,7 @@ def _train_step_record(entries: Dict[str, Any], lr: float, opt: Any) -> Optional
         return None
     if opt is None:
         return {"optimizer": "sgd", "fixture_lr": lr}
-    return {"optimizer": opt.name, "optimizer_args": dict(dict(opt.hyper), **dict(opt.flags)),
+    return {"optimizer": opt.name, "optimizer_args": opt.args,
             "state": list(opt.state_names), "trajectory_steps": TRAJECTORY_STEPS}
 
 
@@ -390,7 +390,7 @@ def _parity(net: Optional[nn.Module], loss: nn.Module, inputs: Tuple[Tensor, ...
         say("verifying the {} trajectory ({} steps) against eager torch.optim: {}".format(
             opt.name, PARITY_TRAJECTORY_STEPS, ", ".join(backends)))
         trajectory = verify(net, loss, inputs, targets, backends=backends, optimizer=opt.name,
-                            optimizer_args=dict(dict(opt.hyper), **dict(opt.flags)), steps=PARITY_TRAJECTORY_STEPS)
+                            optimizer_args=opt.args, steps=PARITY_TRAJECTORY_STEPS)
         report = ParityReport(report.rows + trajectory.rows, report.cases + trajectory.cases, report.audits,
                               report.seconds + trajectory.seconds)
     summary = dict(report.summary())

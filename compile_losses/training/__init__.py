@@ -30,13 +30,14 @@ from ._trace import (TracedGraph, faithful_graph, loss_and_grad, trace_accumulat
                      trace_optimizer_step, trace_train_step, train_step)
 from . import _aoti, _onnx
 
-# The per-process stores of exported graphs and loaded packages (one per graph structure): the
-# backends register them with compile_losses.backends.base.clear_cache.
-CACHES = (_onnx._CACHE, _aoti._CACHE)
+# The per-process stores of exported ONNX training graphs and loaded AOTInductor packages (one per
+# graph structure): the adapters that run them register them with backends.base.clear_cache.
+ONNX_GRAPHS, AOTI_PACKAGES = _onnx._CACHE, _aoti._CACHE
 
 __all__ = [
-    "CACHES",
+    "AOTI_PACKAGES",
     "ExportUnsupportedError",
+    "ONNX_GRAPHS",
     "OPSET",
     "TracedGraph",
     "TrainStepResult",
