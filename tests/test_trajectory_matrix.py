@@ -24,17 +24,10 @@ OPTS = {"sgd": ("sgd", {"lr": 0.05}),
 MATRIX_BACKENDS = ("compile", "onnx", "aoti")  # the issue's three
 PAIRS = [("seed", name) for name in sorted(LOSSES)] + [(s.name, s.loss) for s in NETS.values() if s.name != "seed"]
 
-# What the first run of the onnx slice found (2026-12-03: 432 cases, 407 passed), expected to fail
-# until understood; (net, loss, OPTS key, dtype, K) -> the finding. Not onnx's: the functional
-# program run by torch (compile-aot_eager) fails the same way, and over 8 seeds the functional
-# programs' float32 error at fc2.bias is 2.6e-8 to 8e-5 against eager's 2.6e-8 to 2.1e-5.
-FINDINGS = {
-    ("seed", "charbonnier", "adam", "float32", 1): (
-        "finding: seed 0, Adam lr 3e-3, float32: final fc2.bias 8.1e-5 (onnx) and 5.6e-5 (the functional step under "
-        "aot_eager) from float64 where eager's torch.optim is 1.9e-5 (clause 1 wants <= 2x eager + 4 ulps); seeds 1-7 "
-        "pass, with the functional error up to 4x eager's and below it in two: Adam's m / sqrt(v) on a near-zero "
-        "bias gradient amplifies float32 rounding, and eager's ordering was lucky here"),
-}
+# Cases expected to fail until understood: (net, loss, OPTS key, dtype, K) -> the finding. The
+# first run's one (seed+charbonnier, Adam, float32, K=1: the functional step 4x eager's error at
+# fc2.bias) was the optimizer rounding a * b + c twice where torch's kernels fuse it; optim._fma.
+FINDINGS: dict = {}
 
 
 def _params():  # type: ignore[no-untyped-def]
