@@ -67,7 +67,7 @@ def test_trajectory_matrix(net: str, loss: str, backend: str, opt: str, dtype: s
     assert mine and all(r.status == PASS or (r.status == UNSUPPORTED and r.detail) for r in mine), [
         (r.output, r.status, r.detail) for r in mine]
     if any(r.status == UNSUPPORTED for r in mine):
-        # e.g. onnxruntime's CPU provider has no float64 Erf (the GELU of mlp, convseg, encoder):
+        # e.g. onnxruntime's CPU provider has no float64 Conv (convseg):
         # the runtime cannot run the graph, which the row says with its reason
         pytest.skip("; ".join(sorted({r.detail for r in mine if r.status == UNSUPPORTED})))
     outputs = {r.output for r in mine}

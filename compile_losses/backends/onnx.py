@@ -174,7 +174,7 @@ class OnnxBackend(Backend):
 
     @contextlib.contextmanager
     def _kernels_or_unsupported(self) -> Iterator[None]:
-        """A kernel onnxruntime lacks (float64 Conv or Erf on the CPU) is 'unsupported', not a failure."""
+        """A kernel onnxruntime lacks (float64 Conv on the CPU) is 'unsupported', not a failure."""
         try:
             yield
         except Exception as exc:
