@@ -1,10 +1,10 @@
 """The whole trajectory cross-product of issue #15: every registry net+loss pair (SeedNet with
-every loss, and each registry net with its own loss) x SGD (plain; momentum + nesterov +
-weight_decay), Adam and AdamW x ``compile``, ``onnx`` and ``aoti`` x float32 and float64 x
+every loss, and each registry net with its own loss) and a user's net+loss by import path x SGD
+(plain; momentum + nesterov + weight_decay), Adam and AdamW x ``compile``, ``onnx`` and ``aoti`` x float32 and float64 x
 accumulation K=1 and K=4, always with the net's first parameterized layer frozen: 32 steps from
 one start against eager ``torch.optim`` in float64, by the project's rule.
 
-All exhaustive (about 1300 cases, hours on 2 cores): ``pytest --run-exhaustive
+All exhaustive (1344 cases, hours on 2 cores): ``pytest --run-exhaustive
 tests/test_trajectory_matrix.py`` (``-k`` for a slice, e.g. ``-k "onnx and float32 and adamw"``).
 tests/test_trajectory.py holds the default and slow runs of the same check.
 """
@@ -23,6 +23,10 @@ OPTS = {"sgd": ("sgd", {"lr": 0.05}),
         "adamw": ("adamw", {"lr": 3e-3, "weight_decay": 0.05})}
 MATRIX_BACKENDS = ("compile", "onnx", "aoti")  # the issue's three
 PAIRS = [("seed", name) for name in sorted(LOSSES)] + [(s.name, s.loss) for s in NETS.values() if s.name != "seed"]
+# a net and loss the project did not write, by import path (tests/userpkg), with their input specs
+USER = ("userpkg.models:TinyClassifier", "userpkg.models:MarginClassLoss")
+PAIRS.append(USER)
+SPECS = {USER: {"input_specs": ["float32[N,6]"], "target_specs": ["int64[N]{0..2}"]}}
 
 # Cases expected to fail until understood: (net, loss, OPTS key, dtype, K) -> the finding. The
 # first run's one (seed+charbonnier, Adam, float32, K=1: the functional step 4x eager's error at
@@ -41,7 +45,9 @@ def _params():  # type: ignore[no-untyped-def]
                         known = FINDINGS.get((net, loss, opt, dtype, k))
                         xfail = [pytest.mark.xfail(reason=known, strict=False)] if known else []
                         out.append(pytest.param(net, loss, backend, opt, dtype, k, marks=marks + xfail,
-                                                id="{}-{}-{}-{}-{}-K{}".format(net, loss, backend, opt, dtype, k)))
+                                                id="{}-{}-{}-{}-{}-K{}".format(
+                                                    "user" if (net, loss) == USER else net,
+                                                    "user" if (net, loss) == USER else loss, backend, opt, dtype, k)))
     return out
 
 
@@ -56,7 +62,7 @@ def test_trajectory_matrix(net: str, loss: str, backend: str, opt: str, dtype: s
     ok, why = BACKENDS[backend].available()
     if not ok:
         pytest.skip("{} unavailable: {}".format(backend, why))
-    case = make_case(net, loss, batch=8, dtype=getattr(torch, dtype))
+    case = make_case(net, loss, batch=8, dtype=getattr(torch, dtype), **SPECS.get((net, loss), {}))
     frozen = _freeze_first_layer(case.net)
     name, args = OPTS[opt]
     report = cl.verify(case.net, case.loss, case.inputs, case.targets, ["eager", backend], optimizer=name,
