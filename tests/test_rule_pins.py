@@ -176,6 +176,30 @@ def test_clause_two_scales_its_floor_with_the_largest_reference_magnitude() -> N
     assert out["status"] == "pass" and out["clause"] == 2
 
 
+def test_eager_variants_widen_eagers_error_to_their_largest_and_say_so() -> None:
+    # float64 so the numbers are exact: eager 2^-10 off in its own order, 2^-6 in another order
+    reference = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    e, v = 2.0 ** -10, 2.0 ** -6
+    expected = torch.tensor([e, 1.0], dtype=torch.float64)
+    variants = [torch.tensor([-e / 2, 1.0], dtype=torch.float64), torch.tensor([v, 1.0], dtype=torch.float64)]
+    floor = 4 * torch.finfo(torch.float64).eps
+    actual = torch.tensor([2 * v, 1.0], dtype=torch.float64)
+    alone = judge(actual, expected, reference)
+    assert alone["status"] == "fail" and alone["err_eager64"] == e
+    out = judge(actual, expected, reference, eager_variants=variants)
+    assert out["status"] == "pass" and out["clause"] == 2 and out["err_eager64"] == v
+    assert out["detail"] == "eager's error {:.3g} is the largest over 3 evaluation orders ({:.3g} in its own)".format(v, e)
+    beyond = judge(torch.tensor([2 * v + 2 * floor, 1.0], dtype=torch.float64), expected, reference,
+                   eager_variants=variants)
+    assert beyond["status"] == "fail" and beyond["err_eager64"] == v
+    # within 2x eager's own error: no detail, whatever the variants say
+    own = judge(torch.tensor([2 * e, 1.0], dtype=torch.float64), expected, reference, eager_variants=variants)
+    assert own["status"] == "pass" and own["clause"] == 2 and "detail" not in own
+    # a variant closer to float64 than eager never narrows eager's error
+    close = judge(actual, expected, reference, eager_variants=[reference.clone()])
+    assert close["status"] == "fail" and close["err_eager64"] == e
+
+
 # --- the float64 case and the self-agreement check ------------------------------------------------
 def test_float64_case_widens_floats_keeps_integers_and_copies_the_modules() -> None:
     net, loss = nn.Linear(2, 1), nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0]))

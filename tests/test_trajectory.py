@@ -110,6 +110,61 @@ def test_a_wrong_update_fails():
     assert any(r.status == "fail" and r.output == "trajectory.loss" for r in wrong), str(report)
 
 
+def test_equivalent_orders_are_kept_only_where_float64_shows_the_same_trajectory():
+    from compile_losses.optim import optimizer
+    from compile_losses.parity.rule import float64_case
+    from compile_losses.parity.trajectory import (_cast64, _eager_variants, _flatten, _spec_of, equivalent_orders,
+                                                  fresh_batches)
+    from compile_losses.programs import eager_optimizer_trajectory
+
+    kept = {}
+    for loss_name in ("mse", "info_nce"):  # per-sample; in-batch negatives (a cut batch is another loss)
+        case = make_case("seed", loss_name, batch=8, dtype=torch.float32)
+        opt = optimizer("adam", lr=3e-3)
+        batches = fresh_batches(tuple(case.inputs), tuple(case.targets), 6)
+        orders = equivalent_orders(batches)
+        assert len(orders) == 6  # rows permuted; cut at rows 1, 2, 4, 6, 7
+        assert [len(o[0]) for o in orders] == [1, 2, 2, 2, 2, 2]
+        assert [o[0][0][0].shape[0] for o in orders[1:]] == [1, 2, 4, 6, 7]
+        net64, loss64, _, _ = float64_case(case.net, case.loss, (), ())
+        ref64 = _flatten(*eager_optimizer_trajectory(net64, loss64, opt, _cast64(batches)))
+        kept[loss_name] = len(_eager_variants(case.net, case.loss, net64, loss64, opt, batches,
+                                              _spec_of(case.loss), ref64))
+    assert kept == {"mse": 6, "info_nce": 1}  # info_nce: only the permutation is the same computation
+
+
+def test_an_adam_trajectory_on_a_cancelling_gradient_is_judged_by_eagers_spread():
+    """seed+multi_quantile, Adam, float32: the 0.5-quantile's bias gradient cancels to exactly 0 in
+    eager's order and to 1 ulp (3.7e-9) in others, which Adam (eps 1e-8) turns into an lr-sized
+    step. A backend with its own summation order (here eager's step on the batch cut at row 2, the
+    same computation) is far from eager's own error and within eager's spread over orders."""
+    class _CutBatch(EagerBackend):
+        def _optimizer_step(self, net, loss, example_inputs, opt):
+            step = super()._optimizer_step(net, loss, example_inputs, opt)
+
+            def run(params, fixed, x, *targets, state, hyper):
+                whole = step(params, fixed, x, *targets, state=state, hyper=hyper)
+                head = step(params, fixed, x[:2], *(t[:2] for t in targets), state=state, hyper=hyper)
+                tail = step(params, fixed, x[2:], *(t[2:] for t in targets), state=state, hyper=hyper)
+                grads = {n: (g * 2 + tail.grads[n] * (x.shape[0] - 2)) / x.shape[0] for n, g in head.grads.items()}
+                new_params, new_state = opt.apply(params, grads, state, hyper)
+                return type(whole)(whole.loss, grads, new_params, new_state)
+
+            return run
+
+    register(_CutBatch("test-cut-batch"))
+    try:
+        case = make_case("seed", "multi_quantile", batch=8, dtype=torch.float32)
+        next(case.net.children()).requires_grad_(False)
+        report = cl.verify(case.net, case.loss, case.inputs, case.targets, ["eager", "test-cut-batch"],
+                           optimizer="adam", optimizer_args={"lr": 3e-3}, steps=32)
+    finally:
+        unregister("test-cut-batch")
+    row = next(r for r in report.rows if r.backend == "test-cut-batch" and r.output == "final:fc2.bias")
+    assert row.status == PASS and row.clause == 2, str(report)
+    assert row.err_backend64 > 100 * 2.7e-8 and "largest over" in row.detail, row
+
+
 @pytest.mark.parametrize("kwargs,error,match", [
     ({"optimizer": "lamb"}, ValueError, r"optimizer must be one of 'sgd', 'adam', 'adamw', got 'lamb'"),
     ({"optimizer": "adam", "steps": 0}, ValueError, r"steps must be an integer >= 1, got 0"),
