@@ -12,7 +12,8 @@ SGD_CASES = [dict(lr=0.1)] + [
     for m, d, wd, n, mx in itertools.product((0.0, 0.9), (0.0, 0.3), (0.0, 0.01), (False, True), (False, True))
     if not (n and (m == 0 or d != 0))]
 ADAM_CASES = [dict(lr=3e-3, betas=(b1, 0.99), weight_decay=wd, amsgrad=a, maximize=mx, eps=1e-6)
-              for b1, wd, a, mx in itertools.product((0.9, 0.0), (0.0, 0.05), (False, True), (False, True))]
+              for b1, wd, a, mx in itertools.product((0.9, 0.5, 0.3, 0.0), (0.0, 0.05), (False, True), (False, True))]
+# beta1 0.5 and 0.3: lerp's weight 1 - beta1 at and above 0.5, where ATen takes its other branch
 CASES = [("sgd", c) for c in SGD_CASES] + [(n, c) for n in ("adam", "adamw") for c in ADAM_CASES]
 STEPS = 6
 # torch's vectorized CPU kernels fuse a * b + c (Vectorized::fmadd) on every ISA but the plain

@@ -192,9 +192,14 @@ def test_eager_variants_widen_eagers_error_to_their_largest_and_say_so() -> None
     beyond = judge(torch.tensor([2 * v + 2 * floor, 1.0], dtype=torch.float64), expected, reference,
                    eager_variants=variants)
     assert beyond["status"] == "fail" and beyond["err_eager64"] == v
-    # within 2x eager's own error: no detail, whatever the variants say
-    own = judge(torch.tensor([2 * e, 1.0], dtype=torch.float64), expected, reference, eager_variants=variants)
+    # within 2x eager's own error + floor (at it exactly): no detail, whatever the variants say
+    own = judge(torch.tensor([-2 * e - floor, 1.0], dtype=torch.float64), expected, reference, eager_variants=variants)
+    assert own["err_backend64"] == 2 * e + floor
     assert own["status"] == "pass" and own["clause"] == 2 and "detail" not in own
+    # just beyond 2x eager's own (2.5x), passed by a variant at 2x: the detail says so
+    mid = judge(torch.tensor([2.5 * e, 1.0], dtype=torch.float64), expected, reference,
+                eager_variants=[torch.tensor([2 * e, 1.0], dtype=torch.float64)])
+    assert mid["status"] == "pass" and mid["err_eager64"] == 2 * e and "largest over 2" in mid["detail"]
     # a variant closer to float64 than eager never narrows eager's error
     close = judge(actual, expected, reference, eager_variants=[reference.clone()])
     assert close["status"] == "fail" and close["err_eager64"] == e
