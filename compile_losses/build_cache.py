@@ -36,7 +36,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-__all__ = ["cache_dir", "enabled", "program_key", "record_key", "build_file", "load_record", "store_record",
+__all__ = ["cache_dir", "enabled", "program_key", "graph_key", "record_key", "build_file", "load_record", "store_record",
            "prime_cpu_isa", "STATS"]
 
 ENV_DIR = "COMPILE_LOSSES_CACHE_DIR"
@@ -62,7 +62,8 @@ def cache_dir() -> Optional[Path]:
     return Path(base) / "compile_losses"
 
 
-def _count(kind: str, what: str) -> None:
+def count(kind: str, what: str) -> None:
+    """Count a ``"hit"`` or ``"miss"`` of ``kind`` in :data:`STATS`."""
     with _LOCK:
         STATS.setdefault(kind, {"hit": 0, "miss": 0})[what] += 1
 
@@ -150,6 +151,44 @@ def program_key(program: Any, settings: Iterable[Any] = (), inductor: bool = Tru
     return h.hexdigest()
 
 
+def graph_key(gm: Any, args: Iterable[Any], settings: Iterable[Any] = ()) -> str:
+    """The key of an inductor build of ``gm`` (a flat aten ``torch.fx.GraphModule`` traced by
+    ``make_fx``) for inputs like ``args``: its code, the bytes of every tensor it holds (weights
+    closed over, constants), the inputs' dtypes, shapes, strides and devices, inductor's config,
+    the torch thread count (inductor sizes its parallel loops by it), ``settings`` and the versions."""
+    import torch
+
+    h = hashlib.sha256()
+    h.update(repr(_versions()).encode())
+    h.update(gm.code.encode())
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            _tensor_digest(h, "attr:" + str(node.target), getattr(gm, str(node.target)))
+    for i, a in enumerate(args):
+        h.update(repr(("input", i, str(a.dtype), tuple(a.shape), tuple(a.stride()), str(a.device))
+                      if isinstance(a, torch.Tensor) else ("input", i, type(a).__name__, repr(a))).encode())
+    h.update(_inductor_settings().encode())
+    h.update(repr((torch.get_num_threads(), tuple(settings))).encode())
+    return h.hexdigest()
+
+
+def entry_path(kind: str, key: str, suffix: str) -> Optional[Path]:
+    """Where the cache keeps the file for ``key`` (None when the cache is off); it may not exist."""
+    return _entry(kind, key, suffix)
+
+
+def store_file(kind: str, key: str, src: str) -> bool:
+    """Copy ``src`` into the cache under ``key``, whole or not at all; False where it could not."""
+    entry = _entry(kind, key, Path(src).suffix)
+    if entry is None:
+        return False
+    try:
+        _atomic_copy(src, entry)
+    except OSError:
+        return False
+    return True
+
+
 def package_versions(*names: str) -> Tuple[str, ...]:
     """Installed versions of ``names`` (``"-"`` for one not installed), for keys of builds they make."""
     from importlib import metadata
@@ -196,12 +235,12 @@ def build_file(kind: str, key: str, dest: str, build: Callable[[str], Any]) -> b
     if entry is not None and entry.is_file():
         try:
             _atomic_copy(str(entry), Path(dest))
-            _count(kind, "hit")
+            count(kind, "hit")
             return True
         except OSError:
             pass
     build(dest)
-    _count(kind, "miss")
+    count(kind, "miss")
     if entry is not None and os.path.isfile(dest):
         try:
             _atomic_copy(dest, entry)
@@ -214,13 +253,13 @@ def load_record(kind: str, key: str) -> Optional[Dict[str, Any]]:
     """The JSON object stored under ``key``, or None (missing, unreadable, or the cache is off)."""
     entry = _entry(kind, key, ".json")
     if entry is None or not entry.is_file():
-        _count(kind, "miss")
+        count(kind, "miss")
         return None
     try:
         value = json.loads(entry.read_text())
     except (OSError, ValueError):
         value = None
-    _count(kind, "hit" if isinstance(value, dict) else "miss")
+    count(kind, "hit" if isinstance(value, dict) else "miss")
     return value if isinstance(value, dict) else None
 
 
@@ -307,7 +346,7 @@ def prime_cpu_isa() -> None:
         cpu_vec_isa.pick_vec_isa()
     finally:
         cpu_vec_isa.VecISA.check_build = real  # type: ignore[method-assign]
-    _count("cpu-isa", "miss" if learned else "hit")
+    count("cpu-isa", "miss" if learned else "hit")
     if learned:
         store_record("cpu-isa", key, recorded)
 

@@ -323,3 +323,149 @@ def test_training_graph_exports_hit_for_the_same_graph_and_miss_for_a_changed_co
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     assert (tmp_path / "a.onnx").read_bytes() != (tmp_path / "c.onnx").read_bytes()
     assert a["inputs"] == b["inputs"] == c["inputs"]
+
+
+# ---------------------------------------------------------------------------------------------
+# graphs built ahead of time (compile_losses.fast.precompiled)
+# ---------------------------------------------------------------------------------------------
+def _graph_key(fn, *args: torch.Tensor) -> str:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    return build_cache.graph_key(make_fx(fn)(*args), args)
+
+
+@pytest.mark.parametrize("change", ["python constant", "closed-over tensor", "op", "shape", "dtype", "stride",
+                                    "inductor config", "threads"])
+def test_graph_key_misses_on_any_change_the_build_depends_on(cache, change):
+    w, x = torch.randn(3, 4), torch.randn(5, 4)
+    shift = torch.zeros(3)
+
+    def make(scale: float = 2.0, c: torch.Tensor = shift):
+        return lambda w, x: (x @ w.t()) * scale + c
+
+    f = make()
+    base = _graph_key(f, w, x)
+    assert _graph_key(f, w, x) == base
+    assert _graph_key(f, torch.randn(3, 4), torch.randn(5, 4)) == base  # other values of the inputs: same build
+    if change == "python constant":
+        assert _graph_key(make(scale=2.0000002), w, x) != base
+    elif change == "closed-over tensor":
+        other = shift.clone()
+        other[1] = 1e-30
+        assert _graph_key(make(c=other), w, x) != base
+    elif change == "op":
+        assert _graph_key(lambda w, x: torch.tanh(x @ w.t()) * 2.0 + shift, w, x) != base
+    elif change == "shape":
+        assert _graph_key(f, w, torch.randn(6, 4)) != base
+    elif change == "dtype":
+        assert _graph_key(f, w.double(), x.double()) != base
+    elif change == "stride":
+        assert _graph_key(f, w, torch.randn(4, 5).t()) != base
+    elif change == "inductor config":
+        import torch._inductor.config as config
+
+        with config.patch(emulate_precision_casts=not config.emulate_precision_casts):
+            assert _graph_key(f, w, x) != base
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(threads + 1)
+        try:
+            assert _graph_key(f, w, x) != base
+        finally:
+            torch.set_num_threads(threads)
+
+
+_PRECOMPILED_CHILD = r"""
+import json, sys
+import torch
+from compile_losses import build_cache
+from compile_losses.backends import BACKENDS
+from compile_losses.losses import HuberLoss
+from compile_losses.nets import SeedNet
+torch.manual_seed(0)
+net, args = SeedNet(), (torch.randn(10, 32), torch.randn(10, 1))
+step = BACKENDS["compile"].prepare_train_step(net, HuberLoss(delta=float(sys.argv[1])), args, 0.01)
+out = step(*args)
+torch.save({"loss": out.loss, "grads": out.grads, "new_params": out.new_params}, sys.argv[2])
+from compile_losses.fast.precompiled import REFUSED
+print(json.dumps({"stats": build_cache.STATS.get("precompiled", {}), "choice": step.choice, "refused": REFUSED,
+                  "compiler_imported": "torch._inductor.compile_fx" in sys.modules}))
+"""
+
+
+@pytest.mark.compile
+@pytest.mark.aoti
+def test_a_precompiled_train_step_loads_in_a_later_process_without_inductors_compiler(cache, tmp_path):
+    """A process asked to precompile builds the package; a later one runs it without importing
+    inductor's compiler and gets bitwise the first one's step; a changed loss constant misses."""
+    import json
+    import subprocess
+    import sys
+
+    from compile_losses.backends import BACKENDS
+    from compile_losses.fast import precompiled
+    from compile_losses.losses import HuberLoss
+    from compile_losses.training import train_step
+
+    for name in ("compile", "aoti"):
+        ok, reason = BACKENDS[name].available()
+        if not ok:
+            pytest.skip("{} unavailable: {}".format(name, reason))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def child(delta: str, out: str, precompile: bool) -> dict:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+                   PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop(precompiled.ENV, None)
+        if precompile:
+            env[precompiled.ENV] = "1"
+        proc = subprocess.run([sys.executable, "-c", _PRECOMPILED_CHILD, delta, str(tmp_path / out)], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first = child("1.0", "first.pt", precompile=True)
+    assert first["choice"] == "compile" or pytest.skip("eager measured faster here: no compiled graph to precompile")
+    assert first["stats"] == {"hit": 0, "miss": 1} and first["compiler_imported"] and not first["refused"], first
+    assert len(list((cache / precompiled.KIND).rglob("*.pt2"))) == 1
+    second = child("1.0", "second.pt", precompile=False)
+    assert second["stats"] == {"hit": 1, "miss": 0} and not second["compiler_imported"]
+    a, b = torch.load(str(tmp_path / "first.pt")), torch.load(str(tmp_path / "second.pt"))
+    torch.testing.assert_close(b, a, rtol=0, atol=0)  # the same kernels: bitwise the same step
+
+    third = child("0.5", "third.pt", precompile=False)  # another delta is another graph: never the old build
+    assert third["stats"] == {"hit": 0, "miss": 1} and third["compiler_imported"]
+    torch.manual_seed(0)
+    from compile_losses.nets import SeedNet
+
+    net, x, y = SeedNet(), torch.randn(10, 32), torch.randn(10, 1)
+    want = train_step(net, HuberLoss(delta=0.5), 0.01)(dict(net.named_parameters()), x, y)
+    got = torch.load(str(tmp_path / "third.pt"))
+    torch.testing.assert_close(got["loss"], want.loss.detach())
+    assert not torch.equal(got["loss"], a["loss"])
+
+
+@pytest.mark.aoti
+def test_a_package_is_stored_only_if_it_gives_inductors_outputs_bitwise(cache):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from compile_losses.backends import BACKENDS
+    from compile_losses.fast import precompiled
+
+    ok, reason = BACKENDS["aoti"].available()
+    if not ok:
+        pytest.skip("aoti unavailable: " + reason)
+    x = torch.randn(4, 3)
+    gm = make_fx(lambda x: x * 2.0 + 1.0)(x)
+    key, form = build_cache.graph_key(gm, (x,)), precompiled.output_form(gm)
+    assert form is torch.Tensor
+    before = len(precompiled.REFUSED)
+    off_by_one_ulp = lambda x: torch.nextafter(x * 2.0 + 1.0, torch.tensor(float("inf")))  # noqa: E731
+    assert not precompiled.build(key, gm, (x,), off_by_one_ulp, form)
+    assert "output 0 differs from inductor's build" in precompiled.REFUSED[before]
+    assert not list(cache.rglob("*.pt2")) and precompiled.load(key, form) is None
+
+    assert precompiled.build(key, gm, (x,), torch._inductor.compile(gm, [x]), form)
+    loaded = precompiled.load(key, form)
+    y = torch.randn(4, 3)
+    torch.testing.assert_close(loaded(y), y * 2.0 + 1.0, rtol=0, atol=0)  # one tensor, as the graph returns

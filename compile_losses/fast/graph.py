@@ -11,7 +11,8 @@ gradients, as the train step does, or run where no gradient is wanted).
 The graph is compiled under a fake-tensor mode with a shape environment, which is what inductor's
 on-disk FX graph cache needs to key the graph (without one it bypasses the cache: "No shape env"),
 so a second process with the same cache directory loads the compiled kernels instead of building
-them again.
+them again. A graph built ahead of time (:mod:`.precompiled`, ``COMPILE_LOSSES_PRECOMPILE=1`` in an
+earlier process) is loaded from the build cache instead, without importing inductor's compiler.
 """
 import collections
 import threading
@@ -30,18 +31,27 @@ def compile_graph(fn: Callable[..., Any], args: Sequence[Tensor]) -> Callable[..
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    from ..build_cache import prime_cpu_isa
+    from .. import build_cache
+    from . import precompiled
 
-    prime_cpu_isa()  # inductor's vector-ISA probe answered from the cache
     gm = make_fx(fn)(*args)
+    key = build_cache.graph_key(gm, args) if build_cache.enabled() else ""
+    form = precompiled.output_form(gm)  # before inductor's build rewrites the graph's output
+    ready = precompiled.load(key, form) if key else None
+    if ready is not None:  # built ahead of time by an earlier process: no inductor import, no build
+        return ready
+    build_cache.prime_cpu_isa()  # inductor's vector-ISA probe answered from the cache
     try:
         fake_mode = FakeTensorMode(shape_env=ShapeEnv())
         fake_args = [fake_mode.from_tensor(a) for a in args]
         with tracing(TracingContext(fake_mode)):
-            return torch._inductor.compile(gm, fake_args)
+            compiled = torch._inductor.compile(gm, fake_args)
     except Exception as exc:  # these are private APIs: if a torch moves them, compile without the disk cache
         CACHE_BYPASSES.append("{}: {}".format(type(exc).__name__, (str(exc).splitlines() or [""])[0]))
-        return torch._inductor.compile(gm, list(args))
+        compiled = torch._inductor.compile(gm, list(args))
+    if key and precompiled.requested():
+        precompiled.build(key, gm, args, compiled, form)
+    return compiled
 
 
 # Why a graph was compiled without inductor's on-disk cache (normally empty; read by tests).

@@ -1,7 +1,9 @@
 """Fresh processes, as each CI job is one: seconds until a prepared ``compile`` train step for
 SeedNet + MSE has given its first result, and the wall time of ``compile-losses export`` (the
 default bundle, AOTInductor package included), with cold caches (every round empty folders) and
-warm ones (inductor's and compile_losses' build caches kept from an untimed first run).
+warm ones (inductor's and compile_losses' build caches kept from an untimed first run), or
+``precompiled`` ones (warm, and the untimed first run had ``COMPILE_LOSSES_PRECOMPILE=1``: the
+step's graph is loaded as an AOTInductor package, without importing inductor's compiler).
 
 Each round is one subprocess; the benchmark's time is the whole process (what a job pays), and
 ``extra_info`` has the child's own split (imports, prepare + first call) per round and, from the
@@ -26,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if MODE == "smoke":  # the default run: one child process, a cold compile start (about 10 s)
     PHASES = [("compile", "cold")]
 elif MODE == "quick":
-    PHASES = [("compile", "cold"), ("compile", "warm")]
+    PHASES = [("compile", "cold"), ("compile", "warm"), ("compile", "precompiled")]
 else:
-    PHASES = [("compile", "cold"), ("compile", "warm"), ("export", "cold"), ("export", "warm")]
+    PHASES = [("compile", "cold"), ("compile", "warm"), ("compile", "precompiled"), ("export", "cold"),
+              ("export", "warm")]
 ROUNDS = {"full": 3, "quick": 2}.get(MODE, 1)
 
 _COMPILE_CHILD = r"""
@@ -44,7 +47,12 @@ net, args = SeedNet(), (torch.randn(10, 32), torch.randn(10, 1))
 t1 = time.perf_counter()
 step = BACKENDS["compile"].prepare_train_step(net, MSELoss(), args, 0.01)
 step(*args)
-print(json.dumps({"import_s": t_import, "start_s": time.perf_counter() - t1, "note": step.note}))
+start_s = time.perf_counter() - t1
+import sys
+from compile_losses import build_cache
+print(json.dumps({"import_s": t_import, "start_s": start_s, "note": step.note,
+                  "precompiled": build_cache.STATS.get("precompiled", {}),
+                  "compiler_imported": "torch._inductor.compile_fx" in sys.modules}))
 """
 
 _FLOOR_CHILD = r"""
@@ -57,10 +65,15 @@ print(json.dumps({"torch_s": t1 - t0, "inductor_s": time.perf_counter() - t1}))
 """
 
 
-def _env(cache: Path) -> Dict[str, str]:
+def _env(cache: Path, precompile: bool = False) -> Dict[str, str]:
+    from compile_losses.fast.precompiled import ENV
+
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), COMPILE_LOSSES_CACHE_DIR=str(cache / "compile_losses"))
     env.pop("COMPILE_LOSSES_NO_CACHE", None)
+    env.pop(ENV, None)
+    if precompile:
+        env[ENV] = "1"
     return env
 
 
@@ -112,8 +125,8 @@ def test_fresh_process_start(what, phase, device, bench):
         children.append(child)
 
     try:
-        if phase == "warm":
-            _run(command(), _env(state["cache"]))  # populates both caches, untimed
+        if phase in ("warm", "precompiled"):
+            _run(command(), _env(state["cache"], precompile=phase == "precompiled"))  # fills the caches, untimed
         floor = {} if MODE == "smoke" else _json_line(_run([sys.executable, "-c", _FLOOR_CHILD], _env(root / "floor")))
         bench.run_rounds(fresh_process, setup, ROUNDS, workload="compile-fresh-{}-{}".format(what, phase),
                          case="seed+mse-b10", backend="compile" if what == "compile" else "export", samples=1,
@@ -127,6 +140,9 @@ def test_fresh_process_start(what, phase, device, bench):
         if what == "compile":
             info["start_s_median"] = statistics.median(c["start_s"] for c in children)
             info["choice"] = children[-1]["note"]
+            if phase == "precompiled":  # the timed rounds ran the package, not inductor's compiler
+                assert all(c["precompiled"] == {"hit": 1, "miss": 0} and not c["compiler_imported"]
+                           for c in children), children
     finally:
         import shutil
 
