@@ -21,6 +21,7 @@ from compile_losses.nets import TinyEncoder
 from compile_losses.parity import PASS, verify
 from compile_losses.registry import NETS
 from compile_losses.resolve import make_case
+from matrix_dump import dump
 
 pytestmark = pytest.mark.onnx
 
@@ -155,11 +156,12 @@ def test_dense_net_passes_at_every_height_and_width_from_one_export():
 @pytest.mark.parametrize("backend", ["onnx", "compile", "script", "trace", "onnx-legacy", "onnx-ref", "aoti",
                                      "fused", "fast"])
 @pytest.mark.parametrize("net", DYNAMIC)
-def test_every_backend_at_every_dynamic_size_exhaustive(net, backend):
+def test_every_backend_at_every_dynamic_size_exhaustive(net, backend, request):
     if not BACKENDS[backend].available()[0]:
         pytest.skip(BACKENDS[backend].available()[1])
     case = make_case(net, NETS[net].loss, batch=2)
-    for report in _sizes_run(case, [{}] + list(NETS[net].dynamic_sizes), ["eager", backend]):
+    for i, report in enumerate(_sizes_run(case, [{}] + list(NETS[net].dynamic_sizes), ["eager", backend])):
+        dump(report, "{}-{}".format(request.node.name, i))
         assert report.ok, report
 
 
@@ -279,7 +281,7 @@ def test_runtime_refuses_a_shape_symbol_the_manifest_does_not_declare(encoder_bu
 
 @pytest.mark.exhaustive  # the whole product for the nets with dynamic dims: hours on 2 cores
 @pytest.mark.parametrize("net", DYNAMIC)
-def test_dynamic_nets_full_product_exhaustive(net):
+def test_dynamic_nets_full_product_exhaustive(net, request):
     """dtypes x autocast x onnxruntime levels x threads x dynamic sizes, every backend."""
     from compile_losses.parity import verify_registry
     from compile_losses.sessions import OPT_LEVELS
@@ -288,6 +290,7 @@ def test_dynamic_nets_full_product_exhaustive(net):
     report = verify_registry(losses=[NETS[net].loss], net=net, alone=False, batches=(1, 7), large=0,
                              dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16), audit=False,
                              autocasts=(None, torch.bfloat16), settings_grid=grid, dynamic_dims=True)
+    dump(report, request.node.name)
     assert report.ok, report
     sizes = {tuple(sorted((k, v) for k, v in r.sizes.items() if k != "batch")) for r in report.rows}
     assert len(sizes) == 1 + len(NETS[net].dynamic_sizes)

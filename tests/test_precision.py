@@ -15,6 +15,8 @@ from compile_losses.registry import LOSSES
 from compile_losses.resolve import make_case
 from compile_losses.sessions import OPT_LEVELS
 
+from matrix_dump import dump
+
 pytestmark = pytest.mark.onnx
 
 _ORT = [b for b in BACKENDS.values() if "ort_opt_level" in b.setting_defaults and b.device == "cpu"
@@ -337,7 +339,8 @@ def test_registry_matrix_runs_every_axis_once_per_setting():
 
 @pytest.mark.exhaustive
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
-def test_registry_precision_and_settings_matrix_exhaustive(loss_name):
+def test_registry_precision_and_settings_matrix_exhaustive(loss_name, request):
     """The full product for one loss: every backend x dtype x autocast x onnxruntime level x threads."""
     report = _registry_matrix([loss_name], None, GRID)
+    dump(report, request.node.name)
     assert report.ok, report
