@@ -10,6 +10,9 @@ is not 1 becomes ``Identity``; a size-1 or dynamic dim stays a ``Squeeze``.
 CPU provider registers it for float only, so a float64 graph with GELU (forward, or erf in its
 gradient) could not load. Those become :func:`erf_float64` (fdlibm's erf in ops onnxruntime runs
 in float64, within one ulp of torch's); every other dtype keeps ``Erf``.
+
+``aten.linear``, ``aten.addmm``, ``aten.mm`` and ``aten.bmm`` in bfloat16 or float16: multiplied in float and
+rounded once, as ATen's CPU kernels do (see :func:`_addmm`).
 """
 from typing import Any, Callable, Dict
 
@@ -32,7 +35,63 @@ def translation_table() -> Dict[Callable[..., Any], Callable[..., Any]]:
     import torch
 
     return {torch.ops.aten.squeeze.dim: _squeeze_dim, torch.ops.aten.erf.default: _erf,
-            torch.ops.aten.gelu.default: _gelu}
+            torch.ops.aten.gelu.default: _gelu, torch.ops.aten.addmm.default: _addmm,
+            torch.ops.aten.mm.default: _mm, torch.ops.aten.bmm.default: _mm,
+            torch.ops.aten.linear.default: _linear}
+
+
+# -- matrix products in bfloat16 and float16 -----------------------------------------------------
+# ATen's CPU kernels (mkldnn, and cpublas's fallback) multiply half-precision matrices with float32
+# accumulation and round the result once, the bias of addmm added before that rounding. The
+# exporter writes Gemm/MatMul in the half dtype itself, which onnx's reference evaluator runs as a
+# half-precision product and a second rounding after the bias add (seed+charbonnier under bfloat16
+# autocast: 4.5x eager's loss error), and which onnxruntime's CPU provider has no bfloat16 kernel
+# for. Here the operands are cast to float, multiplied (and the bias added) in float, and the
+# result cast back once, as ATen computes it; other dtypes keep torchlib's single op.
+def _half(value: Any) -> Any:
+    from onnxscript import ir
+
+    dtype = getattr(value, "dtype", None)
+    return dtype if dtype in (ir.DataType.BFLOAT16, ir.DataType.FLOAT16) else None
+
+
+def _addmm(self: Any, mat1: Any, mat2: Any, beta: float = 1.0, alpha: float = 1.0) -> Any:
+    from onnxscript import ir
+    from onnxscript import opset18 as op
+
+    half = _half(mat1)
+    if half is None:
+        return op.Gemm(mat1, mat2, self, alpha=float(alpha), beta=float(beta))
+    f = [op.Cast(v, to=ir.DataType.FLOAT) for v in (mat1, mat2, self)]
+    return op.Cast(op.Gemm(f[0], f[1], f[2], alpha=float(alpha), beta=float(beta)), to=half)
+
+
+def _linear(input: Any, weight: Any, bias: Any = None) -> Any:
+    from onnxscript import ir
+    from onnxscript import opset18 as op
+    from onnxscript.function_libs.torch_lib.ops import nn as torchlib_nn
+
+    half = _half(input)
+    if half is None or weight.shape is None or len(weight.shape) != 2:  # (a 1-d weight: torchlib's own)
+        return torchlib_nn.aten_linear(input, weight, bias)
+    x, w = op.Cast(input, to=ir.DataType.FLOAT), op.Cast(weight, to=ir.DataType.FLOAT)
+    b = None if bias is None else op.Cast(bias, to=ir.DataType.FLOAT)
+    if input.shape is not None and len(input.shape) == 2:  # torchlib's choice of ops, in float
+        out = op.Gemm(x, w, b, transB=True) if b is not None else op.Gemm(x, w, transB=True)
+    else:
+        out = op.MatMul(x, op.Transpose(w, perm=[1, 0]))
+        out = out if b is None else op.Add(out, b)
+    return op.Cast(out, to=half)
+
+
+def _mm(self: Any, mat2: Any) -> Any:
+    from onnxscript import ir
+    from onnxscript import opset18 as op
+
+    half = _half(self)
+    if half is None:
+        return op.MatMul(self, mat2)
+    return op.Cast(op.MatMul(op.Cast(self, to=ir.DataType.FLOAT), op.Cast(mat2, to=ir.DataType.FLOAT)), to=half)
 
 
 # -- erf in float64 ------------------------------------------------------------------------------

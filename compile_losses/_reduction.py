@@ -66,9 +66,13 @@ def apply_reduction(loss: Tensor, reduction: str, denominator: Optional[Tensor] 
             if not torch.jit.is_scripting():
                 # float64 needs no help, and the TorchScript-based exporter divides a float64 sum
                 # by a float32 element count (a float32 loss out of a float64 graph).
+                # Divided in float64 too, then rounded once: a float16 sum of 2^20 losses (and the
+                # count 2^20 itself) is past float16's largest finite value, inf / inf a NaN.
                 if _faithful_mode() and loss.dtype in (torch.float32, torch.float16, torch.bfloat16):
-                    return _faithful_sum(loss) / loss.numel()
+                    return (loss.sum(dtype=torch.float64) / loss.numel()).to(loss.dtype)
             return loss.mean()
+        if not torch.jit.is_scripting() and _faithful_mode() and loss.dtype in (torch.float16, torch.bfloat16):
+            return _divide_by_weight_sum(loss.sum(dtype=torch.float64), denominator.to(torch.float64)).to(loss.dtype)
         return _divide_by_weight_sum(_faithful_sum(loss), denominator)
     raise ValueError(
         "reduction must be one of 'none', 'mean', 'sum', got '{}'".format(reduction)

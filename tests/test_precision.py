@@ -87,11 +87,12 @@ def _consumers(model, name):
 
 def _cast_back(model, name):
     """Whether ``name`` reaches a Cast to FLOAT through Casts and shape-only ops (the exporter may
-    insert a no-op double->double Cast, or a Squeeze, between)."""
+    insert a no-op double->double Cast, or a Squeeze, between) or the mean's division by the
+    count, which is done in float64 before the one rounding."""
     import onnx
 
     for c in _consumers(model, name):
-        if c.op_type not in ("Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity"):
+        if c.op_type not in ("Cast", "Squeeze", "Unsqueeze", "Reshape", "Identity", "Div"):
             continue
         if (c.op_type == "Cast" and {a.name: a.i for a in c.attribute}.get("to") == onnx.TensorProto.FLOAT) or \
                 _cast_back(model, c.output[0]):

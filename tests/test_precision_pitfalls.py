@@ -97,3 +97,56 @@ def test_tf32_on_and_off_for_eager_and_compile_on_cuda(backend, tf32):
         assert report.ok and {r.status for r in report.rows} == {PASS}, report
     else:
         assert any(r.clause != 1 for r in report.rows), report  # TF32 is never equal to float32 eager
+
+
+# -- half precision in the exported graphs (found by the exhaustive matrix) ---------------------------
+@pytest.mark.onnx
+@pytest.mark.parametrize("loss_name", ["mse", "charbonnier"])
+def test_a_float16_mean_over_more_elements_than_float16_counts_is_finite(loss_name):
+    """2^20 float16 losses: their sum and their count are past float16's largest finite value
+    (65504). The faithful mean divides in float64 and rounds once; it used to round the float64
+    sum to float16 first (inf) and divide by the count in float16 (inf): NaN in onnxruntime's and
+    the reference evaluator's runs of the graph, while eager gives the mean."""
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    from compile_losses.backends.onnx import export_onnx
+
+    case = make_case(None, loss_name, batch=1 << 20, dtype=torch.float16)
+    args = case.inputs + case.targets
+    model = export_onnx(case.loss, args)
+    feed = {v.name: a.numpy() for v, a in zip(model.graph.input, args)}
+    want = case.loss(*args).double()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got in (session.run(None, feed)[0], ReferenceEvaluator(model).run(None, feed)[0]):
+        got = torch.from_numpy(got).double()
+        assert torch.isfinite(got), got
+        torch.testing.assert_close(got, want, rtol=2 ** -10, atol=0)  # float16's own resolution
+
+
+@pytest.mark.onnx
+def test_half_precision_matrix_products_are_exported_as_atens_float_products():
+    """ATen multiplies bfloat16/float16 matrices with float32 accumulation and rounds once (the
+    bias of addmm added before); the exporter wrote the Gemm in bfloat16, which the reference
+    evaluator ran with a second rounding (seed+charbonnier under bfloat16 autocast failed its row:
+    4.5x eager's loss error). Every Gemm/MatMul of the exported graph now reads float operands."""
+    import onnx
+
+    from compile_losses.backends.onnx import export_onnx
+    from compile_losses.parity.precision import autocast_modules
+
+    case = make_case("seed", "charbonnier", batch=7)
+    net, _ = autocast_modules(case.net, case.loss, len(case.inputs), len(case.targets), torch.bfloat16)
+    model = export_onnx(net, case.inputs)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    products = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert len(products) == 2
+    for n in products:
+        for name in n.input:
+            src = producers.get(name)
+            while src is not None and src.op_type == "Transpose":
+                src = producers.get(src.input[0])
+            assert src is not None and src.op_type == "Cast" and \
+                {a.name: a.i for a in src.attribute}["to"] == onnx.TensorProto.FLOAT, (n.name, name)
+    report = verify(case.net, case.loss, case.inputs, case.targets, ["onnx-ref"], autocast=torch.bfloat16)
+    assert report.ok and all(r.status == PASS for r in report.rows if r.output == "loss"), report
