@@ -71,8 +71,10 @@ def apply_reduction(loss: Tensor, reduction: str, denominator: Optional[Tensor] 
                 if _faithful_mode() and loss.dtype in (torch.float32, torch.float16, torch.bfloat16):
                     return (loss.sum(dtype=torch.float64) / loss.numel()).to(loss.dtype)
             return loss.mean()
-        if not torch.jit.is_scripting() and _faithful_mode() and loss.dtype in (torch.float16, torch.bfloat16):
-            return _divide_by_weight_sum(loss.sum(dtype=torch.float64), denominator.to(torch.float64)).to(loss.dtype)
+        if not torch.jit.is_scripting():  # (TorchScript drops this block only in exactly this form)
+            if _faithful_mode() and loss.dtype in (torch.float16, torch.bfloat16):
+                return _divide_by_weight_sum(loss.sum(dtype=torch.float64),
+                                             denominator.to(torch.float64)).to(loss.dtype)
         return _divide_by_weight_sum(_faithful_sum(loss), denominator)
     raise ValueError(
         "reduction must be one of 'none', 'mean', 'sum', got '{}'".format(reduction)
