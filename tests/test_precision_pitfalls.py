@@ -150,3 +150,19 @@ def test_half_precision_matrix_products_are_exported_as_atens_float_products():
                 {a.name: a.i for a in src.attribute}["to"] == onnx.TensorProto.FLOAT, (n.name, name)
     report = verify(case.net, case.loss, case.inputs, case.targets, ["onnx-ref"], autocast=torch.bfloat16)
     assert report.ok and all(r.status == PASS for r in report.rows if r.output == "loss"), report
+
+
+@pytest.mark.onnx
+def test_a_kernel_onnxruntime_refuses_a_dtype_at_run_time_is_unsupported_with_its_reason():
+    """onnxruntime loads cross_entropy's float16 gradient graph, then refuses to run its
+    ScatterElements (reduction 'add' has no float16 kernel): that is 'unsupported', with
+    onnxruntime's words, not an error row (found by the exhaustive matrix)."""
+    from compile_losses.parity import UNSUPPORTED
+
+    case = make_case("seed", "cross_entropy", batch=1, dtype=torch.float16)
+    report = verify(case.net, case.loss, case.inputs, case.targets, ["onnx"])
+    rows = {r.output: r for r in report.rows}
+    assert rows["loss"].status == PASS, report
+    for output in ("loss_and_grad", "train_step"):
+        assert rows[output].status == UNSUPPORTED, report
+        assert "MLFloat16 data type is not supported with ScatterElements" in rows[output].detail

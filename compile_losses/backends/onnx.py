@@ -25,6 +25,7 @@ import inspect
 import io
 import logging
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -162,7 +163,11 @@ class OnnxBackend(Backend):
             with self._kernels_or_unsupported():
                 session = self._session(model)
             names = [i.name for i in session.get_inputs()]
-            execute = lambda feeds: session.run(None, feeds)  # noqa: E731
+            provider = self.provider
+
+            def execute(feeds: Dict[str, Any]) -> Any:
+                with kernels_or_unsupported(provider):
+                    return session.run(None, feeds)
 
         def run(*inputs: Tensor) -> Any:
             if len(inputs) != len(names):
@@ -172,16 +177,8 @@ class OnnxBackend(Backend):
 
         return run
 
-    @contextlib.contextmanager
-    def _kernels_or_unsupported(self) -> Iterator[None]:
-        """A kernel onnxruntime lacks (float64 Conv on the CPU) is 'unsupported', not a failure."""
-        try:
-            yield
-        except Exception as exc:
-            if "NOT_IMPLEMENTED" not in str(exc):
-                raise
-            raise Unsupported("onnxruntime ({}) has no kernel for this graph: {}".format(
-                self.provider, str(exc).split("NOT_IMPLEMENTED :")[-1].strip().splitlines()[0])) from None
+    def _kernels_or_unsupported(self) -> Any:
+        return kernels_or_unsupported(self.provider)
 
     # -- gradients through the training graphs -------------------------------------------------
     def _exported_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Tuple[Tensor, Tensor]]:
@@ -191,7 +188,8 @@ class OnnxBackend(Backend):
             return self._cached("loss_and_grad", loss, example_inputs, lambda: (self._ref_graph(
                 lambda p: training.export_loss_and_grad_onnx(loss, example, p), params=None), None))[0]
         with self._kernels_or_unsupported():
-            return _numpy_feedable(training.prepare_onnx_loss_and_grad(loss, example, **self._ort_kwargs()))
+            return _numpy_feedable(training.prepare_onnx_loss_and_grad(loss, example, **self._ort_kwargs()),
+                                   self.provider)
 
     def _exported_train_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                              lr: float) -> Callable[..., TrainStepResult]:
@@ -205,7 +203,8 @@ class OnnxBackend(Backend):
                 lambda p: training.export_train_step_onnx(net, loss, example, p), params=(net, lr)), None),
                 owners=(net, loss))[0]
         with self._kernels_or_unsupported():
-            return _numpy_feedable(training.prepare_onnx_train_step(net, loss, example, lr, **self._ort_kwargs()))
+            return _numpy_feedable(training.prepare_onnx_train_step(net, loss, example, lr, **self._ort_kwargs()),
+                                   self.provider)
 
     def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
                         opt: Any) -> Callable[..., Any]:
@@ -259,10 +258,32 @@ def _check_feedable(inputs: Sequence[Tensor]) -> None:
                               "(input {} is bfloat16)".format(i))
 
 
-def _numpy_feedable(fn: Callable[..., Any]) -> Callable[..., Any]:
+@contextlib.contextmanager
+def kernels_or_unsupported(provider: str) -> Iterator[None]:
+    """A kernel onnxruntime lacks is 'unsupported', not a failure: one it does not register (float64
+    Conv on the CPU: the session refuses the graph, NOT_IMPLEMENTED) or one that refuses a dtype
+    when it runs (float16 ScatterElements with reduction 'add': "MLFloat16 data type is not
+    supported with ScatterElements opset 16 when reduction is 'add'", a RUNTIME_EXCEPTION)."""
+    try:
+        yield
+    except Unsupported:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        if "NOT_IMPLEMENTED" in text:
+            why = text.split("NOT_IMPLEMENTED :")[-1].strip().splitlines()[0]
+        elif re.search(r"data type is not supported", text):
+            why = text.split("Status Message:")[-1].strip().splitlines()[0]
+        else:
+            raise
+        raise Unsupported("onnxruntime ({}) has no kernel for this graph: {}".format(provider, why)) from None
+
+
+def _numpy_feedable(fn: Callable[..., Any], provider: str) -> Callable[..., Any]:
     def run(*inputs: Tensor) -> Any:
         _check_feedable(inputs)
-        return fn(*inputs)
+        with kernels_or_unsupported(provider):
+            return fn(*inputs)
 
     run.graph_info = getattr(fn, "graph_info", None)  # type: ignore[attr-defined]
     return run
