@@ -98,7 +98,7 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
                 progress.step("{:<18} {}".format(backend.name, label))
             for row in _backend_rows(backend, ref, label, spec, settings, require):
                 row.dtype, row.autocast, row.sizes = axes["dtype"], axes["autocast"], axes["sizes"]
-                rows.append(row)
+                rows.append(_with_precision_hint(row))
         audit = options.get("audit")
         auditor = audit if isinstance(audit, str) else (audited(chosen).name if audit and audited(chosen) else None)
         audits = [] if auditor is None else [compile_audit(
@@ -115,6 +115,20 @@ def verify(net: Optional[nn.Module], loss: nn.Module, inputs: Any, target: Any,
             "targets": [[str(t.dtype).replace("torch.", ""), list(t.shape)] for t in targets], "lr": lr,
             "dtype": axes["dtype"], "autocast": axes["autocast"], "sizes": axes["sizes"], "settings": settings}
     return ParityReport(rows, [case], audits, time.perf_counter() - start)
+
+
+_PRECISION_HINT = ("; inductor ran with emulate_precision_casts=False, which keeps low-precision intermediates "
+                   "in float32 where eager rounds them (pytorch 158699): try --compile-setting "
+                   "emulate_precision_casts=true")
+
+
+def _with_precision_hint(row: Row) -> Row:
+    """A failing row of an inductor backend in bfloat16/float16 (or under autocast) with inductor's
+    default rounding says which setting changes that (a hint only: the verdict stands)."""
+    low = row.autocast is not None or row.dtype in ("bfloat16", "float16")
+    if row.status == FAIL and low and (row.settings or {}).get("emulate_precision_casts") is False:
+        row.detail += _PRECISION_HINT
+    return row
 
 
 def _dtype_name(dtype: Optional[torch.dtype]) -> Optional[str]:
