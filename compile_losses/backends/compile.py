@@ -21,7 +21,8 @@ from .._torch_imports import import_inductor_dependencies
 from .base import Backend, move, tf32_scope
 from .eager import cuda_available
 
-__all__ = ["CompileBackend", "INDUCTOR_SETTINGS", "own_code", "cxx_compiler"]
+__all__ = ["CompileBackend", "INDUCTOR_SETTINGS", "check_inductor_settings", "inductor_settings_context", "own_code",
+           "cxx_compiler"]
 
 # inductor config flags that change numerics, with torch's defaults (a test checks they are torch's)
 INDUCTOR_SETTINGS: Dict[str, bool] = {"emulate_precision_casts": False, "fallback_random": False}
@@ -60,23 +61,17 @@ class CompileBackend(Backend):
         return torch.compile(own_code(module), backend=stage, fullgraph=self.fullgraph, dynamic=dynamic)
 
     def check_settings(self, applied: Dict[str, Any]) -> None:
-        for key in INDUCTOR_SETTINGS:
-            if key in applied and not isinstance(applied[key], bool):
-                raise ValueError("{} must be True or False, got {!r}".format(key, applied[key]))
+        check_inductor_settings(applied)
         if "dynamic" in applied and applied["dynamic"] not in ("auto", True, False):
             raise ValueError("dynamic must be 'auto', True or False, got {!r}".format(applied["dynamic"]))
         if "tf32" in applied and not isinstance(applied["tf32"], bool):
             raise ValueError("tf32 must be True or False, got {!r}".format(applied["tf32"]))
 
     def _settings_context(self, applied: Dict[str, Any]) -> Any:
-        patch = {k: applied[k] for k in INDUCTOR_SETTINGS if k in applied}
         stack = contextlib.ExitStack()
         if "tf32" in applied:
             stack.enter_context(tf32_scope(applied["tf32"]))
-        if patch:
-            import torch._inductor.config as inductor_config
-
-            stack.enter_context(inductor_config.patch(**patch))
+        stack.enter_context(inductor_settings_context(applied))
         return stack
 
     def _available(self) -> Tuple[bool, str]:
@@ -116,6 +111,24 @@ class CompileBackend(Backend):
     def audit_callable(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Callable[..., Any]:
         self._require()
         return self._compile(module, example_inputs)[0]
+
+
+def check_inductor_settings(applied: Dict[str, Any]) -> None:
+    """Refuse a non-bool value of one of :data:`INDUCTOR_SETTINGS` in ``applied``."""
+    for key in INDUCTOR_SETTINGS:
+        if key in applied and not isinstance(applied[key], bool):
+            raise ValueError("{} must be True or False, got {!r}".format(key, applied[key]))
+
+
+def inductor_settings_context(applied: Dict[str, Any]) -> Any:
+    """inductor's config patched with the :data:`INDUCTOR_SETTINGS` of ``applied`` (a no-op
+    context, importing nothing, where there are none)."""
+    patch = {k: applied[k] for k in INDUCTOR_SETTINGS if k in applied}
+    if not patch:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(**patch)
 
 
 def own_code(module: nn.Module) -> Callable[..., Any]:

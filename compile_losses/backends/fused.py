@@ -1,13 +1,13 @@
 """``fused``: the loss's value and gradient in one compiled pass into a reused buffer
 (:mod:`compile_losses.fast.fused`), and a train step as one guard-free compiled graph
 (:mod:`compile_losses.fast.train_step`)."""
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
 from ..fast import CompiledTrainStep, FusedLoss, FusedLossAndGrad
 from .base import Backend, Unsupported, _as_tuple
-from .compile import CompileBackend
+from .compile import INDUCTOR_SETTINGS, CompileBackend, check_inductor_settings, inductor_settings_context
 
 __all__ = ["FusedBackend", "check_scalar", "split_case"]
 
@@ -16,6 +16,15 @@ class FusedBackend(Backend):
     supports_autograd = True
     cost = 10.0  # an inductor build
     markers = ("compile",)
+    # inductor's numerics settings, as compile's (emulate_precision_casts: round low-precision
+    # intermediates as eager does); compiled under them at the first call, inside the scope
+    setting_defaults = dict(INDUCTOR_SETTINGS)
+
+    def check_settings(self, applied: Dict[str, Any]) -> None:
+        check_inductor_settings(applied)
+
+    def _settings_context(self, applied: Dict[str, Any]) -> Any:
+        return inductor_settings_context(applied)
 
     def _available(self) -> Tuple[bool, str]:
         return CompileBackend(self.name)._available()
