@@ -101,6 +101,25 @@ def test_faithful_sums_of_half_types_come_back_in_their_dtype(dtype: torch.dtype
     assert float(s) == 0.75 and float(m) == 0.1875
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_faithful_mean_of_half_types_divides_before_it_rounds(dtype: torch.dtype) -> None:
+    # 2^17 losses of 3.0: their sum (393216) and their count (131072) are past float16's largest
+    # finite value (65504); rounded to float16 first they are inf, and inf / inf is NaN. Divided in
+    # float64 and rounded once, the mean is exactly 3. bfloat16 (range to 3e38) rounds the sum
+    # only: 393216 is exact in it, so the planted sum 393216.75 tells one rounding from two.
+    x = torch.full((1 << 17,), 3.0, dtype=dtype)
+    with R.faithful_reductions():
+        m = R.apply_reduction(x, "mean")
+        w = R.apply_reduction(x, "mean", torch.tensor(float(1 << 17), dtype=torch.float32))
+    assert m.dtype == w.dtype == dtype and float(m) == 3.0 and float(w) == 3.0
+    y = torch.tensor([393216.0, 0.75] + [0.0] * 2, dtype=torch.float32).to(dtype)
+    with R.faithful_reductions():
+        m = R.apply_reduction(y, "mean")
+        w = R.apply_reduction(y, "mean", torch.tensor(4.0, dtype=dtype))
+    exact = torch.tensor((float(y[0]) + float(y[1])) / 4, dtype=torch.float64).to(dtype)
+    assert float(m) == float(exact) and float(w) == float(exact)
+
+
 def test_float64_needs_no_help_and_keeps_its_dtype() -> None:
     x = CANCEL.double()
     with R.faithful_reductions():
