@@ -34,7 +34,10 @@ def compile_graph(fn: Callable[..., Any], args: Sequence[Tensor]) -> Callable[..
     from .. import build_cache
     from . import precompiled
 
-    gm = make_fx(fn)(*args)
+    # make_fx's real-mode tracing records each value's metadata under the tracing context's fake
+    # mode, and builds a new FakeTensorMode per value where there is none (a third of a warm start)
+    with tracing(TracingContext(FakeTensorMode())):
+        gm = make_fx(fn)(*args)
     key = build_cache.graph_key(gm, args) if build_cache.enabled() else ""
     form = precompiled.output_form(gm)  # before inductor's build rewrites the graph's output
     ready = precompiled.load(key, form) if key else None
