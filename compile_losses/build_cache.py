@@ -172,14 +172,9 @@ def graph_key(gm: Any, args: Iterable[Any], settings: Iterable[Any] = ()) -> str
     return h.hexdigest()
 
 
-def entry_path(kind: str, key: str, suffix: str) -> Optional[Path]:
-    """Where the cache keeps the file for ``key`` (None when the cache is off); it may not exist."""
-    return _entry(kind, key, suffix)
-
-
 def store_file(kind: str, key: str, src: str) -> bool:
     """Copy ``src`` into the cache under ``key``, whole or not at all; False where it could not."""
-    entry = _entry(kind, key, Path(src).suffix)
+    entry = entry_path(kind, key, Path(src).suffix)
     if entry is None:
         return False
     try:
@@ -210,7 +205,8 @@ def record_key(*parts: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # files and records
 # ---------------------------------------------------------------------------------------------
-def _entry(kind: str, key: str, suffix: str) -> Optional[Path]:
+def entry_path(kind: str, key: str, suffix: str) -> Optional[Path]:
+    """Where the cache keeps the file for ``key`` (None when the cache is off); it may not exist."""
     root = cache_dir()
     return None if root is None else root / kind / key[:2] / (key + suffix)
 
@@ -231,7 +227,7 @@ def build_file(kind: str, key: str, dest: str, build: Callable[[str], Any]) -> b
     """Put the build for ``key`` at ``dest``: copied from the cache, or made by ``build(dest)``
     and stored. Returns True on a cache hit. A cache that cannot be read or written is skipped
     (the build still happens); a failed build stores nothing."""
-    entry = _entry(kind, key, Path(dest).suffix)
+    entry = entry_path(kind, key, Path(dest).suffix)
     if entry is not None and entry.is_file():
         try:
             _atomic_copy(str(entry), Path(dest))
@@ -241,17 +237,14 @@ def build_file(kind: str, key: str, dest: str, build: Callable[[str], Any]) -> b
             pass
     build(dest)
     count(kind, "miss")
-    if entry is not None and os.path.isfile(dest):
-        try:
-            _atomic_copy(dest, entry)
-        except OSError:
-            pass  # a read-only or full cache costs the next process a build, nothing more
+    if os.path.isfile(dest):
+        store_file(kind, key, dest)  # a read-only or full cache costs the next process a build, nothing more
     return False
 
 
 def load_record(kind: str, key: str) -> Optional[Dict[str, Any]]:
     """The JSON object stored under ``key``, or None (missing, unreadable, or the cache is off)."""
-    entry = _entry(kind, key, ".json")
+    entry = entry_path(kind, key, ".json")
     if entry is None or not entry.is_file():
         count(kind, "miss")
         return None
@@ -265,7 +258,7 @@ def load_record(kind: str, key: str) -> Optional[Dict[str, Any]]:
 
 def store_record(kind: str, key: str, value: Dict[str, Any]) -> None:
     """Store ``value`` (JSON) under ``key``, whole or not at all."""
-    entry = _entry(kind, key, ".json")
+    entry = entry_path(kind, key, ".json")
     if entry is None:
         return
     try:
@@ -321,7 +314,7 @@ def prime_cpu_isa() -> None:
             return
         _PRIMED = True
     key = _isa_key_or_empty()
-    entry = _entry("cpu-isa", key, ".json")
+    entry = entry_path("cpu-isa", key, ".json")
     if entry is None:
         return
     from torch._inductor import cpu_vec_isa
