@@ -29,7 +29,7 @@ import re
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -166,8 +166,10 @@ class OnnxBackend(Backend):
             provider = self.provider
 
             def execute(feeds: Dict[str, Any]) -> Any:
-                with kernels_or_unsupported(provider):
+                try:
                     return session.run(None, feeds)
+                except Exception as exc:
+                    raise_unsupported_or_again(exc, provider)
 
         def run(*inputs: Tensor) -> Any:
             if len(inputs) != len(names):
@@ -258,32 +260,39 @@ def _check_feedable(inputs: Sequence[Tensor]) -> None:
                               "(input {} is bfloat16)".format(i))
 
 
+def raise_unsupported_or_again(exc: BaseException, provider: str) -> NoReturn:
+    """Raise ``exc`` as 'unsupported' where it says onnxruntime lacks a kernel, else raise it as it
+    is: one onnxruntime does not register (float64 Conv on the CPU: the session refuses the graph,
+    NOT_IMPLEMENTED) or one that refuses a dtype when it runs (float16 ScatterElements with reduction
+    'add': "MLFloat16 data type is not supported with ScatterElements opset 16 when reduction is
+    'add'", a RUNTIME_EXCEPTION). Called from a plain ``except`` on the per-call paths: a try costs
+    nothing unless it raises, a context manager costs a generator per call."""
+    text = "" if isinstance(exc, Unsupported) else str(exc)
+    if "NOT_IMPLEMENTED" in text:
+        why = text.split("NOT_IMPLEMENTED :")[-1].strip().splitlines()[0]
+    elif re.search(r"data type is not supported", text):
+        why = text.split("Status Message:")[-1].strip().splitlines()[0]
+    else:
+        raise exc
+    raise Unsupported("onnxruntime ({}) has no kernel for this graph: {}".format(provider, why)) from None
+
+
 @contextlib.contextmanager
 def kernels_or_unsupported(provider: str) -> Iterator[None]:
-    """A kernel onnxruntime lacks is 'unsupported', not a failure: one it does not register (float64
-    Conv on the CPU: the session refuses the graph, NOT_IMPLEMENTED) or one that refuses a dtype
-    when it runs (float16 ScatterElements with reduction 'add': "MLFloat16 data type is not
-    supported with ScatterElements opset 16 when reduction is 'add'", a RUNTIME_EXCEPTION)."""
+    """Around a session's creation: :func:`raise_unsupported_or_again`."""
     try:
         yield
-    except Unsupported:
-        raise
     except Exception as exc:
-        text = str(exc)
-        if "NOT_IMPLEMENTED" in text:
-            why = text.split("NOT_IMPLEMENTED :")[-1].strip().splitlines()[0]
-        elif re.search(r"data type is not supported", text):
-            why = text.split("Status Message:")[-1].strip().splitlines()[0]
-        else:
-            raise
-        raise Unsupported("onnxruntime ({}) has no kernel for this graph: {}".format(provider, why)) from None
+        raise_unsupported_or_again(exc, provider)
 
 
 def _numpy_feedable(fn: Callable[..., Any], provider: str) -> Callable[..., Any]:
     def run(*inputs: Tensor) -> Any:
         _check_feedable(inputs)
-        with kernels_or_unsupported(provider):
+        try:
             return fn(*inputs)
+        except Exception as exc:
+            raise_unsupported_or_again(exc, provider)
 
     run.graph_info = getattr(fn, "graph_info", None)  # type: ignore[attr-defined]
     return run
