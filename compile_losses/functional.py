@@ -821,8 +821,10 @@ def sup_con_loss(input: Tensor, target: Tensor, temperature: float = 0.1, reduct
     idx = torch.arange(input.shape[0], device=input.device)
     itself = idx.unsqueeze(0) == idx.unsqueeze(1)
     # self-similarity is left out of the softmax with a finite fill (exp gives exactly 0), which
-    # keeps a lone anchor's row finite where -inf would make it NaN
-    logp = torch.log_softmax((z @ z.t() / temperature).masked_fill(itself, -3.0e38), dim=1)
+    # keeps a lone anchor's row finite where -inf would make it NaN; the fill is the similarities'
+    # own dtype's (float16 tops out at 65504; autocast may compute them in a dtype not the input's)
+    sim = z @ z.t() / temperature
+    logp = torch.log_softmax(sim.masked_fill(itself, -65504.0 if sim.dtype == torch.float16 else -3.0e38), dim=1)
     positive = (target.unsqueeze(0) == target.unsqueeze(1)) & ~itself
     count = positive.to(input.dtype).sum(1)
     has = count > 0.0
