@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..fast import CompiledForward, CompiledTrainStep, FusedLossAndGrad, Lazy, Selected, pick_fastest
 from ..programs import eager_loss_and_grad, eager_train_step
 from .base import Backend, optimizer_key, owned_lru, register_cache, structure_key
-from .compile import own_code
+from .compile import INDUCTOR_SETTINGS, check_inductor_settings, inductor_settings_context, own_code
 from .fused import check_scalar
 from .torchscript import ScriptBackend
 
@@ -34,15 +34,30 @@ class FastBackend(Backend):
     cost = 60.0  # every candidate built and timed
     markers = ("compile", "onnx")
 
+    # inductor's numerics settings, as compile's and fused's: every compiled candidate is built
+    # (and timed) under them, and a selection is kept per settings
+    setting_defaults = dict(INDUCTOR_SETTINGS)
+
+    def check_settings(self, applied: Dict[str, Any]) -> None:
+        check_inductor_settings(applied)
+
+    def _settings_context(self, applied: Dict[str, Any]) -> Any:
+        return inductor_settings_context(applied)
+
+    def _selection(self, kind: Any, key_module: nn.Module, owners: Tuple[nn.Module, ...], example_inputs: tuple,
+                   select: Callable[[], Selected]) -> Selected:
+        key = (kind, tuple(sorted(self._settings.items()))) + structure_key(key_module, tuple(example_inputs))
+        return owned_lru(_SELECTIONS, _SELECTIONS_SIZE, key, owners, select)
+
     def prepare(self, module: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Selected:
-        return _selection("forward", module, (module,), example_inputs, lambda: pick_fastest(
+        return self._selection("forward", module, (module,), example_inputs, lambda: pick_fastest(
             {"eager": lambda: module, "compile": lambda: _compiled_forward(module),
              "script": lambda: ScriptBackend(self.name + ":script").prepare(module, tuple(example_inputs))},
             tuple(example_inputs)))
 
     def prepare_loss_and_grad(self, loss: nn.Module, example_inputs: Tuple[Tensor, ...]) -> Selected:
         check_scalar(loss)
-        return _selection("loss_and_grad", loss, (loss,), example_inputs, lambda: pick_fastest(
+        return self._selection("loss_and_grad", loss, (loss,), example_inputs, lambda: pick_fastest(
             {"eager": lambda: eager_loss_and_grad(loss), "fused": lambda: FusedLossAndGrad(loss)},
             tuple(example_inputs)))
 
@@ -58,7 +73,7 @@ class FastBackend(Backend):
             candidates["onnx"] = lambda: _onnx_step(net, loss, example_inputs, lr)
         from ..nets import NetWithLoss
 
-        return _selection(("train_step", float(lr)), NetWithLoss(net, loss, n_targets=len(example_inputs) - 1),
+        return self._selection(("train_step", float(lr)), NetWithLoss(net, loss, n_targets=len(example_inputs) - 1),
                           (net, loss), example_inputs, lambda: pick_fastest(candidates, tuple(example_inputs)))
 
     def _optimizer_step(self, net: nn.Module, loss: nn.Module, example_inputs: Tuple[Tensor, ...],
@@ -77,6 +92,11 @@ class FastBackend(Backend):
         fixed = {n: p.detach() for n, p in net.named_parameters() if n in sig.frozen}
         args = (params, fixed) + tuple(example_inputs) + (opt.init_state(params), opt.hyper_tensors())
 
+        def compiled_step() -> Callable[..., Any]:
+            inner = CompileBackend(self.name + ":compile")
+            with inner.settings_scope(self._settings):  # built (and cached) under this selection's settings
+                return inner.prepare_optimizer_step(net, loss, example_inputs, opt)
+
         def positional(build: Callable[[], Callable[..., Any]]) -> Callable[[], Callable[..., Any]]:
             def make() -> Callable[..., Any]:
                 step = build()
@@ -85,14 +105,13 @@ class FastBackend(Backend):
 
         candidates: Dict[str, Callable[[], Callable[..., Any]]] = {
             "eager": positional(lambda: Backend._optimizer_step(_Eager(), net, loss, example_inputs, opt)),
-            "compile": positional(lambda: CompileBackend(self.name + ":compile").prepare_optimizer_step(
-                net, loss, example_inputs, opt)),
+            "compile": positional(compiled_step),
             "compile-graph": positional(lambda: dict_step(sig, GraphCache(flat_optimizer_step(net, loss, opt, sig)))),
         }
         if all(t.device.type == "cpu" for t in example_inputs):
             candidates["onnx"] = positional(lambda: OnnxBackend(self.name + ":onnx").prepare_optimizer_step(
                 net, loss, example_inputs, opt))
-        selected = _selection(optimizer_key(opt), OptimStepModule(net, loss, opt, sig), (net, loss), example_inputs,
+        selected = self._selection(optimizer_key(opt), OptimStepModule(net, loss, opt, sig), (net, loss), example_inputs,
                               lambda: pick_fastest(candidates, args))
 
         def run(params: Dict[str, Tensor], fixed: Dict[str, Tensor], x: Tensor, *targets: Tensor,
@@ -102,12 +121,6 @@ class FastBackend(Backend):
         run.selected = selected  # type: ignore[attr-defined]
         run.note = selected.note  # type: ignore[attr-defined]
         return run
-
-
-def _selection(kind: Any, key_module: nn.Module, owners: Tuple[nn.Module, ...], example_inputs: tuple,
-               select: Callable[[], Selected]) -> Selected:
-    key = (kind,) + structure_key(key_module, tuple(example_inputs))
-    return owned_lru(_SELECTIONS, _SELECTIONS_SIZE, key, owners, select)
 
 
 def _compiled_forward(module: nn.Module) -> CompiledForward:
