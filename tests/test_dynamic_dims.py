@@ -21,7 +21,7 @@ from compile_losses.nets import TinyEncoder
 from compile_losses.parity import PASS, verify
 from compile_losses.registry import NETS
 from compile_losses.resolve import make_case
-from matrix_dump import dump
+from matrix_dump import assert_matrix_ok, dump, full_grid
 
 pytestmark = pytest.mark.onnx
 
@@ -284,13 +284,11 @@ def test_runtime_refuses_a_shape_symbol_the_manifest_does_not_declare(encoder_bu
 def test_dynamic_nets_full_product_exhaustive(net, request):
     """dtypes x autocast x onnxruntime levels x threads x dynamic sizes, every backend."""
     from compile_losses.parity import verify_registry
-    from compile_losses.sessions import OPT_LEVELS
 
-    grid = [{"ort_opt_level": level, "ort_threads": threads} for level in OPT_LEVELS for threads in (1, 0)]
     report = verify_registry(losses=[NETS[net].loss], net=net, alone=False, batches=(1, 7), large=0,
                              dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16), audit=False,
-                             autocasts=(None, torch.bfloat16), settings_grid=grid, dynamic_dims=True)
+                             autocasts=(None, torch.bfloat16), settings_grid=full_grid(), dynamic_dims=True)
     dump(report, request.node.name)
-    assert report.ok, report
+    assert_matrix_ok(report)
     sizes = {tuple(sorted((k, v) for k, v in r.sizes.items() if k != "batch")) for r in report.rows}
     assert len(sizes) == 1 + len(NETS[net].dynamic_sizes)

@@ -15,7 +15,7 @@ from compile_losses.registry import LOSSES
 from compile_losses.resolve import make_case
 from compile_losses.sessions import OPT_LEVELS
 
-from matrix_dump import dump
+from matrix_dump import assert_matrix_ok, dump, full_grid
 
 pytestmark = pytest.mark.onnx
 
@@ -244,6 +244,90 @@ def test_inductor_setting_defaults_are_torchs():
         assert getattr(inductor_config, key) == value, key
 
 
+def test_fast_keeps_a_selection_per_inductor_setting():
+    """fast builds and times its compiled candidates under inductor's settings, so a selection made
+    under one rounding is never served under another (and the same settings reuse it)."""
+    fast = BACKENDS["fast"]
+    assert set(fast.setting_defaults) == {"emulate_precision_casts", "fallback_random"}
+    case = make_case(None, "mse", batch=3)
+    made = []
+
+    def select():
+        made.append(1)
+        return object()
+
+    picks = {}
+    for emulate in (False, True, False):
+        with fast.settings_scope({"emulate_precision_casts": emulate}):
+            picks.setdefault(emulate, []).append(fast._selection("probe", case.loss, (case.loss,), case.inputs, select))
+    assert len(made) == 2 and picks[False][0] is picks[False][1] and picks[False][0] is not picks[True][0]
+    with pytest.raises(ValueError, match="emulate_precision_casts must be True or False, got 'on'"):
+        with fast.settings_scope({"emulate_precision_casts": "on"}):
+            pass
+
+
+def _row(output, status, backend="b", **axes):
+    from compile_losses.parity import Row
+
+    return Row("c", backend, output, status, dtype="bfloat16", **axes)
+
+
+def test_setting_changes_lists_the_outputs_whose_verdict_a_setting_turns():
+    from compile_losses.parity import FAIL, ParityReport
+
+    off, on = {"emulate_precision_casts": False, "dynamic": "auto"}, {"emulate_precision_casts": True, "dynamic": "auto"}
+    report = ParityReport([_row("loss", FAIL, settings=off), _row("loss", PASS, settings=on),
+                           _row("dpred", PASS, settings=off), _row("dpred", PASS, settings=on),
+                           _row("loss", FAIL, settings=off, autocast="bfloat16"),
+                           _row("loss", FAIL, settings=on, autocast="bfloat16"),
+                           _row("loss", PASS, "o", ort_opt_level="disabled", ort_threads=1),
+                           _row("loss", PASS, "o", ort_opt_level="all", ort_threads=1),
+                           _row("loss", PASS, "o", ort_opt_level="disabled", ort_threads=1, sizes={"batch": 1, "seq": 2}),
+                           _row("loss", FAIL, "o", ort_opt_level="all", ort_threads=1, sizes={"batch": 1, "seq": 2})])
+    changes = report.setting_changes()
+    assert [(c["backend"], c["output"], c["autocast"], c["sizes"]) for c in changes] == [
+        ("b", "loss", None, "-"), ("o", "loss", None, "seq=2")]
+    assert [(v["settings"], v["status"]) for v in changes[0]["verdicts"]] == [(off, FAIL), (on, PASS)]
+    text = str(report)
+    assert "verdicts a setting changes:\n  b loss [c] bfloat16: emulate_precision_casts=False fail; " \
+           "emulate_precision_casts=True pass\n  o loss [c] bfloat16: ort=disabled/1 pass; ort=all/1 fail\n" in text
+    assert json.loads(report.to_json())["summary"]["setting_changes"][0]["output"] == "loss"
+
+
+def test_the_exhaustive_verdict_allows_a_failure_only_where_emulation_turns_it():
+    from compile_losses.parity import FAIL, ParityReport
+
+    off, on = {"emulate_precision_casts": False}, {"emulate_precision_casts": True}
+    hinted = "ratio 57 > 1; try --compile-setting emulate_precision_casts=true"
+    assert_matrix_ok(ParityReport([_row("loss", FAIL, settings=off, detail=hinted), _row("loss", PASS, settings=on)]))
+    for rows in ([_row("loss", FAIL, settings=off, detail=hinted), _row("loss", FAIL, settings=on, detail=hinted)],
+                 [_row("loss", FAIL, settings=off, detail=hinted)],
+                 [_row("loss", FAIL, settings=off, detail="ratio 57 > 1"), _row("loss", PASS, settings=on)],
+                 [_row("loss", FAIL, detail=hinted), _row("loss", PASS, settings=on)]):
+        with pytest.raises(AssertionError):
+            assert_matrix_ok(ParityReport(rows))
+
+
+def test_cli_compile_setting_values_are_a_product_of_runs():
+    import argparse
+
+    from compile_losses.cli import verify_cmd
+
+    parser = argparse.ArgumentParser()
+    verify_cmd.add_arguments(parser)
+    args = parser.parse_args(["--compile-setting", "emulate_precision_casts=false,true", "--compile-setting",
+                              "dynamic=auto", "--ort-opt-level", "basic,all"])
+    grid = verify_cmd._grid(args)
+    assert grid == [{"emulate_precision_casts": e, "dynamic": "auto", "ort_opt_level": lv}
+                    for e in (False, True) for lv in ("basic", "all")]
+    compilers = [b for b in BACKENDS.values() if "emulate_precision_casts" in b.setting_defaults][:1]
+    ort = [b for b in BACKENDS.values() if "ort_opt_level" in b.setting_defaults][:1]
+    runs = settings_runs(compilers + ort, grid)  # a compiler runs once per rounding, onnxruntime once per level
+    assert [(st["emulate_precision_casts"], st["ort_opt_level"], names) for st, names in runs] == [
+        (False, "basic", [b.name for b in compilers + ort]), (False, "all", [b.name for b in ort]),
+        (True, "basic", [b.name for b in compilers])]
+
+
 # -- the CLI --------------------------------------------------------------------------------------------
 def test_cli_verify_axes_in_every_json_row_and_the_summary(tmp_path, capsys):
     from compile_losses.cli import main
@@ -275,7 +359,8 @@ def test_cli_verify_axes_in_every_json_row_and_the_summary(tmp_path, capsys):
     (["--ort-opt-level", "fast"], "--ort-opt-level must be comma-separated from disabled, basic, extended, all"),
     (["--ort-threads", "-1"], "--ort-threads must be comma-separated integers >= 0"),
     (["--autocast", "float64"], "--autocast must be comma-separated from float16, bfloat16"),
-    (["--compile-setting", "emulate_precision_casts=maybe"], "--compile-setting must be KEY=true"),
+    (["--compile-setting", "emulate_precision_casts=maybe"], "--compile-setting must be KEY=VALUE[,VALUE...]"),
+    (["--compile-setting", "emulate_precision_casts=true,"], "--compile-setting must be KEY=VALUE[,VALUE...]"),
 ])
 def test_cli_bad_axes_are_usage_errors(argv, message, capsys):
     from compile_losses.cli import main
@@ -358,7 +443,8 @@ def test_registry_matrix_runs_every_axis_once_per_setting():
 @pytest.mark.exhaustive
 @pytest.mark.parametrize("loss_name", sorted(LOSSES))
 def test_registry_precision_and_settings_matrix_exhaustive(loss_name, request):
-    """The full product for one loss: every backend x dtype x autocast x onnxruntime level x threads."""
-    report = _registry_matrix([loss_name], None, GRID)
+    """The full product for one loss: every backend x dtype x autocast x onnxruntime level x threads
+    x inductor's rounding (emulate_precision_casts off and on)."""
+    report = _registry_matrix([loss_name], None, full_grid())
     dump(report, request.node.name)
-    assert report.ok, report
+    assert_matrix_ok(report)

@@ -11,8 +11,9 @@ the audit's fullgraph check) or makes it recompile (``recompiles``: a guard on t
 fail the run only for the backends named by ``--require`` (recompiles also under ``--strict-audit``).
 """
 import argparse
+import itertools
 import sys
-from typing import List
+from typing import Any, Dict, List
 
 import torch
 
@@ -49,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with them dynamic, at its declared shape and at each of its registry sizes")
     parser.add_argument("--compile-setting", action="append", default=[], metavar="KEY=VALUE",
                         help="torch.compile setting that changes numerics (emulate_precision_casts, fallback_random: "
-                             "true/false; dynamic: auto/true/false); repeatable")
+                             "true/false; dynamic: auto/true/false); repeatable; KEY=false,true runs each value "
+                             "(the backends that take it only), and the summary lists the verdicts a setting changes")
     parser.add_argument("--no-alone", action="store_true", help="skip the loss-alone cases")
     parser.add_argument("--no-audit", action="store_true", help="skip the torch.compile audit")
     parser.add_argument("--strict-audit", action="store_true",
@@ -108,15 +110,18 @@ def _grid(args: argparse.Namespace) -> List[dict]:
         raise UsageError("--ort-opt-level must be comma-separated from {}, got {!r}".format(
             ", ".join(OPT_LEVELS), args.ort_opt_level))
     threads = [None] if not args.ort_threads.strip() else _ints(args.ort_threads, "--ort-threads", minimum=0)
-    extra = {}
+    compile_values: Dict[str, List[Any]] = {}  # KEY=a,b: each value a run of its own (a parity axis)
+    words = {"true": True, "false": False, "auto": "auto"}
     for item in args.compile_setting:
         key, sep, value = item.partition("=")
-        words = {"true": True, "false": False, "auto": "auto"}
-        if not sep or value.strip().lower() not in words:
-            raise UsageError("--compile-setting must be KEY=true|false|auto, got {!r}".format(item))
-        extra[key.strip()] = words[value.strip().lower()]
+        values = [v.strip().lower() for v in value.split(",")]
+        if not sep or not key.strip() or any(v not in words for v in values):
+            raise UsageError("--compile-setting must be KEY=VALUE[,VALUE...] with values from true, false, auto, "
+                             "got {!r}".format(item))
+        compile_values[key.strip()] = list(dict.fromkeys(words[v] for v in values))
+    compiles = [dict(zip(compile_values, combo)) for combo in itertools.product(*compile_values.values())]
     return [dict(extra, **{k: v for k, v in (("ort_opt_level", lv), ("ort_threads", t)) if v is not None})
-            for lv in levels for t in threads]
+            for extra in compiles for lv in levels for t in threads]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -116,8 +116,8 @@ class ParityReport:
                 "seconds": round(self.seconds, 1), "torch": torch.__version__}
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"summary": dict(self.summary(), by_axes=self.by_axes()), "cases": self.cases, "audits": self.audits,
-                "rows": [asdict(r) for r in self.rows]}
+        return {"summary": dict(self.summary(), by_axes=self.by_axes(), setting_changes=self.setting_changes()),
+                "cases": self.cases, "audits": self.audits, "rows": [asdict(r) for r in self.rows]}
 
     def to_json(self, path: Optional[str] = None) -> str:
         """The whole report as JSON text (non-finite numbers as strings); written to ``path`` if given."""
@@ -171,6 +171,14 @@ class ParityReport:
         if self.audits:
             parts.append("torch.compile audit:")
             parts += ["  {:<28} {:<5} {}".format(a["case"], a["status"], a["detail"]) for a in self.audits]
+        changes = self.setting_changes()
+        if changes:
+            parts.append("verdicts a setting changes:")
+            for c in changes:
+                parts.append("  {} {} [{}] {}{}: {}".format(
+                    c["backend"], c["output"], c["case"], c["dtype"],
+                    " autocast=" + c["autocast"] if c["autocast"] else "", "; ".join(
+                        "{} {}".format(_variant(v, c["verdicts"]), v["status"]) for v in c["verdicts"])))
         parts.append(self.summary_table())
         return "\n".join(parts)
 
@@ -200,6 +208,23 @@ class ParityReport:
                                                  "settings", "sizes"), key), **_zero_counts())), r)
         return list(per.values())
 
+    def setting_changes(self) -> List[Dict[str, Any]]:
+        """The outputs whose verdict a setting changes: rows of one (case, backend, output, dtype,
+        autocast, sizes) run under several settings (onnxruntime level and threads, torch.compile
+        settings) where some fail and some do not, each with its verdict per setting."""
+        groups: Dict[Tuple[Any, ...], List[Row]] = {}
+        for r in self.rows:
+            groups.setdefault((r.case, r.backend, r.output, r.dtype, r.autocast, r.axes()[5]), []).append(r)
+        changes = []
+        for (case, backend, output, dtype, autocast, sizes), rows in groups.items():
+            if len({r.failed for r in rows}) > 1:
+                changes.append({"case": case, "backend": backend, "output": output, "dtype": dtype,
+                                "autocast": autocast, "sizes": sizes,
+                                "verdicts": [{"ort_opt_level": r.ort_opt_level, "ort_threads": r.ort_threads,
+                                              "settings": r.settings, "status": r.status, "clause": r.clause}
+                                             for r in rows]})
+        return changes
+
     def summary_table(self) -> str:
         header = ["backend", "dtype", "autocast", "ort opt", "ort thr", "settings", "sizes", "pass (1)", "pass (2)", "fail",
                   "unavailable", "skipped", "unsupported", UNCOMPILABLE, GRAPH_BREAKS, RECOMPILES]
@@ -219,6 +244,15 @@ class ParityReport:
 
 _RANK = {NONDET: 0, ERROR: 1, NONFINITE: 2, FAIL: 3, UNCOMPILABLE: 4, GRAPH_BREAKS: 4, RECOMPILES: 4, UNSUPPORTED: 4, UNAVAILABLE: 5,
          SKIPPED: 6, PASS: 7}
+
+
+def _variant(v: Dict[str, Any], among: List[Dict[str, Any]]) -> str:
+    """One row's settings as the verdict-change list shows them: those that vary ``among`` the rows."""
+    ort = "ort={}/{}".format(v["ort_opt_level"], v["ort_threads"]) if len(
+        {(u["ort_opt_level"], u["ort_threads"]) for u in among}) > 1 else ""
+    varying = sorted(k for k in (v["settings"] or {}) if len({repr((u["settings"] or {}).get(k)) for u in among}) > 1)
+    other = ",".join("{}={}".format(k, v["settings"][k]) for k in varying)
+    return " ".join(x for x in (ort, other) if x) or "-"
 
 
 def _worst(rows: List[Row]) -> Row:
