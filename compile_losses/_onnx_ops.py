@@ -14,7 +14,7 @@ in float64, within one ulp of torch's); every other dtype keeps ``Erf``.
 ``aten.linear``, ``aten.addmm``, ``aten.mm`` and ``aten.bmm`` in bfloat16 or float16: multiplied in float and
 rounded once, as ATen's CPU kernels do (see :func:`_addmm`).
 """
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 
 def _squeeze_dim(self: Any, dim: int) -> Any:
@@ -55,28 +55,35 @@ def _half(value: Any) -> Any:
     return dtype if dtype in (ir.DataType.BFLOAT16, ir.DataType.FLOAT16) else None
 
 
-def _addmm(self: Any, mat1: Any, mat2: Any, beta: float = 1.0, alpha: float = 1.0) -> Any:
+def _floats(*values: Any) -> List[Any]:
+    """Each value cast to float (None stays None)."""
     from onnxscript import ir
+    from onnxscript import opset18 as op
+
+    return [None if v is None else op.Cast(v, to=ir.DataType.FLOAT) for v in values]
+
+
+def _addmm(self: Any, mat1: Any, mat2: Any, beta: float = 1.0, alpha: float = 1.0) -> Any:
     from onnxscript import opset18 as op
 
     half = _half(mat1)
     if half is None:
         return op.Gemm(mat1, mat2, self, alpha=float(alpha), beta=float(beta))
-    f = [op.Cast(v, to=ir.DataType.FLOAT) for v in (mat1, mat2, self)]
-    return op.Cast(op.Gemm(f[0], f[1], f[2], alpha=float(alpha), beta=float(beta)), to=half)
+    a, b, c = _floats(mat1, mat2, self)
+    return op.Cast(op.Gemm(a, b, c, alpha=float(alpha), beta=float(beta)), to=half)
 
 
 def _linear(input: Any, weight: Any, bias: Any = None) -> Any:
-    from onnxscript import ir
     from onnxscript import opset18 as op
     from onnxscript.function_libs.torch_lib.ops import nn as torchlib_nn
 
     half = _half(input)
     if half is None or weight.shape is None or len(weight.shape) != 2:  # (a 1-d weight: torchlib's own)
         return torchlib_nn.aten_linear(input, weight, bias)
-    x, w = op.Cast(input, to=ir.DataType.FLOAT), op.Cast(weight, to=ir.DataType.FLOAT)
-    b = None if bias is None else op.Cast(bias, to=ir.DataType.FLOAT)
-    if input.shape is not None and len(input.shape) == 2:  # torchlib's choice of ops, in float
+    # torchlib's choice of ops by the input's rank, made here: the Cast values carry no shape, and
+    # torchlib's aten_linear reads it
+    x, w, b = _floats(input, weight, bias)
+    if input.shape is not None and len(input.shape) == 2:
         out = op.Gemm(x, w, b, transB=True) if b is not None else op.Gemm(x, w, transB=True)
     else:
         out = op.MatMul(x, op.Transpose(w, perm=[1, 0]))
@@ -85,13 +92,12 @@ def _linear(input: Any, weight: Any, bias: Any = None) -> Any:
 
 
 def _mm(self: Any, mat2: Any) -> Any:
-    from onnxscript import ir
     from onnxscript import opset18 as op
 
     half = _half(self)
     if half is None:
         return op.MatMul(self, mat2)
-    return op.Cast(op.MatMul(op.Cast(self, to=ir.DataType.FLOAT), op.Cast(mat2, to=ir.DataType.FLOAT)), to=half)
+    return op.Cast(op.MatMul(*_floats(self, mat2)), to=half)
 
 
 # -- erf in float64 ------------------------------------------------------------------------------
