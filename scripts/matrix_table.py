@@ -1,6 +1,7 @@
 """Per-axis verdict table of an exhaustive matrix run: counts the rows the exhaustive tests wrote
 (``COMPILE_LOSSES_MATRIX_JSON=<dir> pytest --run-exhaustive ...``) by backend and by each axis
-value (dtype, autocast, onnxruntime level, threads, dynamic sizes), as pass by clause 1 / pass by
+value (dtype, autocast, onnxruntime level, threads, inductor's emulate_precision_casts, dynamic
+sizes), as pass by clause 1 / pass by
 clause 2 / unsupported / failing, and lists the reasons given for ``unsupported``.
 
     python scripts/matrix_table.py <dir> [--json out.json]
@@ -25,6 +26,7 @@ def _axes(row: Dict[str, Any]) -> Dict[str, str]:
     return {"dtype": str(row.get("dtype")), "autocast": str(row.get("autocast") or "-"),
             "ort_opt_level": str(row.get("ort_opt_level") or "-"),
             "ort_threads": "-" if row.get("ort_threads") is None else str(row["ort_threads"]),
+            "emulate_precision_casts": str((row.get("settings") or {}).get("emulate_precision_casts", "-")),
             "dynamic sizes": ",".join("{}={}".format(k, v) for k, v in sorted(sizes.items())) or "-"}
 
 
@@ -39,11 +41,12 @@ def main(argv: List[str]) -> int:
         return 2
     counts: Dict[str, Dict[str, collections.Counter]] = collections.defaultdict(lambda: collections.defaultdict(collections.Counter))
     reasons: collections.Counter = collections.Counter()
-    seconds, rows = 0.0, 0
+    seconds, rows, changes = 0.0, 0, 0
     for path in files:
         with open(path) as f:
             report = json.load(f)
         seconds += float(report["summary"].get("seconds", 0.0))
+        changes += len(report["summary"].get("setting_changes", ()))
         for row in report["rows"]:
             rows += 1
             verdict = _verdict(row)
@@ -52,7 +55,8 @@ def main(argv: List[str]) -> int:
             if row["status"] != "pass":
                 reasons[(row["backend"], row["status"], (row.get("detail") or "").split(";")[0][:110])] += 1
     order = ["clause 1", "clause 2", "unsupported"]
-    print("{} reports, {} rows, {:.0f} s of parity".format(len(files), rows, seconds))
+    print("{} reports, {} rows, {:.0f} s of parity, {} outputs whose verdict a setting changes".format(
+        len(files), rows, seconds, changes))
     for axis, table in counts.items():
         print("\n| {} | backend | pass clause 1 | pass clause 2 | unsupported | other |".format(axis))
         print("|---|---|---|---|---|---|")
