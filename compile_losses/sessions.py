@@ -6,9 +6,10 @@ One intra-op thread (and one inter-op thread) by default: a parity result must n
 many cores the machine has, nor compete for a shared machine's cores. ``threads=0`` is
 onnxruntime's own default (all cores).
 """
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple, Union
 
-__all__ = ["INTRA_OP_THREADS", "OPT_LEVELS", "DEFAULT_OPT_LEVEL", "session_options", "ort_session", "check_ort_settings"]
+__all__ = ["INTRA_OP_THREADS", "OPT_LEVELS", "DEFAULT_OPT_LEVEL", "session_options", "ort_session", "check_ort_settings",
+           "cuda_provider_options"]
 
 INTRA_OP_THREADS = 1
 OPT_LEVELS = ("disabled", "basic", "extended", "all")
@@ -43,13 +44,23 @@ def session_options(threads: int = INTRA_OP_THREADS, opt_level: Optional[str] = 
     return options
 
 
-def ort_session(model: bytes, provider: str = "CPUExecutionProvider", threads: int = INTRA_OP_THREADS,
-                opt_level: Optional[str] = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` over serialized ``model`` bytes with :func:`session_options`."""
+def ort_session(model: bytes, provider: Union[str, Tuple[str, Dict[str, str]]] = "CPUExecutionProvider",
+                threads: int = INTRA_OP_THREADS, opt_level: Optional[str] = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` over serialized ``model`` bytes with :func:`session_options`;
+    ``provider`` a provider name, or ``(name, provider options)`` as onnxruntime takes them."""
     import onnxruntime as ort
 
+    name = provider if isinstance(provider, str) else provider[0]
     available = ort.get_available_providers()
-    if provider not in available:
+    if name not in available:
         raise ValueError("provider must be one of the onnxruntime providers available here {}, got {!r}".format(
-            available, provider))
+            available, name))
     return ort.InferenceSession(model, session_options(threads, opt_level), providers=[provider])
+
+
+def cuda_provider_options(tf32: bool) -> Dict[str, str]:
+    """The CUDA provider's options for the project's settings: ``use_tf32`` (onnxruntime's default
+    is on; the CUDA adapters default to off, as their float32 reference)."""
+    if not isinstance(tf32, bool):
+        raise ValueError("tf32 must be True or False, got {!r}".format(tf32))
+    return {"use_tf32": "1" if tf32 else "0"}

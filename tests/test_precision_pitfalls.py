@@ -69,15 +69,15 @@ def test_tf32_scope_sets_both_flags_and_restores_them():
             pass
 
 
-def test_tf32_is_a_setting_of_every_cuda_torch_adapter_only():
+def test_tf32_is_a_setting_of_every_cuda_adapter_only():
     for b in BACKENDS.values():
         takes = "tf32" in b.setting_defaults
-        assert takes == (b.device.startswith("cuda") and b.supports_autograd), b.name
+        assert takes == b.device.startswith("cuda"), b.name
         if takes:
             assert b.setting_defaults["tf32"] is False  # the reference stays float32 unless asked
 
 
-_CUDA_TORCH = [b.name for b in BACKENDS.values() if "tf32" in b.setting_defaults]
+_CUDA_TORCH = [b.name for b in BACKENDS.values() if "tf32" in b.setting_defaults and b.supports_autograd]
 
 
 @pytest.mark.gpu
@@ -183,3 +183,43 @@ def test_every_registry_loss_runs_finite_in_each_low_dtype(net, dtype):
         value = case.loss(pred, *case.targets)
         grad, = torch.autograd.grad(value.sum(), pred)
         assert value.dtype == dtype and torch.isfinite(value).all() and torch.isfinite(grad).all(), (name, value)
+
+
+def test_tf32_is_a_setting_of_the_cuda_provider_as_its_use_tf32_option():
+    """onnxruntime's CUDA provider runs float32 matmuls in TF32 unless told (its use_tf32 option is
+    on by default): the onnx CUDA adapter takes the same tf32 setting as the CUDA torch adapters,
+    off by default, and hands it to the provider; CPU sessions take provider options the same way."""
+    from compile_losses.backends.onnx import export_onnx
+    from compile_losses.losses import MSELoss
+    from compile_losses.sessions import cuda_provider_options, ort_session
+
+    cuda = [b for b in BACKENDS.values() if getattr(b, "provider", "").startswith("CUDA")]
+    assert cuda, "no onnxruntime CUDA adapter registered"
+    for b in cuda:
+        assert b.setting_defaults["tf32"] is False
+        assert b.provider_spec(b.applied_settings({"tf32": True})) == (b.provider, {"use_tf32": "1"})
+        assert b.provider_spec(b.applied_settings()) == (b.provider, {"use_tf32": "0"})
+        with pytest.raises(ValueError, match="tf32 must be True or False, got 'on'"):
+            b.check_settings(b.applied_settings({"tf32": "on"}))
+    cpu = BACKENDS["onnx"]
+    assert "tf32" not in cpu.setting_defaults and cpu.provider_spec(cpu.applied_settings()) == cpu.provider
+    assert cuda_provider_options(False) == {"use_tf32": "0"}
+    x = torch.ones(2, 1)
+    session = ort_session(export_onnx(MSELoss(), (x, x)).SerializeToString(), ("CPUExecutionProvider", {}))
+    assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tf32", [False, True])
+def test_tf32_on_and_off_for_onnxruntimes_cuda_provider(tf32):
+    """Where onnxruntime's CUDA provider is installed: off, the CUDA graph matches the CPU
+    reference by the rule; on, the rows record it. Skipped here otherwise (the reason says why)."""
+    cuda = [b for b in BACKENDS.values() if getattr(b, "provider", "").startswith("CUDA")]
+    ok, why = cuda[0].available()
+    if not ok:
+        pytest.skip(why)
+    case = make_case("mlp", "cross_entropy", batch=64)
+    report = verify(case.net, case.loss, case.inputs, case.targets, [cuda[0].name], settings={"tf32": tf32})
+    assert all((r.settings or {}).get("tf32") is tf32 for r in report.rows if r.status == PASS), report
+    if not tf32:
+        assert report.ok, report

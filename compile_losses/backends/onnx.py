@@ -39,7 +39,7 @@ from .._onnx_ops import translation_table
 from .._reduction import ONNX_OPTIMIZE, faithful_reductions
 from ..diagnose import quiet_failure, unsupported
 from ..errors import UsageError
-from ..sessions import DEFAULT_OPT_LEVEL, INTRA_OP_THREADS, check_ort_settings, ort_session
+from ..sessions import DEFAULT_OPT_LEVEL, INTRA_OP_THREADS, check_ort_settings, cuda_provider_options, ort_session
 from ..signature import OPSET
 from .base import Backend, TrainStepResult, Unsupported, export_example, input_dims, register_cache, structure_key
 
@@ -76,6 +76,8 @@ class OnnxBackend(Backend):
         # onnxruntime's graph optimization level and intra-op threads, for every graph it runs
         self.setting_defaults = ({"ort_opt_level": DEFAULT_OPT_LEVEL, "ort_threads": INTRA_OP_THREADS}
                                  if runner == "ort" else {})
+        if runner == "ort" and self.device == "cuda":
+            self.setting_defaults["tf32"] = False  # the CUDA provider's use_tf32 (see eager's tf32)
 
     def piecewise_graph(self, kind: str, net: Optional[nn.Module], loss: nn.Module,
                         example_inputs: Tuple[Tensor, ...], optimize: Optional[bool] = None) -> Dict[str, Any]:
@@ -107,14 +109,22 @@ class OnnxBackend(Backend):
     def check_settings(self, applied: Dict[str, Any]) -> None:
         if self.runner == "ort":
             check_ort_settings(applied["ort_opt_level"], applied["ort_threads"])
+        if "tf32" in applied:
+            cuda_provider_options(applied["tf32"])
+
+    def provider_spec(self, applied: Dict[str, Any]) -> Any:
+        """The provider as onnxruntime takes it under ``applied`` settings: its name, or
+        ``(name, options)`` where a setting is a provider option (the CUDA provider's TF32)."""
+        if "tf32" in applied:
+            return (self.provider, cuda_provider_options(applied["tf32"]))
+        return self.provider
 
     def _session(self, model: bytes) -> Any:
-        s = self.applied_settings(self._settings)
-        return ort_session(model, self.provider, threads=s["ort_threads"], opt_level=s["ort_opt_level"])
+        return ort_session(model, **self._ort_kwargs())
 
     def _ort_kwargs(self) -> Dict[str, Any]:
         s = self.applied_settings(self._settings)
-        return {"provider": self.provider, "threads": s["ort_threads"], "opt_level": s["ort_opt_level"]}
+        return {"provider": self.provider_spec(s), "threads": s["ort_threads"], "opt_level": s["ort_opt_level"]}
 
     def _available(self) -> Tuple[bool, str]:
         import onnx  # noqa: F401  (a missing package is reported by available())
@@ -216,7 +226,7 @@ class OnnxBackend(Backend):
                               "evaluator is for single graphs".format(self.name))
         with self._kernels_or_unsupported():
             return training.prepare_onnx_optimizer_step(net, loss, export_example(example_inputs), opt,
-                                                        provider=self.provider)
+                                                        provider=self._ort_kwargs()["provider"])
 
     def _training_exporter(self) -> None:
         if self.exporter != "dynamo":
