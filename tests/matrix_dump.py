@@ -36,6 +36,6 @@ def assert_matrix_ok(report) -> None:
                for c in report.setting_changes()}
     bad = [r for r in report.failures
            if (r.settings or {}).get("emulate_precision_casts") is not False
-           or (r.case, r.backend, r.output, r.dtype, r.autocast, r.axes()[5]) not in changed
+           or r.output_key() not in changed
            or "emulate_precision_casts=true" not in r.detail]
     assert not bad, ParityReport(bad).failure_text()

@@ -51,6 +51,11 @@ class Row:
         """A failing status, or a fact about the code (uncompilable, graph breaks) the user required."""
         return self.status in FAILING or (self.required and self.status in REQUIRABLE)
 
+    def output_key(self) -> Tuple[Any, ...]:
+        """(case, backend, output, dtype, autocast, dynamic sizes): one output whatever the
+        settings (onnxruntime level and threads, torch.compile settings) it ran under."""
+        return (self.case, self.backend, self.output, self.dtype, self.autocast, self.axes()[5])
+
 
 def _zero_counts() -> Dict[str, int]:
     return {"pass_clause1": 0, "pass_clause2": 0, "fail": 0, "unavailable": 0, "skipped": 0, "unsupported": 0,
@@ -214,7 +219,7 @@ class ParityReport:
         settings) where some fail and some do not, each with its verdict per setting."""
         groups: Dict[Tuple[Any, ...], List[Row]] = {}
         for r in self.rows:
-            groups.setdefault((r.case, r.backend, r.output, r.dtype, r.autocast, r.axes()[5]), []).append(r)
+            groups.setdefault(r.output_key(), []).append(r)
         changes = []
         for (case, backend, output, dtype, autocast, sizes), rows in groups.items():
             if len({r.failed for r in rows}) > 1:
